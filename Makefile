@@ -1,0 +1,132 @@
+# reflayer: one non-recursive Makefile; outputs in build/ (build/san-*/ for sanitizer builds).
+#   make            build/libreflayer.a and the CLI build/reflayer
+#   make check      install what is missing (deps), build with -Werror, run every test
+#   make check SAN=1   the same with ASan+UBSan (SAN=thread: TSan)
+#   make run        show `reflayer clone` at work on a real tree
+#   make bench-clone   reflayer clone vs cp -a --reflink=always on a Debian rootfs
+#   make install [PREFIX=/usr/local] [DESTDIR=]
+#   make format | clean | deps       V=1 shows the commands
+
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+
+ifeq ($(SAN),)
+BUILD := build
+SANFLAGS :=
+else ifeq ($(SAN),thread)
+BUILD := build/san-thread
+SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
+else
+BUILD := build/san
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+endif
+
+ifeq ($(V),)
+Q := @
+say = @printf '  %-7s %s\n' $(1) $(2);
+else
+Q :=
+say :=
+endif
+
+CC ?= cc
+PKG_CONFIG ?= pkg-config
+DRIVER_PKGS := mount
+CLI_PKGS := jansson
+TEST_PKGS := criterion libcap libseccomp jansson
+
+WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes \
+        -Wswitch-enum -Wundef -Wno-missing-field-initializers
+ifneq ($(WERROR),)
+WARN += -Werror
+endif
+CFLAGS ?= -O2 -g
+CFLAGS += -std=gnu11 -D_GNU_SOURCE -fvisibility=hidden -pthread $(WARN) $(SANFLAGS) \
+          -Iinclude -MMD -MP
+LDFLAGS += -pthread $(SANFLAGS)
+
+pc_cflags = $(shell $(PKG_CONFIG) --cflags $(1) 2>/dev/null)
+pc_libs = $(shell $(PKG_CONFIG) --libs $(1) 2>/dev/null)
+
+DRIVER_SRCS := $(wildcard driver/*.c)
+DRIVER_OBJS := $(DRIVER_SRCS:%.c=$(BUILD)/obj/%.o)
+CLI_SRCS := api/reflayer.c
+CLI_OBJS := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
+TEST_SRCS := $(wildcard tests/unit/*.c) $(wildcard tests/lib/*.c)
+TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
+HEADERS := $(wildcard include/reflayer/*.h)
+
+LIB := $(BUILD)/libreflayer.a
+CLI := $(BUILD)/reflayer
+UNIT := $(BUILD)/tests/unit
+
+.PHONY: all check tests deps run bench-clone install format clean headers-check
+all: $(LIB) $(CLI)
+
+$(BUILD)/obj/driver/%.o: driver/%.c
+	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) $(call pc_cflags,$(DRIVER_PKGS)) -c $< -o $@
+
+$(BUILD)/obj/api/%.o: api/%.c
+	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -Idriver $(call pc_cflags,$(CLI_PKGS)) -c $< -o $@
+
+$(BUILD)/obj/tests/%.o: tests/%.c
+	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -Idriver -Itests/lib -Wno-format-truncation $(call pc_cflags,$(TEST_PKGS)) -c $< -o $@
+
+$(LIB): $(DRIVER_OBJS)
+	$(call say,AR,$@)rm -f $@ && ar rcs $@ $^
+
+$(CLI): $(CLI_OBJS) $(LIB)
+	$(call say,LD,$@)$(CC) $(LDFLAGS) -o $@ $(CLI_OBJS) $(LIB) $(call pc_libs,$(CLI_PKGS) $(DRIVER_PKGS))
+
+$(UNIT): $(TEST_OBJS) $(LIB)
+	$(call say,LD,$@)mkdir -p $(@D) && $(CC) $(LDFLAGS) -o $@ $(TEST_OBJS) $(LIB) \
+		$(call pc_libs,$(TEST_PKGS) $(DRIVER_PKGS))
+
+tests: $(UNIT) $(CLI)
+
+# Every public header compiles on its own.
+headers-check: $(HEADERS)
+	$(Q)for h in $(HEADERS); do \
+		echo "#include <reflayer/$${h##*/}>" | $(CC) -std=gnu11 -D_GNU_SOURCE -Iinclude \
+			-Wall -Wextra -Werror -fsyntax-only -x c - || { echo "header $$h is not self-contained"; exit 1; }; \
+	done
+
+# What the project needs from Debian, installed only when missing (quick when all is there).
+DEPS_DEBS := build-essential pkg-config libmount-dev libcap-dev libseccomp-dev libjansson-dev \
+             libcriterion-dev libarchive-dev libsystemd-dev xfsprogs btrfs-progs e2fsprogs \
+             acl attr util-linux
+deps:
+	$(Q)missing=$$(for p in $(DEPS_DEBS); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing" $$missing; \
+		[ "$$(id -u)" = 0 ] || { echo "deps: run as root to apt-get install:" $$missing; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+check: deps
+	$(Q)$(MAKE) --no-print-directory WERROR=1 SAN=$(SAN) headers-check all tests
+	$(Q)tests/run-unit $(UNIT) $(CLI)
+
+run: deps all
+	$(Q)tests/run-demo $(CLI)
+
+bench-clone: deps all
+	$(Q)tests/bench/clone.sh $(CLI)
+
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/reflayer
+	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/reflayer
+	install -m 0644 $(LIB) $(DESTDIR)$(LIBDIR)/libreflayer.a
+	install -m 0644 $(HEADERS) $(DESTDIR)$(INCLUDEDIR)/reflayer/
+
+format:
+	clang-format -i driver/*.c driver/*.h include/reflayer/*.h api/*.c tests/unit/*.c tests/lib/*.[ch]
+
+clean:
+	rm -rf build
+
+-include $(DRIVER_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d)

@@ -1,0 +1,861 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * tree.c owns replicating one tree (entry kinds, metadata, xattrs, hardlinks, id shifting,
+ * publish by rename) and removing one tree. Traversal is walk.c's; file data is clone.c's.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <reflayer/fsinfo.h>
+#include <reflayer/tree.h>
+
+#include "util.h"
+#include "walk.h"
+
+#define STATX_WANT (STATX_TYPE | STATX_MODE | STATX_NLINK | STATX_UID | STATX_GID |            \
+                    STATX_ATIME | STATX_MTIME | STATX_INO | STATX_SIZE)
+#define XATTR_LIST_BUF (64u * 1024)       /* XATTR_LIST_MAX */
+#define XATTR_VALUE_BUF (64u * 1024 + 64) /* XATTR_SIZE_MAX, plus room for a v2→v3 cap */
+#define PROGRESS_EVERY 128                /* entries between clock reads, per worker */
+
+/* --- hardlinks: one destination inode per source inode ------------------------------- */
+
+typedef enum link_state { LINK_PENDING, LINK_READY, LINK_FAILED } link_state;
+
+typedef struct link_entry {
+        uint64_t dev, ino;
+        link_state state;
+        char *path; /* first copy, relative to the destination root */
+} link_entry;
+
+typedef struct link_map {
+        pthread_mutex_t lock;
+        pthread_cond_t cond; /* a PENDING entry became READY or FAILED */
+        link_entry **slots;
+        size_t cap, len;
+} link_map;
+
+static size_t link_hash(uint64_t dev, uint64_t ino)
+{
+        uint64_t h = ino * 0x9E3779B97F4A7C15ULL ^ dev * 0xC2B2AE3D27D4EB4FULL;
+        return (size_t)(h ^ (h >> 29));
+}
+
+static link_entry **link_slot(link_map *m, uint64_t dev, uint64_t ino)
+{
+        for (size_t i = link_hash(dev, ino) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+                link_entry *e = m->slots[i];
+                if (!e || (e->dev == dev && e->ino == ino))
+                        return &m->slots[i];
+        }
+}
+
+/* Under m->lock. Keeps the table at most half full, so a lookup always ends. */
+static int link_grow(link_map *m)
+{
+        if (m->len * 2 < m->cap)
+                return 0;
+        size_t old_cap = m->cap;
+        link_entry **old = m->slots;
+
+        m->cap = old_cap ? old_cap * 2 : 256;
+        m->slots = calloc(m->cap, sizeof(*m->slots));
+        if (!m->slots) {
+                m->slots = old;
+                m->cap = old_cap;
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < old_cap; i++)
+                if (old[i])
+                        *link_slot(m, old[i]->dev, old[i]->ino) = old[i];
+        free(old);
+        return 0;
+}
+
+static void link_map_clear(link_map *m)
+{
+        for (size_t i = 0; i < m->cap; i++)
+                if (m->slots[i]) {
+                        free(m->slots[i]->path);
+                        free(m->slots[i]);
+                }
+        free(m->slots);
+        pthread_mutex_destroy(&m->lock);
+        pthread_cond_destroy(&m->cond);
+}
+
+/* --- the clone of one tree ------------------------------------------------------------ */
+
+typedef struct clone_ctx {
+        const rl_tree_options *opts;
+        rl_fsinfo *dst_fs;
+        int dst_root_fd;            /* the temporary root being built */
+        uint64_t tmp_dev, tmp_ino;  /* never clone the tree being built into itself */
+        uid_t euid;
+        gid_t egid;
+        link_map links;
+
+        pthread_mutex_t stats_lock; /* workers add their totals here when they finish */
+        rl_tree_stats stats;
+
+        uint64_t start_ns;
+        atomic_uint_fast64_t progress_entries, progress_bytes, progress_last_ns;
+        pthread_mutex_t progress_lock;
+} clone_ctx;
+
+typedef struct clone_worker {
+        clone_ctx *ctx;
+        rl_tree_stats stats;
+        unsigned since_progress;
+        char *names;  /* xattr name list */
+        char *value;  /* xattr value */
+} clone_worker;
+
+typedef struct clone_dir {
+        int dst_fd;
+        struct statx st;
+} clone_dir;
+
+/* Where metadata goes or comes from: an open fd, or (dir fd, name) for entries that must
+ * not be opened (symlinks, devices, fifos, sockets). */
+typedef struct ref {
+        int fd;
+        int dir_fd;
+        const char *name;
+} ref;
+
+static void entry_path(char *buf, size_t size, const rl_walk_dir *d, const char *name)
+{
+        if (d->depth == 0)
+                snprintf(buf, size, "%s", name);
+        else
+                snprintf(buf, size, "%s/%s", d->path, name);
+}
+
+static int map_ids(const clone_ctx *c, const struct statx *st, const char *path, uid_t *uid,
+                   gid_t *gid, rl_error *err)
+{
+        bool keep = c->opts->flags & RL_TREE_KEEP_UNMAPPED;
+        uint32_t u, g;
+
+        if (rl_idmap_map(c->opts->uid_map, st->stx_uid, &u) < 0) {
+                if (!keep)
+                        return rl_error_set(err, -ERANGE, "'%s': uid %u is outside the uid map",
+                                            path, st->stx_uid);
+                u = st->stx_uid;
+        }
+        if (rl_idmap_map(c->opts->gid_map, st->stx_gid, &g) < 0) {
+                if (!keep)
+                        return rl_error_set(err, -ERANGE, "'%s': gid %u is outside the gid map",
+                                            path, st->stx_gid);
+                g = st->stx_gid;
+        }
+        *uid = u;
+        *gid = g;
+        return 0;
+}
+
+static ssize_t ref_listxattr(const ref *r, char *buf, size_t size)
+{
+        char p[RL_PROC_FD_PATH_MAX];
+        if (r->fd >= 0)
+                return flistxattr(r->fd, buf, size);
+        if (rl_proc_fd_path(p, sizeof(p), r->dir_fd, r->name) < 0)
+                return -1;
+        return llistxattr(p, buf, size);
+}
+
+static ssize_t ref_getxattr(const ref *r, const char *name, void *buf, size_t size)
+{
+        char p[RL_PROC_FD_PATH_MAX];
+        if (r->fd >= 0)
+                return fgetxattr(r->fd, name, buf, size);
+        if (rl_proc_fd_path(p, sizeof(p), r->dir_fd, r->name) < 0)
+                return -1;
+        return lgetxattr(p, name, buf, size);
+}
+
+static int ref_setxattr(const ref *r, const char *name, const void *buf, size_t size)
+{
+        char p[RL_PROC_FD_PATH_MAX];
+        if (r->fd >= 0)
+                return fsetxattr(r->fd, name, buf, size, 0);
+        if (rl_proc_fd_path(p, sizeof(p), r->dir_fd, r->name) < 0)
+                return -1;
+        return lsetxattr(p, name, buf, size, 0);
+}
+
+/*
+ * XFS also lists its on-disk ACLs as trusted.SGI_ACL_FILE / trusted.SGI_ACL_DEFAULT (to
+ * CAP_SYS_ADMIN): the same ACLs as system.posix_acl_*, in XFS's own big-endian layout. Copying
+ * them would set each ACL twice, the second time with unshifted ids, and plant XFS's layout on
+ * other filesystems. libattr's xattr.conf skips them for the same reason.
+ */
+static bool xattr_is_alias(const char *name)
+{
+        return strcmp(name, "trusted.SGI_ACL_FILE") == 0 ||
+               strcmp(name, "trusted.SGI_ACL_DEFAULT") == 0;
+}
+
+/* Copy every xattr of src to dst, shifting the ids inside ACLs and capabilities. */
+static int copy_xattrs(clone_worker *wk, const ref *src, const ref *dst, const char *path,
+                       rl_error *err)
+{
+        const rl_tree_options *o = wk->ctx->opts;
+        bool shift = o->uid_map || o->gid_map;
+
+        if (!wk->names) {
+                /* XATTR_LIST_MAX and XATTR_SIZE_MAX: one call each, never a size probe. */
+                wk->names = malloc(XATTR_LIST_BUF);
+                wk->value = malloc(XATTR_VALUE_BUF);
+                if (!wk->names || !wk->value)
+                        return rl_error_set(err, -ENOMEM, "'%s': xattrs", path);
+        }
+        ssize_t len = ref_listxattr(src, wk->names, XATTR_LIST_BUF);
+        if (len < 0) {
+                if (errno == EOPNOTSUPP)
+                        return 0; /* the source has none to give */
+                return rl_error_set(err, -errno, "'%s': list xattrs", path);
+        }
+        for (const char *n = wk->names; n < wk->names + len; n += strlen(n) + 1) {
+                if (xattr_is_alias(n))
+                        continue;
+                ssize_t vlen = ref_getxattr(src, n, wk->value, XATTR_VALUE_BUF - 64);
+                if (vlen < 0) {
+                        if (errno == ENODATA)
+                                continue; /* removed since it was listed */
+                        return rl_error_set(err, -errno, "'%s': read xattr '%s'", path, n);
+                }
+                size_t size = (size_t)vlen;
+                if (shift) {
+                        int r = rl_idmap_shift_xattr(o->uid_map, o->gid_map,
+                                                     o->flags & RL_TREE_KEEP_UNMAPPED, n,
+                                                     wk->value, &size, XATTR_VALUE_BUF);
+                        if (r < 0)
+                                return rl_error_set(err, r, "'%s': shift ids in xattr '%s'",
+                                                    path, n);
+                }
+                if (ref_setxattr(dst, n, wk->value, size) < 0)
+                        return rl_error_set(err, -errno, "'%s': write xattr '%s'", path, n);
+                wk->stats.xattrs++;
+        }
+        return 0;
+}
+
+/*
+ * Owner, xattrs, mode, times, in that order: chown clears setuid/setgid and
+ * security.capability, so both come after it; ACLs and the mode agree on the group bits,
+ * so the mode goes last of the two; nothing after utimens may touch the times.
+ */
+static int apply_meta(clone_worker *wk, const struct statx *st, const ref *src, const ref *dst,
+                      const char *path, rl_error *err)
+{
+        const clone_ctx *c = wk->ctx;
+        bool is_link = S_ISLNK(st->stx_mode);
+        uid_t uid = 0;
+        gid_t gid = 0;
+        int r;
+
+        r = map_ids(c, st, path, &uid, &gid, err);
+        if (r < 0)
+                return r;
+        /* A new entry already belongs to us (our directories get no setgid bit until their
+         * own metadata is applied, after their children), so chown only what differs. */
+        if (uid != c->euid || gid != c->egid) {
+                r = dst->fd >= 0 ? fchown(dst->fd, uid, gid)
+                                 : fchownat(dst->dir_fd, dst->name, uid, gid,
+                                            AT_SYMLINK_NOFOLLOW);
+                if (r < 0)
+                        return rl_error_set(err, -errno, "'%s': chown to %u:%u", path, uid, gid);
+        }
+        r = copy_xattrs(wk, src, dst, path, err);
+        if (r < 0)
+                return r;
+        if (!is_link) {
+                mode_t mode = st->stx_mode & 07777;
+                r = dst->fd >= 0 ? fchmod(dst->fd, mode) : fchmodat(dst->dir_fd, dst->name, mode, 0);
+                if (r < 0)
+                        return rl_error_set(err, -errno, "'%s': chmod %04o", path, mode);
+        }
+        struct timespec ts[2] = {
+                { st->stx_atime.tv_sec, st->stx_atime.tv_nsec },
+                { st->stx_mtime.tv_sec, st->stx_mtime.tv_nsec },
+        };
+        r = dst->fd >= 0 ? futimens(dst->fd, ts)
+                         : utimensat(dst->dir_fd, dst->name, ts, AT_SYMLINK_NOFOLLOW);
+        if (r < 0)
+                return rl_error_set(err, -errno, "'%s': set times", path);
+        return 0;
+}
+
+static int open_source_file(int dir_fd, const char *name, const struct statx *st,
+                            const char *path, rl_error *err)
+{
+        /* O_NOATIME: cloning must not change the source. Only the owner or CAP_FOWNER may
+         * ask for it; anyone else reads the ordinary way. O_NONBLOCK: should the entry have
+         * become a fifo, opening it must not hang. */
+        int flags = O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC;
+        _cleanup_close_ int fd = openat(dir_fd, name, flags | O_NOATIME);
+        if (fd < 0 && errno == EPERM)
+                fd = openat(dir_fd, name, flags);
+        if (fd < 0)
+                return rl_error_set(err, -errno, "open '%s'", path);
+
+        struct statx now;
+        if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &now) < 0)
+                return rl_error_set(err, -errno, "stat '%s'", path);
+        if (now.stx_ino != st->stx_ino || now.stx_dev_major != st->stx_dev_major ||
+            now.stx_dev_minor != st->stx_dev_minor || !S_ISREG(now.stx_mode))
+                return rl_error_set(err, -ESTALE, "'%s' was replaced while being cloned", path);
+        return TAKE_FD(fd);
+}
+
+static int clone_regular(clone_worker *wk, rl_walk_dir *d, int dst_dir, const char *name,
+                         const struct statx *st, const char *path, rl_error *err)
+{
+        _cleanup_close_ int src = -EBADF, dst = -EBADF;
+        rl_clone_result res;
+        int r;
+
+        src = open_source_file(d->fd, name, st, path, err);
+        if (src < 0)
+                return src;
+        dst = openat(dst_dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (dst < 0)
+                return rl_error_set(err, -errno, "create '%s'", path);
+        r = rl_file_clone(src, dst, wk->ctx->dst_fs, st->stx_size, path, &res, err);
+        if (r < 0)
+                return r;
+        r = apply_meta(wk, st, &(ref){ .fd = src }, &(ref){ .fd = dst }, path, err);
+        if (r < 0)
+                return r;
+        wk->stats.regular++;
+        wk->stats.bytes += st->stx_size;
+        wk->stats.bytes_reflinked += res.bytes_reflinked;
+        wk->stats.bytes_copied += res.bytes_copied;
+        wk->stats.methods[res.method]++;
+        return 0;
+}
+
+/*
+ * A regular file with more than one name. The first worker to meet the inode clones it;
+ * the others wait for that (it never waits on anything itself) and link to the copy.
+ */
+static int clone_hardlinked(clone_worker *wk, rl_walk_dir *d, int dst_dir, const char *name,
+                            const struct statx *st, const char *path, rl_error *err)
+{
+        link_map *m = &wk->ctx->links;
+        uint64_t dev = makedev(st->stx_dev_major, st->stx_dev_minor);
+        link_entry *e;
+        int r;
+
+        pthread_mutex_lock(&m->lock);
+        r = link_grow(m);
+        if (r < 0) {
+                pthread_mutex_unlock(&m->lock);
+                return rl_error_set(err, r, "'%s': hardlink map", path);
+        }
+        link_entry **slot = link_slot(m, dev, st->stx_ino);
+        if (!*slot) {
+                e = calloc(1, sizeof(*e));
+                /* The full path: `path` is cut at PATH_MAX for messages, this one is not. */
+                char *p = NULL;
+                if (asprintf(&p, "%s%s%s", d->depth ? d->path : "", d->depth ? "/" : "",
+                             name) < 0)
+                        p = NULL;
+                if (!e || !p) {
+                        free(e);
+                        free(p);
+                        pthread_mutex_unlock(&m->lock);
+                        return rl_error_set(err, -ENOMEM, "'%s': hardlink map", path);
+                }
+                *e = (link_entry){ dev, st->stx_ino, LINK_PENDING, p };
+                *slot = e;
+                m->len++;
+                pthread_mutex_unlock(&m->lock);
+
+                r = clone_regular(wk, d, dst_dir, name, st, path, err);
+
+                pthread_mutex_lock(&m->lock);
+                e->state = r < 0 ? LINK_FAILED : LINK_READY;
+                pthread_cond_broadcast(&m->cond);
+                pthread_mutex_unlock(&m->lock);
+                return r;
+        }
+        e = *slot;
+        while (e->state == LINK_PENDING)
+                pthread_cond_wait(&m->cond, &m->lock);
+        link_state state = e->state;
+        pthread_mutex_unlock(&m->lock);
+        if (state == LINK_FAILED)
+                return -ECANCELED; /* the first copy's error is the walk's error */
+
+        /* The first copy lives in our own private tree, but resolve its directory strictly
+         * beneath the root all the same. e->path is stable once READY. */
+        const char *slash = strrchr(e->path, '/');
+        _cleanup_close_ int parent = -EBADF;
+        const char *base = e->path;
+        if (slash) {
+                _cleanup_free_ char *dir = strndup(e->path, slash - e->path);
+                if (!dir)
+                        return rl_error_set(err, -ENOMEM, "link '%s'", path);
+                parent = rl_openat_beneath(wk->ctx->dst_root_fd, dir, O_PATH | O_DIRECTORY, 0);
+                if (parent < 0)
+                        return rl_error_set(err, parent, "link '%s': open '%s'", path, dir);
+                base = slash + 1;
+        }
+        if (linkat(parent >= 0 ? parent : wk->ctx->dst_root_fd, base, dst_dir, name, 0) < 0)
+                return rl_error_set(err, -errno, "link '%s' to '%s'", path, e->path);
+        wk->stats.hardlinks++;
+        return 0;
+}
+
+static int clone_symlink(clone_worker *wk, rl_walk_dir *d, int dst_dir, const char *name,
+                         const struct statx *st, const char *path, rl_error *err)
+{
+        char target[PATH_MAX + 1];
+
+        ssize_t n = readlinkat(d->fd, name, target, sizeof(target));
+        if (n < 0)
+                return rl_error_set(err, -errno, "read link '%s'", path);
+        if ((size_t)n >= sizeof(target) || (uint64_t)n != st->stx_size)
+                return rl_error_set(err, -ESTALE, "'%s' changed while being cloned", path);
+        target[n] = '\0';
+        if (symlinkat(target, dst_dir, name) < 0)
+                return rl_error_set(err, -errno, "create symlink '%s'", path);
+        wk->stats.symlinks++;
+        return apply_meta(wk, st, &(ref){ -EBADF, d->fd, name },
+                          &(ref){ -EBADF, dst_dir, name }, path, err);
+}
+
+static int clone_special(clone_worker *wk, rl_walk_dir *d, int dst_dir, const char *name,
+                         const struct statx *st, const char *path, rl_error *err)
+{
+        mode_t type = st->stx_mode & S_IFMT;
+        dev_t rdev = makedev(st->stx_rdev_major, st->stx_rdev_minor);
+
+        if (mknodat(dst_dir, name, type | 0600, S_ISCHR(type) || S_ISBLK(type) ? rdev : 0) < 0)
+                return rl_error_set(err, -errno, "create %s '%s'",
+                                    S_ISFIFO(type)   ? "fifo"
+                                    : S_ISSOCK(type) ? "socket"
+                                                     : "device node",
+                                    path);
+        switch (type) {
+        case S_IFIFO:
+                wk->stats.fifos++;
+                break;
+        case S_IFSOCK:
+                wk->stats.sockets++;
+                break;
+        case S_IFCHR:
+                wk->stats.chardevs++;
+                break;
+        default:
+                wk->stats.blockdevs++;
+                break;
+        }
+        return apply_meta(wk, st, &(ref){ -EBADF, d->fd, name },
+                          &(ref){ -EBADF, dst_dir, name }, path, err);
+}
+
+static void report_progress(clone_worker *wk)
+{
+        clone_ctx *c = wk->ctx;
+        const rl_tree_options *o = c->opts;
+
+        if (!o->progress || ++wk->since_progress < PROGRESS_EVERY)
+                return;
+        wk->since_progress = 0;
+        uint64_t now = rl_now_ns();
+        uint64_t interval = o->progress_interval_ns ? o->progress_interval_ns : 100000000ULL;
+        if (now - atomic_load(&c->progress_last_ns) < interval)
+                return;
+        if (pthread_mutex_trylock(&c->progress_lock) != 0)
+                return;
+        atomic_store(&c->progress_last_ns, now);
+        rl_tree_progress p = {
+                .entries = atomic_load(&c->progress_entries),
+                .bytes = atomic_load(&c->progress_bytes),
+                .elapsed_ns = now - c->start_ns,
+        };
+        o->progress(&p, o->progress_userdata);
+        pthread_mutex_unlock(&c->progress_lock);
+}
+
+static int clone_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name,
+                       unsigned char d_type _unused_, rl_error *err)
+{
+        clone_worker *wk = worker;
+        clone_dir *dd = d->priv;
+        char path[PATH_MAX];
+        struct statx st;
+        int r;
+
+        wk->ctx = ctx;
+        entry_path(path, sizeof(path), d, name);
+        if (statx(d->fd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_WANT, &st) < 0)
+                return rl_error_set(err, -errno, "stat '%s'", path);
+
+        switch (st.stx_mode & S_IFMT) {
+        case S_IFREG:
+                if (st.stx_nlink > 1)
+                        r = clone_hardlinked(wk, d, dd->dst_fd, name, &st, path, err);
+                else
+                        r = clone_regular(wk, d, dd->dst_fd, name, &st, path, err);
+                break;
+        case S_IFLNK:
+                r = clone_symlink(wk, d, dd->dst_fd, name, &st, path, err);
+                break;
+        case S_IFIFO:
+        case S_IFSOCK:
+        case S_IFCHR:
+        case S_IFBLK:
+                r = clone_special(wk, d, dd->dst_fd, name, &st, path, err);
+                break;
+        default:
+                /* Listed as something else, a directory now: the source is changing. */
+                r = rl_error_set(err, -ESTALE, "'%s' changed while being cloned", path);
+                break;
+        }
+        if (r < 0)
+                return r;
+        wk->stats.entries++;
+        atomic_fetch_add_explicit(&wk->ctx->progress_entries, 1, memory_order_relaxed);
+        if (S_ISREG(st.stx_mode))
+                atomic_fetch_add_explicit(&wk->ctx->progress_bytes, st.stx_size,
+                                          memory_order_relaxed);
+        report_progress(wk);
+        return 0;
+}
+
+static int clone_enter(void *ctx, void *worker, rl_walk_dir *d, rl_error *err)
+{
+        clone_ctx *c = ctx;
+        clone_worker *wk = worker;
+        _cleanup_free_ clone_dir *dd = calloc(1, sizeof(*dd));
+
+        wk->ctx = c;
+        if (!dd)
+                return rl_error_set(err, -ENOMEM, "'%s'", d->path);
+        dd->dst_fd = -EBADF;
+        if (statx(d->fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_WANT, &dd->st) < 0)
+                return rl_error_set(err, -errno, "stat '%s'", d->path);
+        if (dd->st.stx_ino == c->tmp_ino &&
+            makedev(dd->st.stx_dev_major, dd->st.stx_dev_minor) == c->tmp_dev)
+                return rl_error_set(err, -EINVAL,
+                                    "'%s' is the new tree itself: the destination lies inside "
+                                    "the source",
+                                    d->path);
+        if (!d->parent) {
+                dd->dst_fd = fcntl(c->dst_root_fd, F_DUPFD_CLOEXEC, 3);
+                if (dd->dst_fd < 0)
+                        return rl_error_set(err, -errno, "'%s': dup", d->path);
+        } else {
+                const clone_dir *pd = d->parent->priv;
+                /* 0700 until leave applies the real mode: nobody else may enter meanwhile,
+                 * and a read-only source directory still takes its children. */
+                if (mkdirat(pd->dst_fd, d->name, 0700) < 0)
+                        return rl_error_set(err, -errno, "create directory '%s'", d->path);
+                dd->dst_fd = openat(pd->dst_fd, d->name,
+                                    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (dd->dst_fd < 0)
+                        return rl_error_set(err, -errno, "open new directory '%s'", d->path);
+        }
+        d->priv = TAKE_PTR(dd);
+        return 0;
+}
+
+static int clone_leave(void *ctx, void *worker, rl_walk_dir *d, bool cancelled, rl_error *err)
+{
+        clone_worker *wk = worker;
+        _cleanup_free_ clone_dir *dd = d->priv;
+        _cleanup_close_ int dst_fd = -EBADF;
+
+        d->priv = NULL;
+        if (!dd)
+                return 0;
+        dst_fd = dd->dst_fd;
+        if (cancelled)
+                return 0;
+        wk->ctx = ctx;
+        int r = apply_meta(wk, &dd->st, &(ref){ .fd = d->fd }, &(ref){ .fd = dst_fd }, d->path,
+                           err);
+        if (r < 0)
+                return r;
+        wk->stats.dirs++;
+        wk->stats.entries++;
+        return 0;
+}
+
+static void clone_worker_done(void *ctx, void *worker)
+{
+        clone_worker *wk = worker;
+        clone_ctx *c = ctx;
+
+        {
+                pthread_mutex_lock(&c->stats_lock);
+                rl_tree_stats *t = &c->stats, *s = &wk->stats;
+                t->entries += s->entries;
+                t->dirs += s->dirs;
+                t->regular += s->regular;
+                t->hardlinks += s->hardlinks;
+                t->symlinks += s->symlinks;
+                t->fifos += s->fifos;
+                t->sockets += s->sockets;
+                t->chardevs += s->chardevs;
+                t->blockdevs += s->blockdevs;
+                t->xattrs += s->xattrs;
+                t->bytes += s->bytes;
+                t->bytes_reflinked += s->bytes_reflinked;
+                t->bytes_copied += s->bytes_copied;
+                for (size_t i = 0; i < ELEMENTSOF(t->methods); i++)
+                        t->methods[i] += s->methods[i];
+                pthread_mutex_unlock(&c->stats_lock);
+        }
+        free(wk->names);
+        free(wk->value);
+}
+
+static const rl_walk_ops clone_ops = {
+        .worker_size = sizeof(clone_worker),
+        .worker_done = clone_worker_done,
+        .enter = clone_enter,
+        .entry = clone_entry,
+        .leave = clone_leave,
+};
+
+/* --- removal -------------------------------------------------------------------------- */
+
+typedef struct remove_ctx {
+        uint64_t mnt_id;
+} remove_ctx;
+
+static int remove_enter(void *ctx, void *worker _unused_, rl_walk_dir *d, rl_error *err)
+{
+        remove_ctx *c = ctx;
+        struct statx st;
+
+        if (statx(d->fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MODE | STATX_MNT_ID,
+                  &st) < 0)
+                return rl_error_set(err, -errno, "stat '%s'", d->path);
+        if (!d->parent)
+                c->mnt_id = st.stx_mnt_id;
+        else if (st.stx_mnt_id != c->mnt_id)
+                return rl_error_set(err, -EBUSY, "remove '%s': a filesystem is mounted there",
+                                    d->path);
+        /* A read-only directory of our own (a tree that failed half-way after its modes
+         * were applied) still has to give up its entries. */
+        if ((st.stx_mode & 0300) != 0300 && fchmod(d->fd, (st.stx_mode & 07777) | 0700) < 0 &&
+            errno != EPERM)
+                return rl_error_set(err, -errno, "remove '%s': chmod", d->path);
+        return 0;
+}
+
+static int remove_entry(void *ctx _unused_, void *worker _unused_, rl_walk_dir *d,
+                        const char *name, unsigned char d_type _unused_, rl_error *err)
+{
+        if (unlinkat(d->fd, name, 0) < 0 && errno != ENOENT) {
+                char path[PATH_MAX];
+                entry_path(path, sizeof(path), d, name);
+                return rl_error_set(err, -errno, "remove '%s'", path);
+        }
+        return 0;
+}
+
+static int remove_leave(void *ctx _unused_, void *worker _unused_, rl_walk_dir *d,
+                        bool cancelled, rl_error *err)
+{
+        if (cancelled || !d->parent)
+                return 0;
+        if (unlinkat(d->parent->fd, d->name, AT_REMOVEDIR) < 0 && errno != ENOENT)
+                return rl_error_set(err, -errno, "remove directory '%s'", d->path);
+        return 0;
+}
+
+static const rl_walk_ops remove_ops = {
+        .enter = remove_enter,
+        .entry = remove_entry,
+        .leave = remove_leave,
+};
+
+RL_EXPORT int rl_tree_remove(int dir_fd, const char *name, unsigned jobs, rl_error *err)
+{
+        _cleanup_close_ int fd = -EBADF;
+        remove_ctx ctx = {};
+
+        fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0) {
+                if (errno != ENOTDIR && errno != ELOOP)
+                        return rl_error_set(err, -errno, "remove '%s'", name);
+                if (unlinkat(dir_fd, name, 0) < 0)
+                        return rl_error_set(err, -errno, "remove '%s'", name);
+                return 0;
+        }
+        int r = rl_walk_run(fd, &remove_ops, &ctx, jobs, err);
+        if (r < 0)
+                return rl_error_prefix(err, "remove '%s'", name);
+        if (unlinkat(dir_fd, name, AT_REMOVEDIR) < 0)
+                return rl_error_set(err, -errno, "remove '%s'", name);
+        return 0;
+}
+
+/* --- publishing ------------------------------------------------------------------------ */
+
+static bool valid_name(const char *name)
+{
+        return name && name[0] && !strchr(name, '/') && strcmp(name, ".") != 0 &&
+               strcmp(name, "..") != 0 && strlen(name) <= NAME_MAX;
+}
+
+/* Is the directory dir_fd the directory (dev, ino), or below it? Walks ".." up to the root
+ * of the mount namespace. */
+static int dir_is_inside(int dir_fd, uint64_t dev, uint64_t ino)
+{
+        _cleanup_close_ int cur = fcntl(dir_fd, F_DUPFD_CLOEXEC, 3);
+        struct stat st, up;
+
+        if (cur < 0)
+                return -errno;
+        for (unsigned i = 0; i < 2 * RL_WALK_DEPTH_MAX; i++) {
+                if (fstat(cur, &st) < 0)
+                        return -errno;
+                if (st.st_dev == dev && st.st_ino == ino)
+                        return 1;
+                int parent = openat(cur, "..", O_PATH | O_DIRECTORY | O_CLOEXEC);
+                if (parent < 0)
+                        return -errno;
+                if (fstat(parent, &up) < 0) {
+                        close(parent);
+                        return -errno;
+                }
+                close(cur);
+                cur = parent;
+                if (up.st_dev == st.st_dev && up.st_ino == st.st_ino)
+                        return 0; /* "/" is its own parent */
+        }
+        return -ELOOP;
+}
+
+static int make_tmp_root(int dst_dir_fd, char *name, size_t size, rl_error *err)
+{
+        for (int attempt = 0; attempt < 16; attempt++) {
+                uint64_t rnd;
+                if (getrandom(&rnd, sizeof(rnd), GRND_NONBLOCK) != sizeof(rnd))
+                        rnd = rl_now_ns() ^ ((uint64_t)getpid() << 32);
+                snprintf(name, size, ".rl-clone-%016" PRIx64, rnd);
+                if (mkdirat(dst_dir_fd, name, 0700) == 0)
+                        break;
+                if (errno != EEXIST)
+                        return rl_error_set(err, -errno, "create temporary directory");
+                if (attempt == 15)
+                        return rl_error_set(err, -EEXIST, "create temporary directory");
+        }
+        int fd = openat(dst_dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) {
+                int r = -errno;
+                unlinkat(dst_dir_fd, name, AT_REMOVEDIR);
+                return rl_error_set(err, r, "open temporary directory");
+        }
+        /* A default ACL of the destination's parent would be inherited by the new root and,
+         * through it, by everything we create: the copy must carry the source's ACLs only. */
+        (void)fremovexattr(fd, "system.posix_acl_default");
+        (void)fremovexattr(fd, "system.posix_acl_access");
+        return fd;
+}
+
+RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
+                            const rl_tree_options *opts, rl_tree_stats *ret_stats, rl_error *err)
+{
+        static const rl_tree_options defaults = {};
+        _cleanup_(rl_fsinfo_freep) rl_fsinfo *fs = NULL;
+        _cleanup_close_ int tmp_fd = -EBADF;
+        char tmp_name[64];
+        struct stat src_st, tmp_st, st;
+        int r;
+
+        if (!opts)
+                opts = &defaults;
+        if (!valid_name(dst_name))
+                return rl_error_set(err, -EINVAL, "clone: '%s' is not a valid name",
+                                    dst_name ? dst_name : "(null)");
+        if (fstat(src_fd, &src_st) < 0)
+                return rl_error_set(err, -errno, "clone: source");
+        if (!S_ISDIR(src_st.st_mode))
+                return rl_error_set(err, -ENOTDIR, "clone: source");
+        if (fstatat(dst_dir_fd, dst_name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+                return rl_error_set(err, -EEXIST, "clone: destination '%s'", dst_name);
+        if (errno != ENOENT)
+                return rl_error_set(err, -errno, "clone: destination '%s'", dst_name);
+        r = dir_is_inside(dst_dir_fd, src_st.st_dev, src_st.st_ino);
+        if (r < 0)
+                return rl_error_set(err, r, "clone: destination '%s'", dst_name);
+        if (r > 0)
+                return rl_error_set(err, -EINVAL,
+                                    "clone: destination '%s' lies inside the source", dst_name);
+        r = rl_fsinfo_open(dst_dir_fd, &fs, err);
+        if (r < 0)
+                return rl_error_prefix(err, "clone");
+
+        tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), err);
+        if (tmp_fd < 0)
+                return rl_error_prefix(err, "clone '%s'", dst_name);
+        if (fstat(tmp_fd, &tmp_st) < 0) {
+                r = rl_error_set(err, -errno, "clone '%s': temporary directory", dst_name);
+                goto out_remove_tmp;
+        }
+
+        clone_ctx c = {
+                .opts = opts,
+                .dst_fs = fs,
+                .dst_root_fd = tmp_fd,
+                .tmp_dev = tmp_st.st_dev,
+                .tmp_ino = tmp_st.st_ino,
+                .euid = geteuid(),
+                .egid = getegid(),
+                .links = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER },
+                .stats_lock = PTHREAD_MUTEX_INITIALIZER,
+                .progress_lock = PTHREAD_MUTEX_INITIALIZER,
+                .start_ns = rl_now_ns(),
+        };
+        atomic_init(&c.progress_entries, 0);
+        atomic_init(&c.progress_bytes, 0);
+        atomic_init(&c.progress_last_ns, c.start_ns);
+
+        r = rl_walk_run(src_fd, &clone_ops, &c, opts->jobs, err);
+        link_map_clear(&c.links);
+        pthread_mutex_destroy(&c.stats_lock);
+        pthread_mutex_destroy(&c.progress_lock);
+        if (r < 0)
+                goto out_remove_tmp;
+
+        if ((opts->flags & RL_TREE_SYNC) && syncfs(tmp_fd) < 0) {
+                r = rl_error_set(err, -errno, "clone '%s': syncfs", dst_name);
+                goto out_remove_tmp;
+        }
+        /* RENAME_NOREPLACE: a destination that appeared meanwhile is not overwritten. */
+        if (renameat2(dst_dir_fd, tmp_name, dst_dir_fd, dst_name, RENAME_NOREPLACE) < 0) {
+                r = rl_error_set(err, -errno, "clone: publish '%s'", dst_name);
+                goto out_remove_tmp;
+        }
+        c.stats.elapsed_ns = rl_now_ns() - c.start_ns;
+        if (ret_stats)
+                *ret_stats = c.stats;
+        return 0;
+
+out_remove_tmp:
+        /* The first error is the one to report; the clean-up reports nothing of its own. */
+        rl_tree_remove(dst_dir_fd, tmp_name, opts->jobs, NULL);
+        return r;
+}

@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * util.c owns the small fd and time helpers that every driver file needs (driver/util.h).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util.h"
+
+const char *rl_strerror(int errnum)
+{
+        /* strerrordesc_np reads a constant table: thread-safe and locale-free. */
+        const char *s = strerrordesc_np(errnum);
+        return s ? s : "Unknown error";
+}
+
+/* One O_NOFOLLOW component at a time: the fallback for kernels without openat2. */
+static int openat_by_component(int dir_fd, const char *path, int flags, mode_t mode)
+{
+        _cleanup_free_ char *copy = strdup(path);
+        _cleanup_close_ int cur = -EBADF;
+        char *save = NULL;
+
+        if (!copy)
+                return -ENOMEM;
+
+        char *comp = strtok_r(copy, "/", &save);
+        if (!comp)
+                return -EINVAL;
+        for (;;) {
+                char *next = strtok_r(NULL, "/", &save);
+                int from = cur >= 0 ? cur : dir_fd;
+
+                if (strcmp(comp, "..") == 0)
+                        return -EXDEV;
+                if (!next) {
+                        int fd = RL_NERRNO(openat(from, comp, flags | O_NOFOLLOW | O_CLOEXEC, mode));
+                        return fd;
+                }
+                int fd = RL_NERRNO(
+                        openat(from, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+                if (fd < 0)
+                        return fd;
+                closep(&cur);
+                cur = fd;
+                comp = next;
+        }
+}
+
+int rl_openat_beneath(int dir_fd, const char *path, int flags, mode_t mode)
+{
+        struct open_how how = {
+                .flags = (uint64_t)(flags | O_CLOEXEC),
+                .mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
+                .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        };
+
+        if (path[0] == '/' || path[0] == '\0')
+                return -EINVAL;
+
+        int fd = (int)syscall(SYS_openat2, dir_fd, path, &how, sizeof(how));
+        if (fd >= 0)
+                return fd;
+        /* ENOSYS: an old kernel; ENAMETOOLONG: a path past PATH_MAX, which a deep tree has.
+         * Fall back to a checked walk, one component at a time, never to plain openat. */
+        if (errno != ENOSYS && errno != ENAMETOOLONG)
+                return -errno;
+        return openat_by_component(dir_fd, path, flags, mode);
+}
+
+int rl_proc_fd_path(char *buf, size_t size, int dir_fd, const char *name)
+{
+        if (strchr(name, '/'))
+                return -EINVAL;
+        int n = snprintf(buf, size, "/proc/self/fd/%d/%s", dir_fd, name);
+        if (n < 0 || (size_t)n >= size)
+                return -ENAMETOOLONG;
+        return 0;
+}
+
+uint64_t rl_now_ns(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+unsigned rl_online_cpus(void)
+{
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        return n > 0 ? (unsigned)n : 1;
+}

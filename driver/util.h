@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Private helpers shared by the driver (and, in-tree, by the daemon and the CLI; this header
+ * is never installed): cleanup attributes, errno wrappers, fd-relative path helpers.
+ */
+#pragma once
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#define RL_EXPORT __attribute__((visibility("default")))
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _cleanup_free_ _cleanup_(freep)
+#define _cleanup_close_ _cleanup_(closep)
+
+#define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
+#define _unused_ __attribute__((unused))
+#define _likely_(x) __builtin_expect(!!(x), 1)
+#define _unlikely_(x) __builtin_expect(!!(x), 0)
+
+static inline void freep(void *p)
+{
+        free(*(void **)p);
+}
+
+static inline void closep(int *fd)
+{
+        if (*fd >= 0) {
+                int saved = errno;
+                close(*fd);
+                errno = saved;
+        }
+}
+
+/* Hand a resource over to the caller: return the value and leave the cleanup nothing. */
+#define TAKE_GENERIC(var, empty)                                                                   \
+        ({                                                                                         \
+                __typeof__(var) _taken = (var);                                                    \
+                (var) = (empty);                                                                   \
+                _taken;                                                                            \
+        })
+#define TAKE_FD(fd) TAKE_GENERIC(fd, -EBADF)
+#define TAKE_PTR(p) TAKE_GENERIC(p, NULL)
+
+/* libc call returning -1 + errno → negative errno; otherwise the call's own value. */
+#define RL_NERRNO(expr)                                                                            \
+        ({                                                                                         \
+                __typeof__(expr) _r = (expr);                                                      \
+                _r < 0 ? -errno : _r;                                                              \
+        })
+
+/* Thread-safe errno text. */
+const char *rl_strerror(int errnum);
+
+/*
+ * Open a multi-component relative path strictly beneath dir_fd: no "..", no absolute paths,
+ * no symlinks in any component (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|
+ * RESOLVE_NO_MAGICLINKS; one O_NOFOLLOW component at a time where the kernel lacks openat2).
+ * Returns the new fd (O_CLOEXEC is always added) or a negative errno.
+ */
+int rl_openat_beneath(int dir_fd, const char *path, int flags, mode_t mode);
+
+/*
+ * "/proc/self/fd/DIRFD/NAME", for the calls that have no fd form and must not follow
+ * NAME (l*xattr on a symlink or a device node). NAME must be one component.
+ */
+#define RL_PROC_FD_PATH_MAX (sizeof("/proc/self/fd/") + 12 + 256)
+int rl_proc_fd_path(char *buf, size_t size, int dir_fd, const char *name);
+
+/* Monotonic clock in nanoseconds. */
+uint64_t rl_now_ns(void);
+
+/* Number of online CPUs, at least 1. */
+unsigned rl_online_cpus(void);

@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Test helpers: real filesystems in a private mount namespace, a tree with every kind of
+ * entry, and an attribute-by-attribute tree comparison.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <reflayer/idmap.h>
+
+typedef enum rlt_fs {
+        RLT_XFS,
+        RLT_BTRFS,
+        RLT_EXT4,
+        RLT_TMPFS,
+} rlt_fs;
+
+const char *rlt_fs_name(rlt_fs fs);
+
+/*
+ * Enter a private mount namespace with a scratch tmpfs (rlt_scratch()) for images and mount
+ * points; everything made there vanishes with the test process. Call from .init; failures
+ * abort the test loudly.
+ */
+void rlt_init(void);
+/* Unmount what rlt_init and rlt_mkfs made, remove the scratch directory, check no fd leaked. */
+void rlt_fini(void);
+const char *rlt_scratch(void);
+
+/* Make and mount a filesystem of `size` bytes (0: a default that every type accepts).
+ * Returns the mount point (static storage per call: copy it). Fails the test loudly when a
+ * tool is missing, naming the package. */
+const char *rlt_mkfs(rlt_fs fs, uint64_t size_mb, const char *name);
+
+/* Run argv (argv[0] looked up in PATH), wait; returns the exit status or -errno. With out,
+ * stdout and stderr go to that buffer (NUL-terminated). */
+int rlt_run(char *const argv[], char *out, size_t out_size);
+
+/* Build the reference tree under dir/name: every entry kind, modes, owners, times, xattrs,
+ * ACLs, a capability, hardlinks, sparse and empty files, odd names. */
+void rlt_make_rich_tree(const char *dir, const char *name);
+
+/* Write a file of `size` bytes of a pattern seeded by `seed`. */
+void rlt_write_file(const char *path, uint64_t size, unsigned seed);
+
+/*
+ * Compare two trees entry by entry: type, mode, owner (a's ids through the maps must give
+ * b's), size, content, atime/mtime to the nanosecond, device numbers, link targets, every
+ * xattr (ids inside ACLs and capabilities shifted by the maps) and the hardlink structure.
+ * Returns true when identical; otherwise false and `why` says where.
+ */
+bool rlt_tree_equal(const char *a, const char *b, const rl_idmap *uids, const rl_idmap *gids,
+                    char *why, size_t why_size);
+
+/* Do all extents of the file at path carry FIEMAP_EXTENT_SHARED (and is there at least one)? */
+bool rlt_extents_shared(const char *path);
+
+/* Is there an entry in dir whose name starts with prefix? */
+bool rlt_dir_has_prefix(const char *dir, const char *prefix);
+
+/* Install a seccomp filter failing FICLONE with EOPNOTSUPP and, if also_copy_range,
+ * copy_file_range with ENOSYS, so the fallback engines run on a reflink filesystem. */
+void rlt_block_reflink(bool also_copy_range);

@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The reflayer CLI as a user runs it: summaries, JSON, exit codes, messages naming the path.
+ */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "rltest.h"
+
+TestSuite(cli, .init = rlt_init, .fini = rlt_fini, .timeout = 60);
+
+static char *cli(void)
+{
+        char *p = getenv("RL_CLI");
+        cr_assert(p && access(p, X_OK) == 0, "RL_CLI must name the built reflayer binary "
+                                             "(tests/run-unit sets it)");
+        return p;
+}
+
+static char out[65536];
+
+Test(cli, clone_prints_summary)
+{
+        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
+        char src[PATH_MAX], dst[PATH_MAX];
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(dst, sizeof(dst), "%s/dst/", mnt); /* a trailing slash is fine */
+        char *argv[] = { cli(), "clone", "--jobs", "2", src, dst, NULL };
+        int r = rlt_run(argv, out, sizeof(out));
+        cr_assert_eq(r, 0, "exit %d: %s", r, out);
+        cr_expect(strncmp(out, "cloned ", 7) == 0, "%s", out);
+        cr_expect(strstr(out, "on xfs") && strstr(out, "38 entries") &&
+                          strstr(out, "reflink 16"),
+                  "%s", out);
+        char why[4096];
+        dst[strlen(dst) - 1] = '\0';
+        cr_assert(rlt_tree_equal(src, dst, NULL, NULL, why, sizeof(why)), "%s", why);
+}
+
+Test(cli, clone_json_and_shift)
+{
+        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
+        char src[PATH_MAX], dst[PATH_MAX];
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        char *argv[] = { cli(), "clone", "--json", "--uid-map", "0:100000:65536", "--gid-map",
+                         "0:100000:65536", src, dst, NULL };
+        int r = rlt_run(argv, out, sizeof(out));
+        cr_assert_eq(r, 0, "exit %d: %s", r, out);
+        json_error_t jerr;
+        json_t *o = json_loads(out, 0, &jerr);
+        cr_assert(o, "not JSON (%s): %s", jerr.text, out);
+        cr_expect_eq(json_integer_value(json_object_get(o, "entries")), 38);
+        cr_expect_eq(json_integer_value(json_object_get(o, "bytes_copied")), 0);
+        cr_expect_str_eq(json_string_value(json_object_get(o, "reflink")), "yes");
+        cr_expect_eq(json_integer_value(json_object_get(json_object_get(o, "methods"), "reflink")),
+                     16);
+        json_decref(o);
+        struct stat st;
+        cr_assert(stat(dst, &st) == 0);
+        cr_expect_eq(st.st_uid, 100000);
+        cr_expect_eq(st.st_gid, 100000);
+}
+
+Test(cli, errors_name_the_path)
+{
+        const char *mnt = rlt_mkfs(RLT_TMPFS, 0, "t");
+        char dst[PATH_MAX];
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+
+        char *missing[] = { cli(), "clone", "/nonexistent/src", dst, NULL };
+        cr_expect_eq(rlt_run(missing, out, sizeof(out)), 1);
+        cr_expect(strstr(out, "'/nonexistent/src'") && strstr(out, "No such file or directory"),
+                  "%s", out);
+
+        char *exists[] = { cli(), "clone", "/usr/share/doc", (char *)mnt, NULL };
+        cr_expect_eq(rlt_run(exists, out, sizeof(out)), 1);
+        cr_expect(strstr(out, "File exists"), "%s", out);
+
+        char *badmap[] = { cli(), "clone", "--uid-map", "0:1", "/usr", dst, NULL };
+        cr_expect_eq(rlt_run(badmap, out, sizeof(out)), 2);
+        cr_expect(strstr(out, "CONTAINER:HOST:LENGTH"), "%s", out);
+
+        char *usage[] = { cli(), "clone", "onlyone", NULL };
+        cr_expect_eq(rlt_run(usage, out, sizeof(out)), 2);
+        char *unknown[] = { cli(), "frobnicate", NULL };
+        cr_expect_eq(rlt_run(unknown, out, sizeof(out)), 2);
+        cr_expect(strstr(out, "unknown command 'frobnicate'"), "%s", out);
+        cr_expect(access(dst, F_OK) != 0, "a failed clone left its destination");
+}

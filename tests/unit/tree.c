@@ -1,0 +1,543 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * tree.c: replicating whole trees on real filesystems, every engine path on every filesystem,
+ * id shifting, and every error leaving nothing behind.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/capability.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <reflayer/tree.h>
+
+#include "rltest.h"
+
+TestSuite(tree, .init = rlt_init, .fini = rlt_fini, .timeout = 120);
+
+static int open_dir(const char *path)
+{
+        int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cr_assert(fd >= 0, "open %s: %s", path, strerror(errno));
+        return fd;
+}
+
+/* Clone src_dir/name into dst_dir/dst_name; returns rl_tree_clone's result. */
+static int clone_path(const char *src, const char *dst_dir, const char *dst_name,
+                      const rl_tree_options *o, rl_tree_stats *st, rl_error *err)
+{
+        int s = open_dir(src), d = open_dir(dst_dir);
+        int r = rl_tree_clone(s, d, dst_name, o, st, err);
+        close(s);
+        close(d);
+        return r;
+}
+
+static void assert_same(const char *a, const char *b, const rl_idmap *u, const rl_idmap *g)
+{
+        char why[4096];
+        cr_assert(rlt_tree_equal(a, b, u, g, why, sizeof(why)), "%s vs %s: %s", a, b, why);
+}
+
+static uint64_t blocks_of(const char *path)
+{
+        struct stat st;
+        cr_assert(stat(path, &st) == 0, "stat %s: %s", path, strerror(errno));
+        return (uint64_t)st.st_blocks;
+}
+
+/*
+ * The rich tree on one filesystem, cloned with `jobs` workers; the expected engine is
+ * `method`. Checks the tree attribute by attribute, the engine's totals, that reflinked data
+ * is really shared (FIEMAP), that holes stay holes, and that writing the copy leaves the
+ * source alone.
+ */
+static void clone_rich(rlt_fs fs, unsigned jobs, rl_clone_method method)
+{
+        const char *mnt = rlt_mkfs(fs, 0, rlt_fs_name(fs));
+        char src[PATH_MAX], dst[PATH_MAX], p[PATH_MAX], q[PATH_MAX];
+        rl_tree_options o = { .jobs = jobs };
+        rl_tree_stats st;
+        rl_error err = {};
+
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        int r = clone_path(src, mnt, "dst", &o, &st, &err);
+        cr_assert_eq(r, 0, "rl_tree_clone on %s: %s", rlt_fs_name(fs), err.msg);
+        assert_same(src, dst, NULL, NULL);
+
+        cr_expect_eq(st.dirs, 12, "dirs %lu", st.dirs);
+        cr_expect_eq(st.regular, 17, "regular %lu", st.regular);
+        cr_expect_eq(st.hardlinks, 2, "hardlinks %lu", st.hardlinks);
+        cr_expect_eq(st.symlinks, 3);
+        cr_expect_eq(st.fifos, 1);
+        cr_expect_eq(st.sockets, 1);
+        cr_expect_eq(st.chardevs, 1);
+        cr_expect_eq(st.blockdevs, 1);
+        cr_expect_eq(st.entries, 12 + 17 + 2 + 3 + 4);
+        cr_expect_eq(st.methods[RL_CLONE_EMPTY], 1);
+        cr_expect_eq(st.methods[method], 16, "%s: %lu files by %s", rlt_fs_name(fs),
+                     st.methods[method], rl_clone_method_to_string(method));
+        if (method == RL_CLONE_REFLINK) {
+                cr_expect_eq(st.bytes_copied, 0);
+                cr_expect_eq(st.bytes_reflinked, st.bytes);
+                snprintf(p, sizeof(p), "%s/data/big", dst);
+                cr_assert(rlt_extents_shared(p), "%s: data/big does not share its extents",
+                          rlt_fs_name(fs));
+                snprintf(q, sizeof(q), "%s/data/big", src);
+                cr_assert(rlt_extents_shared(q));
+        } else {
+                cr_expect_eq(st.bytes_reflinked, 0);
+                /* Only the data segments move: the sparse file's 4.9 MiB of holes do not. */
+                cr_expect_lt(st.bytes_copied, st.bytes - (4u << 20));
+        }
+        /* Holes stay holes, whatever the engine. */
+        snprintf(p, sizeof(p), "%s/data/sparse", dst);
+        snprintf(q, sizeof(q), "%s/data/sparse", src);
+        cr_expect_leq(blocks_of(p), blocks_of(q) + 256, "%s: sparse copy has %lu blocks, source %lu",
+                      rlt_fs_name(fs), blocks_of(p), blocks_of(q));
+        cr_expect_lt(blocks_of(p), (5u << 20) / 512 / 2);
+
+        /* Copy-on-write: the copy is its own file. */
+        snprintf(p, sizeof(p), "%s/etc/passwd", dst);
+        snprintf(q, sizeof(q), "%s/etc/passwd", src);
+        FILE *f = fopen(p, "r+");
+        cr_assert(f);
+        fputs("changed", f);
+        fclose(f);
+        char a[16] = {}, b[16] = {};
+        f = fopen(q, "r");
+        cr_assert(f);
+        cr_assert(fread(a, 1, 7, f) == 7);
+        fclose(f);
+        f = fopen(p, "r");
+        cr_assert(fread(b, 1, 7, f) == 7);
+        fclose(f);
+        cr_assert_str_eq(b, "changed");
+        cr_assert_str_neq(a, "changed", "writing the copy changed the source");
+        cr_assert(!rlt_dir_has_prefix(mnt, ".rl-clone-"), "a temporary was left behind");
+}
+
+Test(tree, xfs_reflinks)
+{
+        clone_rich(RLT_XFS, 0, RL_CLONE_REFLINK);
+}
+
+Test(tree, btrfs_reflinks)
+{
+        clone_rich(RLT_BTRFS, 0, RL_CLONE_REFLINK);
+}
+
+Test(tree, ext4_falls_back_to_copy_range)
+{
+        clone_rich(RLT_EXT4, 0, RL_CLONE_COPY_RANGE);
+}
+
+Test(tree, tmpfs_falls_back_to_copy_range)
+{
+        clone_rich(RLT_TMPFS, 0, RL_CLONE_COPY_RANGE);
+}
+
+/* FICLONE refused by a seccomp filter: the reflink filesystems take the fallback too. */
+Test(tree, xfs_without_ficlone)
+{
+        rlt_block_reflink(false);
+        clone_rich(RLT_XFS, 0, RL_CLONE_COPY_RANGE);
+}
+
+Test(tree, btrfs_without_ficlone)
+{
+        rlt_block_reflink(false);
+        clone_rich(RLT_BTRFS, 0, RL_CLONE_COPY_RANGE);
+}
+
+/* And with copy_file_range refused as well: the read/write loop, on every filesystem. */
+Test(tree, xfs_read_write)
+{
+        rlt_block_reflink(true);
+        clone_rich(RLT_XFS, 1, RL_CLONE_READ_WRITE);
+}
+
+Test(tree, btrfs_read_write)
+{
+        rlt_block_reflink(true);
+        clone_rich(RLT_BTRFS, 2, RL_CLONE_READ_WRITE);
+}
+
+Test(tree, ext4_read_write)
+{
+        rlt_block_reflink(true);
+        clone_rich(RLT_EXT4, 3, RL_CLONE_READ_WRITE);
+}
+
+Test(tree, tmpfs_read_write)
+{
+        rlt_block_reflink(true);
+        clone_rich(RLT_TMPFS, 4, RL_CLONE_READ_WRITE);
+}
+
+Test(tree, single_worker)
+{
+        clone_rich(RLT_XFS, 1, RL_CLONE_REFLINK);
+}
+
+/* The result must not depend on the number of workers. */
+Test(tree, result_independent_of_jobs)
+{
+        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
+        char src[PATH_MAX], d1[PATH_MAX], d8[PATH_MAX];
+        rl_error err = {};
+
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(d1, sizeof(d1), "%s/one", mnt);
+        snprintf(d8, sizeof(d8), "%s/eight", mnt);
+        cr_assert_eq(clone_path(src, mnt, "one", &(rl_tree_options){ .jobs = 1 }, NULL, &err), 0,
+                     "%s", err.msg);
+        cr_assert_eq(clone_path(src, mnt, "eight", &(rl_tree_options){ .jobs = 8 }, NULL, &err),
+                     0, "%s", err.msg);
+        assert_same(src, d1, NULL, NULL);
+        assert_same(src, d8, NULL, NULL);
+        assert_same(d1, d8, NULL, NULL);
+}
+
+Test(tree, cross_filesystem)
+{
+        char src[PATH_MAX], dst[PATH_MAX];
+        const char *ext4 = strdup(rlt_mkfs(RLT_EXT4, 0, "ext4"));
+        const char *xfs = rlt_mkfs(RLT_XFS, 0, "xfs");
+        rl_tree_stats st;
+        rl_error err = {};
+
+        rlt_make_rich_tree(ext4, "src");
+        snprintf(src, sizeof(src), "%s/src", ext4);
+        snprintf(dst, sizeof(dst), "%s/dst", xfs);
+        cr_assert_eq(clone_path(src, xfs, "dst", NULL, &st, &err), 0, "%s", err.msg);
+        assert_same(src, dst, NULL, NULL);
+        cr_expect_eq(st.methods[RL_CLONE_REFLINK], 0);
+        cr_expect_eq(st.methods[RL_CLONE_COPY_RANGE] + st.methods[RL_CLONE_READ_WRITE], 16);
+        free((void *)ext4);
+}
+
+Test(tree, shifts_ids_without_copying)
+{
+        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
+        char src[PATH_MAX], dst[PATH_MAX], p[PATH_MAX];
+        rl_idmap *u = NULL, *g = NULL;
+        rl_tree_stats st;
+        rl_error err = {};
+
+        cr_assert_eq(rl_idmap_new(&u, &err), 0);
+        cr_assert_eq(rl_idmap_new(&g, &err), 0);
+        cr_assert_eq(rl_idmap_parse(u, "0:100000:65536", &err), 0, "%s", err.msg);
+        cr_assert_eq(rl_idmap_parse(g, "0:200000:1000,1000:300000:65536", &err), 0, "%s", err.msg);
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        rl_tree_options o = { .uid_map = u, .gid_map = g };
+        cr_assert_eq(clone_path(src, mnt, "dst", &o, &st, &err), 0, "%s", err.msg);
+        /* Owners, ACL entries and the capability's root id all shifted; data not copied. */
+        assert_same(src, dst, u, g);
+        cr_expect_eq(st.bytes_copied, 0);
+        snprintf(p, sizeof(p), "%s/data/big", dst);
+        cr_assert(rlt_extents_shared(p));
+        struct stat sb;
+        snprintf(p, sizeof(p), "%s/home/user", dst);
+        cr_assert(stat(p, &sb) == 0);
+        cr_expect_eq(sb.st_uid, 101000);
+        cr_expect_eq(sb.st_gid, 300000);
+        snprintf(p, sizeof(p), "%s/bin/su", dst);
+        cr_assert(stat(p, &sb) == 0);
+        cr_expect_eq(sb.st_mode & 07777, 04755, "setuid lost in the shift: %o", sb.st_mode);
+        rl_idmap_free(u);
+        rl_idmap_free(g);
+}
+
+Test(tree, unmapped_id_is_an_error_unless_kept)
+{
+        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
+        char src[PATH_MAX], dst[PATH_MAX];
+        rl_idmap *u = NULL;
+        rl_error err = {};
+
+        cr_assert_eq(rl_idmap_new(&u, &err), 0);
+        cr_assert_eq(rl_idmap_parse(u, "0:100000:1000", &err), 0);
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        rl_tree_options o = { .uid_map = u };
+        int r = clone_path(src, mnt, "dst", &o, NULL, &err);
+        cr_assert_eq(r, -ERANGE, "expected ERANGE, got %d (%s)", r, err.msg);
+        cr_expect(strstr(err.msg, "home/user") && strstr(err.msg, "uid 1000"), "message: %s",
+                  err.msg);
+        cr_assert(access(dst, F_OK) < 0 && errno == ENOENT, "dst exists after a failure");
+        cr_assert(!rlt_dir_has_prefix(mnt, ".rl-clone-"), "temporary left behind");
+
+        o.flags = RL_TREE_KEEP_UNMAPPED;
+        cr_assert_eq(clone_path(src, mnt, "dst", &o, NULL, &err), 0, "%s", err.msg);
+        struct stat sb;
+        char p[PATH_MAX];
+        snprintf(p, sizeof(p), "%s/home/user", dst);
+        cr_assert(stat(p, &sb) == 0);
+        cr_expect_eq(sb.st_uid, 1000, "kept id: %u", sb.st_uid);
+        snprintf(p, sizeof(p), "%s/etc", dst);
+        cr_assert(stat(p, &sb) == 0);
+        cr_expect_eq(sb.st_uid, 100000);
+        rl_idmap_free(u);
+}
+
+Test(tree, refuses_existing_destination)
+{
+        const char *mnt = rlt_mkfs(RLT_TMPFS, 0, "t");
+        char src[PATH_MAX], dst[PATH_MAX], p[PATH_MAX];
+        rl_error err = {};
+
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        cr_assert(mkdir(dst, 0700) == 0);
+        snprintf(p, sizeof(p), "%s/keep", dst);
+        rlt_write_file(p, 10, 1);
+        int r = clone_path(src, mnt, "dst", NULL, NULL, &err);
+        cr_assert_eq(r, -EEXIST, "%d %s", r, err.msg);
+        cr_expect(strstr(err.msg, "'dst'") && strstr(err.msg, "File exists"), "%s", err.msg);
+        cr_assert(access(p, F_OK) == 0, "the existing destination was touched");
+        /* A symlink counts as existing too, and is not followed. */
+        snprintf(p, sizeof(p), "%s/lnk", mnt);
+        cr_assert(symlink("nowhere", p) == 0);
+        cr_assert_eq(clone_path(src, mnt, "lnk", NULL, NULL, &err), -EEXIST);
+}
+
+Test(tree, refuses_destination_inside_source)
+{
+        const char *mnt = rlt_mkfs(RLT_TMPFS, 0, "t");
+        char src[PATH_MAX], inner[PATH_MAX];
+        rl_error err = {};
+
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(inner, sizeof(inner), "%s/src/data", mnt);
+        int r = clone_path(src, inner, "copy", NULL, NULL, &err);
+        cr_assert_eq(r, -EINVAL, "%d %s", r, err.msg);
+        cr_expect(strstr(err.msg, "inside the source"), "%s", err.msg);
+        r = clone_path(src, src, "copy", NULL, NULL, &err);
+        cr_assert_eq(r, -EINVAL, "%d %s", r, err.msg);
+        cr_assert(!rlt_dir_has_prefix(inner, ".rl-clone-"));
+        cr_assert(!rlt_dir_has_prefix(inner, "copy"));
+}
+
+Test(tree, refuses_bad_names)
+{
+        const char *mnt = rlt_mkfs(RLT_TMPFS, 0, "t");
+        rl_error err = {};
+        int s = open_dir(mnt), d = open_dir(mnt);
+        cr_expect_eq(rl_tree_clone(s, d, "", NULL, NULL, &err), -EINVAL);
+        cr_expect_eq(rl_tree_clone(s, d, "a/b", NULL, NULL, &err), -EINVAL);
+        cr_expect_eq(rl_tree_clone(s, d, "..", NULL, NULL, &err), -EINVAL);
+        cr_expect(strstr(err.msg, "not a valid name"), "%s", err.msg);
+        close(s);
+        close(d);
+}
+
+Test(tree, enospc_leaves_nothing)
+{
+        const char *big = strdup(rlt_mkfs(RLT_TMPFS, 0, "big"));
+        const char *small = rlt_mkfs(RLT_TMPFS, 2, "small");
+        char src[PATH_MAX], dst[PATH_MAX];
+        rl_error err = {};
+
+        rlt_make_rich_tree(big, "src");
+        snprintf(src, sizeof(src), "%s/src", big);
+        snprintf(dst, sizeof(dst), "%s/dst", small);
+        int r = clone_path(src, small, "dst", NULL, NULL, &err);
+        cr_assert_eq(r, -ENOSPC, "expected ENOSPC, got %d: %s", r, err.msg);
+        cr_expect(strstr(err.msg, "No space left on device") && strchr(err.msg, '\'') &&
+                          strchr(err.msg, '/'),
+                  "the message names no path: %s", err.msg);
+        cr_assert(access(dst, F_OK) < 0 && errno == ENOENT);
+        cr_assert(!rlt_dir_has_prefix(small, ".rl-clone-"), "temporary left behind");
+        free((void *)big);
+}
+
+Test(tree, unreadable_file_leaves_nothing)
+{
+        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
+        char src[PATH_MAX], p[PATH_MAX], dst[PATH_MAX];
+        rl_error err = {};
+
+        /* A tree root can read but for one file (the rich tree has private directories,
+         * which root without DAC override cannot read either). */
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        cr_assert(mkdir(src, 0755) == 0);
+        snprintf(p, sizeof(p), "%s/etc", src);
+        cr_assert(mkdir(p, 0755) == 0);
+        for (int i = 0; i < 50; i++) {
+                snprintf(p, sizeof(p), "%s/etc/file%d", src, i);
+                rlt_write_file(p, 1000, (unsigned)i);
+        }
+        snprintf(p, sizeof(p), "%s/etc/secret", src);
+        rlt_write_file(p, 100, 3);
+        cr_assert(chown(p, 4242, 4242) == 0 && chmod(p, 0) == 0);
+        /* Root without the capabilities that override file permissions. */
+        cap_t caps = cap_get_proc();
+        cap_value_t drop[] = { CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER };
+        cr_assert(cap_set_flag(caps, CAP_EFFECTIVE, 3, drop, CAP_CLEAR) == 0);
+        cr_assert(cap_set_proc(caps) == 0);
+        cap_free(caps);
+
+        int r = clone_path(src, mnt, "dst", &(rl_tree_options){ .jobs = 2 }, NULL, &err);
+        cr_assert_eq(r, -EACCES, "expected EACCES, got %d: %s", r, err.msg);
+        cr_expect(strstr(err.msg, "etc/secret") && strstr(err.msg, "Permission denied"), "%s",
+                  err.msg);
+        cr_assert(access(dst, F_OK) < 0 && errno == ENOENT);
+        cr_assert(!rlt_dir_has_prefix(mnt, ".rl-clone-"), "temporary left behind");
+}
+
+Test(tree, missing_source_is_an_error)
+{
+        const char *mnt = rlt_mkfs(RLT_TMPFS, 0, "t");
+        int d = open_dir(mnt);
+        rl_error err = {};
+        /* A file is not a tree. */
+        char p[PATH_MAX];
+        snprintf(p, sizeof(p), "%s/file", mnt);
+        rlt_write_file(p, 1, 1);
+        int f = open(p, O_RDONLY | O_CLOEXEC);
+        cr_assert_eq(rl_tree_clone(f, d, "x", NULL, NULL, &err), -ENOTDIR, "%s", err.msg);
+        close(f);
+        close(d);
+}
+
+Test(tree, very_deep_tree)
+{
+        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
+        char src[PATH_MAX], dst[PATH_MAX];
+        const unsigned depth = 1500; /* paths of 15,000 bytes: far past PATH_MAX */
+        rl_tree_stats st;
+        rl_error err = {};
+
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        cr_assert(mkdir(src, 0755) == 0);
+        int fd = open_dir(src);
+        for (unsigned i = 0; i < depth; i++) {
+                cr_assert(mkdirat(fd, "ten-chars", 0755) == 0);
+                int sub = openat(fd, "ten-chars", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                cr_assert(sub >= 0);
+                if (i % 100 == 0) {
+                        int f = openat(sub, "file", O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+                        cr_assert(f >= 0 && write(f, "deep", 4) == 4);
+                        close(f);
+                        cr_assert(linkat(sub, "file", sub, "link", 0) == 0);
+                }
+                close(fd);
+                fd = sub;
+        }
+        close(fd);
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        cr_assert_eq(clone_path(src, mnt, "dst", NULL, &st, &err), 0, "%s", err.msg);
+        cr_expect_eq(st.dirs, depth + 1);
+        cr_expect_eq(st.regular, 15);
+        cr_expect_eq(st.hardlinks, 15);
+        assert_same(src, dst, NULL, NULL);
+}
+
+Test(tree, wide_directory_in_parallel)
+{
+        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
+        char src[PATH_MAX], dst[PATH_MAX], p[PATH_MAX];
+        rl_tree_stats st;
+        rl_error err = {};
+
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        cr_assert(mkdir(src, 0755) == 0);
+        for (int i = 0; i < 3000; i++) {
+                snprintf(p, sizeof(p), "%s/f%04d", src, i);
+                rlt_write_file(p, (uint64_t)(i % 7) * 1000, (unsigned)i);
+                if (i % 10 == 0) {
+                        char l[PATH_MAX];
+                        snprintf(l, sizeof(l), "%s/l%04d", src, i);
+                        cr_assert(link(p, l) == 0);
+                }
+        }
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        cr_assert_eq(clone_path(src, mnt, "dst", &(rl_tree_options){ .jobs = 4 }, &st, &err), 0,
+                     "%s", err.msg);
+        cr_expect_eq(st.regular + st.hardlinks, 3300);
+        cr_expect_eq(st.hardlinks, 300);
+        assert_same(src, dst, NULL, NULL);
+}
+
+static unsigned progress_calls;
+static uint64_t progress_last;
+
+static void on_progress(const rl_tree_progress *p, void *userdata)
+{
+        cr_assert_eq(userdata, &progress_calls);
+        cr_assert_geq(p->entries, progress_last);
+        progress_last = p->entries;
+        progress_calls++;
+}
+
+Test(tree, progress_is_reported)
+{
+        const char *mnt = rlt_mkfs(RLT_TMPFS, 0, "t");
+        char src[PATH_MAX], p[PATH_MAX];
+        rl_error err = {};
+
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        cr_assert(mkdir(src, 0755) == 0);
+        for (int i = 0; i < 2000; i++) {
+                snprintf(p, sizeof(p), "%s/f%d", src, i);
+                rlt_write_file(p, 10, (unsigned)i);
+        }
+        rl_tree_options o = { .jobs = 1, .progress = on_progress,
+                              .progress_userdata = &progress_calls, .progress_interval_ns = 1 };
+        cr_assert_eq(clone_path(src, mnt, "dst", &o, NULL, &err), 0, "%s", err.msg);
+        cr_expect_geq(progress_calls, 10, "progress called %u times", progress_calls);
+        cr_expect_leq(progress_last, 2000);
+}
+
+Test(tree, remove_tree)
+{
+        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
+        char src[PATH_MAX];
+        rl_error err = {};
+
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        int d = open_dir(mnt);
+        cr_assert_eq(rl_tree_remove(d, "src", 0, &err), 0, "%s", err.msg);
+        cr_assert(access(src, F_OK) < 0 && errno == ENOENT);
+        cr_assert_eq(rl_tree_remove(d, "src", 0, &err), -ENOENT);
+        close(d);
+}
+
+Test(tree, remove_does_not_cross_mounts)
+{
+        const char *mnt = strdup(rlt_mkfs(RLT_TMPFS, 0, "t"));
+        char inner[PATH_MAX], p[PATH_MAX];
+        rl_error err = {};
+
+        snprintf(inner, sizeof(inner), "%s/tree/mnt", mnt);
+        snprintf(p, sizeof(p), "%s/tree", mnt);
+        cr_assert(mkdir(p, 0755) == 0 && mkdir(inner, 0755) == 0);
+        const char *other = rlt_mkfs(RLT_TMPFS, 0, "other");
+        snprintf(p, sizeof(p), "%s/precious", other);
+        rlt_write_file(p, 10, 1);
+        cr_assert(mount(other, inner, NULL, MS_BIND, NULL) == 0, "bind: %s", strerror(errno));
+        int d = open_dir(mnt);
+        int r = rl_tree_remove(d, "tree", 0, &err);
+        cr_assert_eq(r, -EBUSY, "%d %s", r, err.msg);
+        cr_expect(strstr(err.msg, "mounted"), "%s", err.msg);
+        cr_assert(access(p, F_OK) == 0, "removal went through a mount point");
+        umount2(inner, MNT_DETACH);
+        close(d);
+        free((void *)mnt);
+}
