@@ -285,7 +285,7 @@ static int cmd_clone(int argc, char **argv)
         if (json) {
                 json_t *o = stats_json(src, dst, &stats, rl_fsinfo_type(fs),
                                        rl_fsinfo_reflink(fs));
-                if (!o || json_dumpf(o, stdout, JSON_COMPACT) < 0) {
+                if (!o || json_dumpf(o, stdout, JSON_COMPACT | JSON_REAL_PRECISION(6)) < 0) {
                         json_decref(o);
                         fprintf(stderr, "%s clone: cannot write JSON\n", prog);
                         return 1;

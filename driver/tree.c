@@ -105,6 +105,7 @@ typedef struct clone_ctx {
         uint64_t tmp_dev, tmp_ino;  /* never clone the tree being built into itself */
         uid_t euid;
         gid_t egid;
+        mode_t umask;               /* the process's, read once: see create_mode() */
         link_map links;
 
         pthread_mutex_t stats_lock; /* workers add their totals here when they finish */
@@ -260,7 +261,7 @@ static int copy_xattrs(clone_worker *wk, const ref *src, const ref *dst, const c
  * so the mode goes last of the two; nothing after utimens may touch the times.
  */
 static int apply_meta(clone_worker *wk, const struct statx *st, const ref *src, const ref *dst,
-                      const char *path, rl_error *err)
+                      bool mode_done, const char *path, rl_error *err)
 {
         const clone_ctx *c = wk->ctx;
         bool is_link = S_ISLNK(st->stx_mode);
@@ -283,7 +284,7 @@ static int apply_meta(clone_worker *wk, const struct statx *st, const ref *src, 
         r = copy_xattrs(wk, src, dst, path, err);
         if (r < 0)
                 return r;
-        if (!is_link) {
+        if (!is_link && !mode_done) {
                 mode_t mode = st->stx_mode & 07777;
                 r = dst->fd >= 0 ? fchmod(dst->fd, mode) : fchmodat(dst->dir_fd, dst->name, mode, 0);
                 if (r < 0)
@@ -322,23 +323,44 @@ static int open_source_file(int dir_fd, const char *name, const struct statx *st
         return TAKE_FD(fd);
 }
 
+/*
+ * The mode to create a regular file with, and whether that already is its final mode, which
+ * saves an fchmod per file: true when the umask takes nothing away and there are no setuid,
+ * setgid or sticky bits (chown would clear the first two; they always get an explicit
+ * fchmod). Our directories carry no default ACL while children are created, so the umask is
+ * all that stands between the create mode and the result. The file is opened for writing
+ * at creation, so even a read-only mode does not keep the data out.
+ */
+static bool create_mode(const clone_ctx *c, const struct statx *st, mode_t *ret)
+{
+        mode_t mode = st->stx_mode & 07777;
+        if ((mode & 07000) == 0 && (mode & c->umask) == 0) {
+                *ret = mode;
+                return true;
+        }
+        *ret = 0600;
+        return false;
+}
+
 static int clone_regular(clone_worker *wk, rl_walk_dir *d, int dst_dir, const char *name,
                          const struct statx *st, const char *path, rl_error *err)
 {
         _cleanup_close_ int src = -EBADF, dst = -EBADF;
         rl_clone_result res;
+        mode_t mode;
         int r;
 
         src = open_source_file(d->fd, name, st, path, err);
         if (src < 0)
                 return src;
-        dst = openat(dst_dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        bool mode_done = create_mode(wk->ctx, st, &mode);
+        dst = openat(dst_dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
         if (dst < 0)
                 return rl_error_set(err, -errno, "create '%s'", path);
         r = rl_file_clone(src, dst, wk->ctx->dst_fs, st->stx_size, path, &res, err);
         if (r < 0)
                 return r;
-        r = apply_meta(wk, st, &(ref){ .fd = src }, &(ref){ .fd = dst }, path, err);
+        r = apply_meta(wk, st, &(ref){ .fd = src }, &(ref){ .fd = dst }, mode_done, path, err);
         if (r < 0)
                 return r;
         wk->stats.regular++;
@@ -437,7 +459,7 @@ static int clone_symlink(clone_worker *wk, rl_walk_dir *d, int dst_dir, const ch
                 return rl_error_set(err, -errno, "create symlink '%s'", path);
         wk->stats.symlinks++;
         return apply_meta(wk, st, &(ref){ -EBADF, d->fd, name },
-                          &(ref){ -EBADF, dst_dir, name }, path, err);
+                          &(ref){ -EBADF, dst_dir, name }, false, path, err);
 }
 
 static int clone_special(clone_worker *wk, rl_walk_dir *d, int dst_dir, const char *name,
@@ -467,7 +489,7 @@ static int clone_special(clone_worker *wk, rl_walk_dir *d, int dst_dir, const ch
                 break;
         }
         return apply_meta(wk, st, &(ref){ -EBADF, d->fd, name },
-                          &(ref){ -EBADF, dst_dir, name }, path, err);
+                          &(ref){ -EBADF, dst_dir, name }, false, path, err);
 }
 
 static void report_progress(clone_worker *wk)
@@ -590,8 +612,8 @@ static int clone_leave(void *ctx, void *worker, rl_walk_dir *d, bool cancelled, 
         if (cancelled)
                 return 0;
         wk->ctx = ctx;
-        int r = apply_meta(wk, &dd->st, &(ref){ .fd = d->fd }, &(ref){ .fd = dst_fd }, d->path,
-                           err);
+        int r = apply_meta(wk, &dd->st, &(ref){ .fd = d->fd }, &(ref){ .fd = dst_fd }, false,
+                           d->path, err);
         if (r < 0)
                 return r;
         wk->stats.dirs++;
@@ -713,6 +735,23 @@ RL_EXPORT int rl_tree_remove(int dir_fd, const char *name, unsigned jobs, rl_err
 
 /* --- publishing ------------------------------------------------------------------------ */
 
+/* The umask, without the umask() call that would change it for every thread meanwhile.
+ * If it cannot be read, assume the strictest: every create is followed by an fchmod. */
+static mode_t read_umask(void)
+{
+        _cleanup_close_ int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+        char buf[4096];
+        ssize_t n;
+
+        if (fd < 0 || (n = read(fd, buf, sizeof(buf) - 1)) <= 0)
+                return 0777;
+        buf[n] = '\0';
+        const char *p = strstr(buf, "\nUmask:");
+        if (!p)
+                return 0777;
+        return (mode_t)strtoul(p + 8, NULL, 8) & 0777;
+}
+
 static bool valid_name(const char *name)
 {
         return name && name[0] && !strchr(name, '/') && strcmp(name, ".") != 0 &&
@@ -824,6 +863,7 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
                 .tmp_ino = tmp_st.st_ino,
                 .euid = geteuid(),
                 .egid = getegid(),
+                .umask = read_umask(),
                 .links = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER },
                 .stats_lock = PTHREAD_MUTEX_INITIALIZER,
                 .progress_lock = PTHREAD_MUTEX_INITIALIZER,

@@ -20,7 +20,7 @@
 #include "walk.h"
 
 #define GETDENTS_BUFFER (64u * 1024)
-#define BATCH_ENTRIES 64u           /* non-directory entries per task */
+#define BATCH_ENTRIES 256u           /* non-directory entries per task */
 #define BATCH_BYTES (16u * 1024)    /* or this many bytes of names, whichever comes first */
 
 typedef struct walk walk;

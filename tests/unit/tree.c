@@ -541,3 +541,13 @@ Test(tree, remove_does_not_cross_mounts)
         close(d);
         free((void *)mnt);
 }
+
+/* Files are created with their final mode when the umask allows: a strict umask must not
+ * leak into the copy. */
+Test(tree, umask_does_not_leak)
+{
+        umask(0077);
+        clone_rich(RLT_XFS, 2, RL_CLONE_REFLINK);
+        umask(0);
+        clone_rich(RLT_BTRFS, 2, RL_CLONE_REFLINK);
+}
