@@ -156,7 +156,11 @@ static int copy_data(int src, int dst, rl_fsinfo *fs, uint64_t size, const char 
                                 return rl_error_set(err, (int)n, "copy '%s': read/write", what);
                         res->bytes_copied += n;
                         if ((uint64_t)data + n < end)
-                                break; /* the source ended early: it shrank under us */
+                                /* Padding with zeros would pass off a torn copy as whole. */
+                                return rl_error_set(err, -ESTALE,
+                                                    "copy '%s': the file shrank while being "
+                                                    "cloned",
+                                                    what);
                 }
                 pos = end;
         }

@@ -37,12 +37,10 @@ RL_EXPORT int rl_error_set(rl_error *err, int r, const char *fmt, ...)
         return r;
 }
 
-RL_EXPORT int rl_error_prefix(rl_error *err, const char *fmt, ...)
+RL_EXPORT int rl_error_prefix(rl_error *err, int r, const char *fmt, ...)
 {
-        if (!err)
-                return -EIO;
-        if (err->code == 0)
-                return -EIO;
+        if (!err || err->code == 0)
+                return r;
 
         char prefix[RL_ERROR_MSG_MAX / 2];
         va_list ap;
@@ -66,7 +64,7 @@ RL_EXPORT int rl_error_prefix(rl_error *err, const char *fmt, ...)
         memmove(err->msg + n + 2, err->msg, old + 1);
         memcpy(err->msg, prefix, n);
         memcpy(err->msg + n, ": ", 2);
-        return -err->code;
+        return r;
 }
 
 RL_EXPORT void rl_error_clear(rl_error *err)

@@ -173,8 +173,10 @@ static ssize_t ref_listxattr(const ref *r, char *buf, size_t size)
         char p[RL_PROC_FD_PATH_MAX];
         if (r->fd >= 0)
                 return flistxattr(r->fd, buf, size);
-        if (rl_proc_fd_path(p, sizeof(p), r->dir_fd, r->name) < 0)
+        if (rl_proc_fd_path(p, sizeof(p), r->dir_fd, r->name) < 0) {
+                errno = ENAMETOOLONG;
                 return -1;
+        }
         return llistxattr(p, buf, size);
 }
 
@@ -183,8 +185,10 @@ static ssize_t ref_getxattr(const ref *r, const char *name, void *buf, size_t si
         char p[RL_PROC_FD_PATH_MAX];
         if (r->fd >= 0)
                 return fgetxattr(r->fd, name, buf, size);
-        if (rl_proc_fd_path(p, sizeof(p), r->dir_fd, r->name) < 0)
+        if (rl_proc_fd_path(p, sizeof(p), r->dir_fd, r->name) < 0) {
+                errno = ENAMETOOLONG;
                 return -1;
+        }
         return lgetxattr(p, name, buf, size);
 }
 
@@ -193,8 +197,10 @@ static int ref_setxattr(const ref *r, const char *name, const void *buf, size_t 
         char p[RL_PROC_FD_PATH_MAX];
         if (r->fd >= 0)
                 return fsetxattr(r->fd, name, buf, size, 0);
-        if (rl_proc_fd_path(p, sizeof(p), r->dir_fd, r->name) < 0)
+        if (rl_proc_fd_path(p, sizeof(p), r->dir_fd, r->name) < 0) {
+                errno = ENAMETOOLONG;
                 return -1;
+        }
         return lsetxattr(p, name, buf, size, 0);
 }
 
@@ -286,7 +292,8 @@ static int apply_meta(clone_worker *wk, const struct statx *st, const ref *src, 
                 return r;
         if (!is_link && !mode_done) {
                 mode_t mode = st->stx_mode & 07777;
-                r = dst->fd >= 0 ? fchmod(dst->fd, mode) : fchmodat(dst->dir_fd, dst->name, mode, 0);
+                r = dst->fd >= 0 ? fchmod(dst->fd, mode)
+                                 : fchmodat(dst->dir_fd, dst->name, mode, AT_SYMLINK_NOFOLLOW);
                 if (r < 0)
                         return rl_error_set(err, -errno, "'%s': chmod %04o", path, mode);
         }
@@ -727,7 +734,7 @@ RL_EXPORT int rl_tree_remove(int dir_fd, const char *name, unsigned jobs, rl_err
         }
         int r = rl_walk_run(fd, &remove_ops, &ctx, jobs, err);
         if (r < 0)
-                return rl_error_prefix(err, "remove '%s'", name);
+                return rl_error_prefix(err, r, "remove '%s'", name);
         if (unlinkat(dir_fd, name, AT_REMOVEDIR) < 0)
                 return rl_error_set(err, -errno, "remove '%s'", name);
         return 0;
@@ -807,8 +814,16 @@ static int make_tmp_root(int dst_dir_fd, char *name, size_t size, rl_error *err)
                 unlinkat(dst_dir_fd, name, AT_REMOVEDIR);
                 return rl_error_set(err, r, "open temporary directory");
         }
-        /* A default ACL of the destination's parent would be inherited by the new root and,
-         * through it, by everything we create: the copy must carry the source's ACLs only. */
+        /* What the destination's parent would hand down, the new root must not pass on to
+         * everything we create: its group (a setgid parent, or a filesystem mounted with
+         * grpid), its setgid bit, its default ACL. Our entries start out as ours (apply_meta
+         * relies on it to skip chown) and carry only the source's ACLs. */
+        if (fchown(fd, geteuid(), getegid()) < 0 || fchmod(fd, 0700) < 0) {
+                int r = -errno;
+                close(fd);
+                unlinkat(dst_dir_fd, name, AT_REMOVEDIR);
+                return rl_error_set(err, r, "prepare temporary directory");
+        }
         (void)fremovexattr(fd, "system.posix_acl_default");
         (void)fremovexattr(fd, "system.posix_acl_access");
         return fd;
@@ -845,11 +860,11 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
                                     "clone: destination '%s' lies inside the source", dst_name);
         r = rl_fsinfo_open(dst_dir_fd, &fs, err);
         if (r < 0)
-                return rl_error_prefix(err, "clone");
+                return rl_error_prefix(err, r, "clone");
 
         tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), err);
         if (tmp_fd < 0)
-                return rl_error_prefix(err, "clone '%s'", dst_name);
+                return rl_error_prefix(err, tmp_fd, "clone '%s'", dst_name);
         if (fstat(tmp_fd, &tmp_st) < 0) {
                 r = rl_error_set(err, -errno, "clone '%s': temporary directory", dst_name);
                 goto out_remove_tmp;
@@ -877,8 +892,10 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
         link_map_clear(&c.links);
         pthread_mutex_destroy(&c.stats_lock);
         pthread_mutex_destroy(&c.progress_lock);
-        if (r < 0)
+        if (r < 0) {
+                rl_error_prefix(err, r, "clone '%s'", dst_name);
                 goto out_remove_tmp;
+        }
 
         if ((opts->flags & RL_TREE_SYNC) && syncfs(tmp_fd) < 0) {
                 r = rl_error_set(err, -errno, "clone '%s': syncfs", dst_name);
@@ -889,6 +906,9 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
                 r = rl_error_set(err, -errno, "clone: publish '%s'", dst_name);
                 goto out_remove_tmp;
         }
+        /* The rename itself is durable only once the directory holding it is. */
+        if ((opts->flags & RL_TREE_SYNC) && fsync(dst_dir_fd) < 0)
+                return rl_error_set(err, -errno, "clone: fsync the directory of '%s'", dst_name);
         c.stats.elapsed_ns = rl_now_ns() - c.start_ns;
         if (ret_stats)
                 *ret_stats = c.stats;

@@ -31,9 +31,11 @@ typedef struct rl_clone_result {
  * dst_fd for writing, on a new empty file; both are borrowed. dst_fs describes dst_fd's
  * filesystem (may be NULL: then nothing is remembered): once it is known that FICLONE or
  * copy_file_range cannot work there, later files skip straight to what can. `what` names the
- * file in messages. Holes of the source stay holes; dst ends up exactly `size` bytes long.
+ * file in messages. Holes of the source stay holes; a copy ends up exactly `size` bytes
+ * long (a reflink takes the source as it is at that instant).
  *
- * Returns 0 and fills *ret, or a negative errno: -ENOSPC, -EIO, ... from the copy.
+ * Returns 0 and fills *ret, or a negative errno: -ESTALE when the source shrank during a
+ * copy; -ENOSPC, -EIO, ... from the copy.
  */
 int rl_file_clone(int src_fd, int dst_fd, rl_fsinfo *dst_fs, uint64_t size, const char *what,
                   rl_clone_result *ret, rl_error *err);

@@ -27,10 +27,12 @@ typedef struct rl_error {
 int rl_error_set(rl_error *err, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /*
- * Prepend context to a recorded error ("prepare 'k': " + old message). Returns -err->code
- * (or -EIO if nothing was recorded), so callers can `return rl_error_prefix(...)`.
+ * Prepend context to a recorded error ("prepare 'k': " + old message). Returns r (negative,
+ * the error being passed on), so callers can `return rl_error_prefix(err, r, ...)`; the
+ * errno is never lost, even with err NULL.
  */
-int rl_error_prefix(rl_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int rl_error_prefix(rl_error *err, int r, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
 
 /* Forget a recorded error. */
 void rl_error_clear(rl_error *err);

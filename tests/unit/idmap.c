@@ -139,7 +139,7 @@ Test(error, message_keeps_reason_and_context)
         cr_expect_eq(rl_error_set(&err, -ENOSPC, "clone '%s': FICLONE", "usr/bin/ls"), -ENOSPC);
         cr_expect_str_eq(err.msg, "clone 'usr/bin/ls': FICLONE: No space left on device");
         cr_expect_eq(err.code, ENOSPC);
-        cr_expect_eq(rl_error_prefix(&err, "prepare '%s'", "k"), -ENOSPC);
+        cr_expect_eq(rl_error_prefix(&err, -ENOSPC, "prepare '%s'", "k"), -ENOSPC);
         cr_expect_str_eq(err.msg,
                          "prepare 'k': clone 'usr/bin/ls': FICLONE: No space left on device");
         /* A context too long for the buffer is cut; the reason never is. */
@@ -148,10 +148,11 @@ Test(error, message_keeps_reason_and_context)
         longpath[sizeof(longpath) - 1] = '\0';
         rl_error_set(&err, -EACCES, "open '%s'", longpath);
         cr_expect(strstr(err.msg, "...: Permission denied"), "%s", err.msg + strlen(err.msg) - 40);
-        rl_error_prefix(&err, "%s", longpath);
+        rl_error_prefix(&err, -EACCES, "%s", longpath);
         cr_expect(strstr(err.msg, ": Permission denied"));
         cr_expect_eq(rl_error_set(NULL, -EIO, "x"), -EIO);
         rl_error_clear(&err);
         cr_expect_eq(err.code, 0);
-        cr_expect_eq(rl_error_prefix(&err, "x"), -EIO);
+        cr_expect_eq(rl_error_prefix(&err, -EBUSY, "x"), -EBUSY);
+        cr_expect_eq(rl_error_prefix(NULL, -EBUSY, "x"), -EBUSY, "the errno survives no err");
 }

@@ -551,3 +551,36 @@ Test(tree, umask_does_not_leak)
         umask(0);
         clone_rich(RLT_BTRFS, 2, RL_CLONE_REFLINK);
 }
+
+/* A setgid destination directory (or a grpid mount) must not hand its group down. */
+Test(tree, setgid_destination_parent_hands_nothing_down)
+{
+        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
+        char src[PATH_MAX], out[PATH_MAX], dst[PATH_MAX];
+        rl_error err = {};
+
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(out, sizeof(out), "%s/out", mnt);
+        cr_assert(mkdir(out, 0755) == 0 && chown(out, 0, 4242) == 0 && chmod(out, 02775) == 0);
+        cr_assert_eq(clone_path(src, out, "dst", NULL, NULL, &err), 0, "%s", err.msg);
+        snprintf(dst, sizeof(dst), "%s/dst", out);
+        assert_same(src, dst, NULL, NULL);
+}
+
+/* Without an rl_error the errno still comes through. */
+Test(tree, errno_survives_without_message)
+{
+        const char *mnt = strdup(rlt_mkfs(RLT_TMPFS, 0, "t"));
+        char p[PATH_MAX];
+        snprintf(p, sizeof(p), "%s/tree", mnt);
+        cr_assert(mkdir(p, 0755) == 0);
+        snprintf(p, sizeof(p), "%s/tree/m", mnt);
+        cr_assert(mkdir(p, 0755) == 0);
+        cr_assert(mount("tmpfs", p, "tmpfs", 0, "size=1m") == 0);
+        int d = open_dir(mnt);
+        cr_expect_eq(rl_tree_remove(d, "tree", 1, NULL), -EBUSY);
+        umount2(p, MNT_DETACH);
+        close(d);
+        free((void *)mnt);
+}
