@@ -14,6 +14,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <signal.h>
+
 #include <reflayer/fsinfo.h>
 #include <reflayer/idmap.h>
 #include <reflayer/tree.h>
@@ -163,6 +165,24 @@ static int open_destination(const char *dst, int *ret_dir_fd, char **ret_name)
         return 0;
 }
 
+/* Ctrl-C, SIGTERM, SIGHUP: let the clone stop and remove what it built. A second signal
+ * gets the default action (SA_RESETHAND): a way out if removal itself hangs. */
+static atomic_bool interrupted;
+
+static void on_signal(int sig _unused_)
+{
+        atomic_store(&interrupted, true);
+}
+
+static void catch_signals(void)
+{
+        struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_RESETHAND };
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGHUP, &sa, NULL);
+}
+
 /* Deep trees need about two fds per level: use what the hard limit allows. */
 static void raise_nofile(void)
 {
@@ -275,6 +295,8 @@ static int cmd_clone(int argc, char **argv)
         opts.gid_map = gids;
         opts.progress = show_progress;
         opts.progress_userdata = &progress;
+        opts.cancel = &interrupted;
+        catch_signals();
 
         r = rl_tree_clone(src_fd, dst_dir_fd, dst_name, &opts, &stats, &err);
         if (progress.shown)

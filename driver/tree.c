@@ -534,6 +534,8 @@ static int clone_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name
 
         wk->ctx = ctx;
         entry_path(path, sizeof(path), d, name);
+        if (wk->ctx->opts->cancel && atomic_load(wk->ctx->opts->cancel))
+                return rl_error_set(err, -ECANCELED, "clone interrupted at '%s'", path);
         if (statx(d->fd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_WANT, &st) < 0)
                 return rl_error_set(err, -errno, "stat '%s'", path);
 
@@ -578,6 +580,8 @@ static int clone_enter(void *ctx, void *worker, rl_walk_dir *d, rl_error *err)
         wk->ctx = c;
         if (!dd)
                 return rl_error_set(err, -ENOMEM, "'%s'", d->path);
+        if (c->opts->cancel && atomic_load(c->opts->cancel))
+                return rl_error_set(err, -ECANCELED, "clone interrupted at '%s'", d->path);
         dd->dst_fd = -EBADF;
         if (statx(d->fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_WANT, &dd->st) < 0)
                 return rl_error_set(err, -errno, "stat '%s'", d->path);

@@ -345,7 +345,10 @@ static void run_task(worker *wk, task t)
                         r = visit_batch(wk, t.n, t.b);
                 free(t.b);
         }
-        if (r < 0 && r != -ECANCELED)
+        /* -ECANCELED without a message means "stopped because of an error recorded
+         * elsewhere" (a waiter whose hardlink source failed, work dropped after a failure);
+         * with a message it is an error of its own (the caller cancelled). */
+        if (r < 0 && !(r == -ECANCELED && wk->err.code == 0))
                 fail(w, r, &wk->err);
         complete(wk, t.n);
 }

@@ -10,6 +10,8 @@
  * deep before wide and keeps about one fd per level open, plus what the callbacks keep. The
  * entries of one big directory are split into batches that several workers take at once.
  *
+ * A callback returning -ECANCELED without filling err says "stopped because of an error
+ * recorded elsewhere"; any other failure, -ECANCELED with a message included, is an error.
  * The first error cancels the walk: pending work is dropped, leave is still called (with
  * cancelled = true) on every directory that was entered, so callbacks can release what they
  * hold, and the first error is what rl_walk_run reports.

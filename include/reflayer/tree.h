@@ -6,6 +6,7 @@
  */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -53,6 +54,9 @@ typedef struct rl_tree_options {
         rl_tree_progress_fn progress;
         void *progress_userdata;
         uint64_t progress_interval_ns; /* 0: every 100 ms */
+        /* When set to true (from a signal handler, say), the clone stops with -ECANCELED
+         * and removes what it built. NULL: not cancellable. */
+        const atomic_bool *cancel;
 } rl_tree_options;
 
 /*
@@ -63,7 +67,7 @@ typedef struct rl_tree_options {
  *
  * Errors: -EEXIST dst_name exists; -EINVAL dst lies inside src, or a bad name or map;
  * -ERANGE an id outside the maps; -ESTALE the source changed under the clone; -ELOOP too
- * deep; anything the filesystems say (-ENOSPC, -EACCES, ...), the message naming the path.
+ * deep; -ECANCELED opts->cancel was set; anything the filesystems say (-ENOSPC, -EACCES, ...), the message naming the path.
  */
 int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name, const rl_tree_options *opts,
                   rl_tree_stats *ret_stats, rl_error *err);

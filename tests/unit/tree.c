@@ -584,3 +584,21 @@ Test(tree, errno_survives_without_message)
         close(d);
         free((void *)mnt);
 }
+
+/* A cancelled clone stops with ECANCELED and leaves nothing. */
+Test(tree, cancel_leaves_nothing)
+{
+        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
+        char src[PATH_MAX], dst[PATH_MAX];
+        atomic_bool cancel = true;
+        rl_error err = {};
+
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        int r = clone_path(src, mnt, "dst", &(rl_tree_options){ .cancel = &cancel }, NULL, &err);
+        cr_assert_eq(r, -ECANCELED, "%d %s", r, err.msg);
+        cr_expect(strstr(err.msg, "interrupted"), "%s", err.msg);
+        cr_assert(access(dst, F_OK) < 0 && errno == ENOENT);
+        cr_assert(!rlt_dir_has_prefix(mnt, ".rl-clone-"), "temporary left behind");
+}
