@@ -11,10 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
-
-#include <signal.h>
 
 #include <reflayer/fsinfo.h>
 #include <reflayer/idmap.h>

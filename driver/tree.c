@@ -534,8 +534,6 @@ static int clone_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name
 
         wk->ctx = ctx;
         entry_path(path, sizeof(path), d, name);
-        if (wk->ctx->opts->cancel && atomic_load(wk->ctx->opts->cancel))
-                return rl_error_set(err, -ECANCELED, "clone interrupted at '%s'", path);
         if (statx(d->fd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_WANT, &st) < 0)
                 return rl_error_set(err, -errno, "stat '%s'", path);
 
@@ -580,8 +578,6 @@ static int clone_enter(void *ctx, void *worker, rl_walk_dir *d, rl_error *err)
         wk->ctx = c;
         if (!dd)
                 return rl_error_set(err, -ENOMEM, "'%s'", d->path);
-        if (c->opts->cancel && atomic_load(c->opts->cancel))
-                return rl_error_set(err, -ECANCELED, "clone interrupted at '%s'", d->path);
         dd->dst_fd = -EBADF;
         if (statx(d->fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_WANT, &dd->st) < 0)
                 return rl_error_set(err, -errno, "stat '%s'", d->path);
@@ -736,7 +732,7 @@ RL_EXPORT int rl_tree_remove(int dir_fd, const char *name, unsigned jobs, rl_err
                         return rl_error_set(err, -errno, "remove '%s'", name);
                 return 0;
         }
-        int r = rl_walk_run(fd, &remove_ops, &ctx, jobs, err);
+        int r = rl_walk_run(fd, &remove_ops, &ctx, jobs, NULL, err);
         if (r < 0)
                 return rl_error_prefix(err, r, "remove '%s'", name);
         if (unlinkat(dir_fd, name, AT_REMOVEDIR) < 0)
@@ -892,7 +888,7 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
         atomic_init(&c.progress_bytes, 0);
         atomic_init(&c.progress_last_ns, c.start_ns);
 
-        r = rl_walk_run(src_fd, &clone_ops, &c, opts->jobs, err);
+        r = rl_walk_run(src_fd, &clone_ops, &c, opts->jobs, opts->cancel, err);
         link_map_clear(&c.links);
         pthread_mutex_destroy(&c.stats_lock);
         pthread_mutex_destroy(&c.progress_lock);
@@ -910,9 +906,13 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
                 r = rl_error_set(err, -errno, "clone: publish '%s'", dst_name);
                 goto out_remove_tmp;
         }
-        /* The rename itself is durable only once the directory holding it is. */
-        if ((opts->flags & RL_TREE_SYNC) && fsync(dst_dir_fd) < 0)
-                return rl_error_set(err, -errno, "clone: fsync the directory of '%s'", dst_name);
+        /* The rename itself is durable only once the directory holding it is. If that
+         * fails, take the published tree back: a failed clone leaves no DST. */
+        if ((opts->flags & RL_TREE_SYNC) && fsync(dst_dir_fd) < 0) {
+                r = rl_error_set(err, -errno, "clone: fsync the directory of '%s'", dst_name);
+                rl_tree_remove(dst_dir_fd, dst_name, opts->jobs, NULL);
+                return r;
+        }
         c.stats.elapsed_ns = rl_now_ns() - c.start_ns;
         if (ret_stats)
                 *ret_stats = c.stats;

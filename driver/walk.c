@@ -48,6 +48,7 @@ typedef struct task {
 struct walk {
         const rl_walk_ops *ops;
         void *ctx;
+        const atomic_bool *cancel; /* the caller's: stop when it reads true */
 
         pthread_mutex_t lock; /* guards the stack, done, and err */
         pthread_cond_t cond;
@@ -87,6 +88,19 @@ static int open_dir(int dir_fd, const char *name)
         if (fd < 0 && errno == EPERM)
                 fd = openat(dir_fd, name, flags);
         return fd;
+}
+
+/* Has the caller asked the walk to stop? Then say where it stopped. */
+static int caller_cancelled(worker *wk, const node *n, const char *name)
+{
+        const atomic_bool *c = wk->w->cancel;
+        if (!c || !atomic_load_explicit(c, memory_order_relaxed))
+                return 0;
+        if (name)
+                return rl_error_set(&wk->err, -ECANCELED, "interrupted at '%s%s%s'",
+                                    n->pub.depth ? n->pub.path : "", n->pub.depth ? "/" : "",
+                                    name);
+        return rl_error_set(&wk->err, -ECANCELED, "interrupted at '%s'", n->pub.path);
 }
 
 /* Record the first error and cancel everything else. */
@@ -243,6 +257,9 @@ static int open_and_list(worker *wk, node *n)
                         return rl_error_set(&wk->err, -errno, "open directory '%s'",
                                             n->pub.path);
         }
+        r = caller_cancelled(wk, n, NULL);
+        if (r < 0)
+                return r;
         n->entered = true;
         r = w->ops->enter(w->ctx, wk->scratch, &n->pub, &wk->err);
         if (r < 0)
@@ -323,7 +340,10 @@ static int visit_batch(worker *wk, node *n, const batch *b)
 
                 if (atomic_load_explicit(&w->cancelled, memory_order_relaxed))
                         return -ECANCELED;
-                int r = w->ops->entry(w->ctx, wk->scratch, &n->pub, name, type, &wk->err);
+                int r = caller_cancelled(wk, n, name);
+                if (r < 0)
+                        return r;
+                r = w->ops->entry(w->ctx, wk->scratch, &n->pub, name, type, &wk->err);
                 if (r < 0)
                         return r;
                 p += len + 2;
@@ -392,13 +412,15 @@ static int worker_init(walk *w, worker *wk)
         return 0;
 }
 
-int rl_walk_run(int root_fd, const rl_walk_ops *ops, void *ctx, unsigned jobs, rl_error *err)
+int rl_walk_run(int root_fd, const rl_walk_ops *ops, void *ctx, unsigned jobs,
+                const atomic_bool *cancel, rl_error *err)
 {
         _cleanup_free_ worker *workers = NULL;
         _cleanup_free_ pthread_t *threads = NULL;
         walk w = {
                 .ops = ops,
                 .ctx = ctx,
+                .cancel = cancel,
                 .lock = PTHREAD_MUTEX_INITIALIZER,
                 .cond = PTHREAD_COND_INITIALIZER,
         };
@@ -466,10 +488,4 @@ int rl_walk_run(int root_fd, const rl_walk_ops *ops, void *ctx, unsigned jobs, r
                 return w.r;
         }
         return 0;
-}
-
-bool rl_walk_cancelled(const rl_walk_dir *dir)
-{
-        const node *n = (const node *)dir;
-        return atomic_load_explicit(&n->w->cancelled, memory_order_relaxed);
 }

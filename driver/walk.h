@@ -18,6 +18,7 @@
  */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -50,9 +51,9 @@ typedef struct rl_walk_ops {
 /*
  * Walk the tree whose root is the directory root_fd (borrowed; the walker reopens it).
  * jobs: worker threads, 0 for the number of online CPUs; with 1 everything runs in
- * the calling thread. Returns 0, or the first error (negative errno, message in err).
+ * the calling thread. cancel (may be NULL): once it reads true, the walk stops with
+ * -ECANCELED, naming where it stopped. Returns 0, or the first error (negative errno,
+ * message in err).
  */
-int rl_walk_run(int root_fd, const rl_walk_ops *ops, void *ctx, unsigned jobs, rl_error *err);
-
-/* Whether the walk of `dir` has been cancelled by an error elsewhere. */
-bool rl_walk_cancelled(const rl_walk_dir *dir);
+int rl_walk_run(int root_fd, const rl_walk_ops *ops, void *ctx, unsigned jobs,
+                const atomic_bool *cancel, rl_error *err);

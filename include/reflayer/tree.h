@@ -67,7 +67,8 @@ typedef struct rl_tree_options {
  *
  * Errors: -EEXIST dst_name exists; -EINVAL dst lies inside src, or a bad name or map;
  * -ERANGE an id outside the maps; -ESTALE the source changed under the clone; -ELOOP too
- * deep; -ECANCELED opts->cancel was set; anything the filesystems say (-ENOSPC, -EACCES, ...), the message naming the path.
+ * deep; -ECANCELED opts->cancel was set; anything the filesystems say (-ENOSPC, -EACCES,
+ * ...), the message naming the path.
  */
 int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name, const rl_tree_options *opts,
                   rl_tree_stats *ret_stats, rl_error *err);
