@@ -33,7 +33,7 @@ endif
 
 CC ?= cc
 PKG_CONFIG ?= pkg-config
-DRIVER_PKGS := mount
+DRIVER_PKGS := mount jansson
 CLI_PKGS := jansson
 TEST_PKGS := criterion libcap libseccomp jansson
 
@@ -54,7 +54,7 @@ DRIVER_SRCS := $(wildcard driver/*.c)
 DRIVER_OBJS := $(DRIVER_SRCS:%.c=$(BUILD)/obj/%.o)
 CLI_SRCS := api/reflayer.c
 CLI_OBJS := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
-TEST_SRCS := $(wildcard tests/unit/*.c) $(wildcard tests/lib/*.c)
+TEST_SRCS := $(wildcard tests/unit/*.c) $(wildcard tests/conformance/*.c) $(wildcard tests/lib/*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
 HEADERS := $(wildcard include/reflayer/*.h)
 

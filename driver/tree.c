@@ -719,7 +719,8 @@ static const rl_walk_ops remove_ops = {
         .leave = remove_leave,
 };
 
-RL_EXPORT int rl_tree_remove(int dir_fd, const char *name, unsigned jobs, rl_error *err)
+RL_EXPORT int rl_tree_remove(int dir_fd, const char *name, unsigned jobs,
+                             const atomic_bool *cancel, rl_error *err)
 {
         _cleanup_close_ int fd = -EBADF;
         remove_ctx ctx = {};
@@ -732,7 +733,7 @@ RL_EXPORT int rl_tree_remove(int dir_fd, const char *name, unsigned jobs, rl_err
                         return rl_error_set(err, -errno, "remove '%s'", name);
                 return 0;
         }
-        int r = rl_walk_run(fd, &remove_ops, &ctx, jobs, NULL, err);
+        int r = rl_walk_run(fd, &remove_ops, &ctx, jobs, cancel, err);
         if (r < 0)
                 return rl_error_prefix(err, r, "remove '%s'", name);
         if (unlinkat(dir_fd, name, AT_REMOVEDIR) < 0)
@@ -910,7 +911,7 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
          * fails, take the published tree back: a failed clone leaves no DST. */
         if ((opts->flags & RL_TREE_SYNC) && fsync(dst_dir_fd) < 0) {
                 r = rl_error_set(err, -errno, "clone: fsync the directory of '%s'", dst_name);
-                rl_tree_remove(dst_dir_fd, dst_name, opts->jobs, NULL);
+                rl_tree_remove(dst_dir_fd, dst_name, opts->jobs, NULL, NULL);
                 return r;
         }
         c.stats.elapsed_ns = rl_now_ns() - c.start_ns;
@@ -920,6 +921,6 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
 
 out_remove_tmp:
         /* The first error is the one to report; the clean-up reports nothing of its own. */
-        rl_tree_remove(dst_dir_fd, tmp_name, opts->jobs, NULL);
+        rl_tree_remove(dst_dir_fd, tmp_name, opts->jobs, NULL, NULL);
         return r;
 }

@@ -75,6 +75,8 @@ int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name, const rl_tre
 
 /*
  * Remove the entry name of dir_fd and, if it is a directory, everything below it, without
- * following symlinks or crossing into another mount (-EBUSY). jobs as above.
+ * following symlinks or crossing into another mount (-EBUSY). jobs as above; cancel (may be
+ * NULL) stops the removal early with -ECANCELED, leaving the rest for later.
  */
-int rl_tree_remove(int dir_fd, const char *name, unsigned jobs, rl_error *err);
+int rl_tree_remove(int dir_fd, const char *name, unsigned jobs, const atomic_bool *cancel,
+                   rl_error *err);

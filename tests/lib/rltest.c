@@ -663,6 +663,19 @@ bool rlt_dir_has_prefix(const char *dir, const char *prefix)
         return found;
 }
 
+bool rlt_dir_is_empty(const char *dir)
+{
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        int n = 0;
+        cr_assert(d, "opendir %s: %s", dir, strerror(errno));
+        while ((e = readdir(d)))
+                if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+                        n++;
+        closedir(d);
+        return n == 0;
+}
+
 void rlt_block_reflink(bool also_copy_range)
 {
         scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);

@@ -61,6 +61,9 @@ bool rlt_extents_shared(const char *path);
 /* Is there an entry in dir whose name starts with prefix? */
 bool rlt_dir_has_prefix(const char *dir, const char *prefix);
 
+/* Does dir hold no entry but . and ..? */
+bool rlt_dir_is_empty(const char *dir);
+
 /* Install a seccomp filter failing FICLONE with EOPNOTSUPP and, if also_copy_range,
  * copy_file_range with ENOSYS, so the fallback engines run on a reflink filesystem. */
 void rlt_block_reflink(bool also_copy_range);

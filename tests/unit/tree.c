@@ -513,9 +513,9 @@ Test(tree, remove_tree)
         rlt_make_rich_tree(mnt, "src");
         snprintf(src, sizeof(src), "%s/src", mnt);
         int d = open_dir(mnt);
-        cr_assert_eq(rl_tree_remove(d, "src", 0, &err), 0, "%s", err.msg);
+        cr_assert_eq(rl_tree_remove(d, "src", 0, NULL, &err), 0, "%s", err.msg);
         cr_assert(access(src, F_OK) < 0 && errno == ENOENT);
-        cr_assert_eq(rl_tree_remove(d, "src", 0, &err), -ENOENT);
+        cr_assert_eq(rl_tree_remove(d, "src", 0, NULL, &err), -ENOENT);
         close(d);
 }
 
@@ -533,11 +533,11 @@ Test(tree, remove_does_not_cross_mounts)
         rlt_write_file(p, 10, 1);
         cr_assert(mount(other, inner, NULL, MS_BIND, NULL) == 0, "bind: %s", strerror(errno));
         int d = open_dir(mnt);
-        int r = rl_tree_remove(d, "tree", 0, &err);
+        int r = rl_tree_remove(d, "tree", 0, NULL, &err);
         cr_assert_eq(r, -EBUSY, "%d %s", r, err.msg);
         cr_expect(strstr(err.msg, "mounted"), "%s", err.msg);
         /* Without an rl_error the errno still comes through. */
-        cr_expect_eq(rl_tree_remove(d, "tree", 1, NULL), -EBUSY);
+        cr_expect_eq(rl_tree_remove(d, "tree", 1, NULL, NULL), -EBUSY);
         cr_assert(access(p, F_OK) == 0, "removal went through a mount point");
         umount2(inner, MNT_DETACH);
         close(d);

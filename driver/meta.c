@@ -1,0 +1,246 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * meta.c owns snapshot metadata records: info.json in jansson, validated on read, replaced
+ * atomically and durably on write; and label validation.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "meta.h"
+#include "util.h"
+
+#define META_VERSION 1
+#define META_TMP RL_META_FILE ".tmp"
+#define META_MAX (1u << 20) /* labels included; a record past this is not ours */
+
+void rl_meta_clear(rl_meta *m)
+{
+        free(m->name);
+        json_decref(m->labels);
+        *m = (rl_meta){};
+}
+
+static int kind_from_string(const char *s, rl_kind *ret)
+{
+        for (rl_kind k = RL_KIND_ACTIVE; k <= RL_KIND_COMMITTED; k++)
+                if (strcmp(s, rl_kind_to_string(k)) == 0) {
+                        *ret = k;
+                        return 0;
+                }
+        return -EINVAL;
+}
+
+int rl_meta_read(int dir_fd, rl_meta *ret, rl_error *err)
+{
+        _cleanup_(json_decrefp) json_t *root = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        _cleanup_free_ char *buf = NULL;
+        json_error_t jerr;
+        size_t len = 0;
+
+        fd = openat(dir_fd, RL_META_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return rl_error_set(err, -errno, "read %s", RL_META_FILE);
+        buf = malloc(META_MAX + 1);
+        if (!buf)
+                return rl_error_set(err, -ENOMEM, "read %s", RL_META_FILE);
+        for (;;) {
+                ssize_t n = read(fd, buf + len, META_MAX + 1 - len);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return rl_error_set(err, -errno, "read %s", RL_META_FILE);
+                }
+                if (n == 0)
+                        break;
+                len += (size_t)n;
+                if (len > META_MAX)
+                        return rl_error_set(err, -EUCLEAN, "%s: larger than %u bytes",
+                                            RL_META_FILE, META_MAX);
+        }
+        root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!root)
+                return rl_error_set(err, -EUCLEAN, "%s: %s at line %d", RL_META_FILE, jerr.text,
+                                    jerr.line);
+
+        json_int_t version = 0, id = 0, parent = 0, created = 0, updated = 0;
+        const char *kind = NULL, *name = NULL;
+        json_t *labels = NULL;
+        if (json_unpack_ex(root, &jerr, JSON_STRICT, "{s:I, s:I, s:s, s:s, s:I, s:o, s:I, s:I}",
+                           "version", &version, "id", &id, "kind", &kind, "name", &name,
+                           "parent", &parent, "labels", &labels, "created_ns", &created,
+                           "updated_ns", &updated) < 0)
+                return rl_error_set(err, -EUCLEAN, "%s: %s", RL_META_FILE, jerr.text);
+        rl_meta m = { .id = (uint64_t)id, .parent_id = (uint64_t)parent, .created_ns = created,
+                      .updated_ns = updated };
+        if (version != META_VERSION || id <= 0 || parent < 0 || !json_is_object(labels) ||
+            kind_from_string(kind, &m.kind) < 0)
+                return rl_error_set(err, -EUCLEAN, "%s: not a version %d record", RL_META_FILE,
+                                    META_VERSION);
+        const char *k;
+        json_t *v;
+        json_object_foreach(labels, k, v) if (!json_is_string(v)) return rl_error_set(
+                err, -EUCLEAN, "%s: label '%s' is not a string", RL_META_FILE, k);
+        m.name = strdup(name);
+        if (!m.name)
+                return rl_error_set(err, -ENOMEM, "read %s", RL_META_FILE);
+        m.labels = json_incref(labels);
+        *ret = m;
+        return 0;
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+        while (len > 0) {
+                ssize_t n = write(fd, buf, len);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                buf += n;
+                len -= (size_t)n;
+        }
+        return 0;
+}
+
+int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err)
+{
+        _cleanup_(json_decrefp) json_t *root = NULL;
+        _cleanup_free_ char *text = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        int r;
+
+        root = json_pack("{s:i, s:I, s:s, s:s, s:I, s:O, s:I, s:I}", "version", META_VERSION,
+                         "id", (json_int_t)m->id, "kind", rl_kind_to_string(m->kind), "name",
+                         m->name, "parent", (json_int_t)m->parent_id, "labels", m->labels,
+                         "created_ns", (json_int_t)m->created_ns, "updated_ns",
+                         (json_int_t)m->updated_ns);
+        if (!root)
+                return rl_error_set(err, -ENOMEM, "write %s", RL_META_FILE);
+        text = json_dumps(root, JSON_SORT_KEYS | JSON_COMPACT);
+        if (!text)
+                return rl_error_set(err, -ENOMEM, "write %s", RL_META_FILE);
+
+        /* Temporary file, fsync, rename over the old record, fsync the directory: a reader
+         * (or a restart after a crash) sees the old record or the new one, never a mix. */
+        fd = openat(dir_fd, META_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+                    0644);
+        if (fd < 0)
+                return rl_error_set(err, -errno, "write %s", META_TMP);
+        r = write_all(fd, text, strlen(text));
+        if (r < 0)
+                return rl_error_set(err, r, "write %s", META_TMP);
+        if (fsync(fd) < 0)
+                return rl_error_set(err, -errno, "fsync %s", META_TMP);
+        if (renameat(dir_fd, META_TMP, dir_fd, RL_META_FILE) < 0)
+                return rl_error_set(err, -errno, "rename %s", META_TMP);
+        if (fsync(dir_fd) < 0)
+                return rl_error_set(err, -errno, "fsync the directory of %s", RL_META_FILE);
+        return 0;
+}
+
+/* Strict UTF-8: no overlongs, no surrogates, nothing past U+10FFFF, no NUL (C strings). */
+bool rl_utf8_valid(const char *s, size_t len)
+{
+        const unsigned char *p = (const unsigned char *)s, *end = p + len;
+
+        while (p < end) {
+                unsigned c = *p;
+                size_t n;
+                unsigned cp;
+                if (c == 0)
+                        return false;
+                if (c < 0x80) {
+                        p++;
+                        continue;
+                }
+                if (c >= 0xc2 && c <= 0xdf) {
+                        n = 1;
+                        cp = c & 0x1f;
+                } else if (c >= 0xe0 && c <= 0xef) {
+                        n = 2;
+                        cp = c & 0x0f;
+                } else if (c >= 0xf0 && c <= 0xf4) {
+                        n = 3;
+                        cp = c & 0x07;
+                } else {
+                        return false;
+                }
+                if ((size_t)(end - p) <= n)
+                        return false;
+                for (size_t i = 1; i <= n; i++) {
+                        if ((p[i] & 0xc0) != 0x80)
+                                return false;
+                        cp = (cp << 6) | (p[i] & 0x3f);
+                }
+                if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+                    (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+                        return false;
+                p += n + 1;
+        }
+        return true;
+}
+
+int rl_meta_labels_from(const rl_label *labels, size_t n, json_t **ret, rl_error *err)
+{
+        _cleanup_(json_decrefp) json_t *o = json_object();
+
+        if (!o)
+                return rl_error_set(err, -ENOMEM, "labels");
+        for (size_t i = 0; i < n; i++) {
+                const char *k = labels[i].key, *v = labels[i].value;
+                if (!k || !v || !k[0])
+                        return rl_error_set(err, -EINVAL, "label %zu: empty key or no value", i);
+                size_t kl = strlen(k), vl = strlen(v);
+                if (kl + vl > RL_LABEL_MAX)
+                        return rl_error_set(err, -EINVAL,
+                                            "label '%.64s': key and value exceed %d bytes", k,
+                                            RL_LABEL_MAX);
+                if (!rl_utf8_valid(k, kl) || !rl_utf8_valid(v, vl))
+                        return rl_error_set(err, -EINVAL, "label %zu: not valid UTF-8", i);
+                if (json_object_set_new(o, k, json_string(v)) < 0)
+                        return rl_error_set(err, -ENOMEM, "labels");
+        }
+        *ret = TAKE_PTR(o);
+        return 0;
+}
+
+static int label_cmp(const void *a, const void *b)
+{
+        return strcmp(((const rl_label *)a)->key, ((const rl_label *)b)->key);
+}
+
+int rl_meta_labels_to(const json_t *labels, rl_label **ret, size_t *ret_n)
+{
+        size_t n = json_object_size(labels), i = 0;
+        rl_label *out = n ? calloc(n, sizeof(*out)) : NULL;
+        const char *k;
+        json_t *v;
+
+        if (n && !out)
+                return -ENOMEM;
+        json_object_foreach((json_t *)labels, k, v)
+        {
+                out[i].key = strdup(k);
+                out[i].value = strdup(json_string_value(v));
+                if (!out[i].key || !out[i].value) {
+                        for (size_t j = 0; j <= i; j++) {
+                                free(out[j].key);
+                                free(out[j].value);
+                        }
+                        free(out);
+                        return -ENOMEM;
+                }
+                i++;
+        }
+        if (n)
+                qsort(out, n, sizeof(*out), label_cmp);
+        *ret = out;
+        *ret_n = n;
+        return 0;
+}

@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Snapshot metadata records (private): info.json of one snapshot, read and written atomically
+ * (temporary file, fsync, rename, fsync of the directory).
+ */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <reflayer/error.h>
+#include <reflayer/store.h>
+
+#define RL_META_FILE "info.json"
+
+typedef struct rl_meta {
+        uint64_t id;
+        rl_kind kind;
+        char *name;
+        uint64_t parent_id; /* 0: no parent */
+        json_t *labels;     /* object of strings, never NULL once read or built */
+        int64_t created_ns, updated_ns;
+} rl_meta;
+
+void rl_meta_clear(rl_meta *m);
+
+/* Read dir_fd/info.json. -EUCLEAN (with a message) when it is not a valid record. */
+int rl_meta_read(int dir_fd, rl_meta *ret, rl_error *err);
+
+/* Replace dir_fd/info.json atomically and durably. */
+int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err);
+
+/* Strict UTF-8 without NUL: keys and labels must be. */
+bool rl_utf8_valid(const char *s, size_t len);
+
+/* Labels as the public array (copies) and back. Validation: keys non-empty UTF-8, key plus
+ * value at most RL_LABEL_MAX bytes. */
+int rl_meta_labels_from(const rl_label *labels, size_t n, json_t **ret, rl_error *err);
+int rl_meta_labels_to(const json_t *labels, rl_label **ret, size_t *ret_n);

@@ -1,0 +1,1304 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * store.c owns the snapshot store: layout, lock, index, the snapshot lifecycle with
+ * containerd's rules, crash-safe publishing, id allocation and the background trash.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <reflayer/store.h>
+#include <reflayer/tree.h>
+
+#include "filter.h"
+#include "meta.h"
+#include "util.h"
+
+#define NEXT_ID_FILE "next-id"
+#define ID_BLOCK 1024 /* ids reserved on disk at a time, so none is ever handed out twice */
+
+typedef struct snap snap;
+struct snap {
+        uint64_t id;
+        rl_kind kind;
+        char *name;
+        snap *parent;
+        json_t *labels;
+        int64_t created_ns, updated_ns;
+        unsigned children; /* published snapshots whose parent this is */
+        unsigned pins;     /* prepares, views and usage reading this tree right now */
+        bool pending;      /* being built: holds its key, invisible otherwise */
+        bool busy;         /* a commit, update or remove is writing it: others wait */
+        snap *hnext;
+};
+
+struct rl_store {
+        char *root;
+        int root_fd, snaps_fd, tmp_fd, trash_fd, lock_fd;
+        rl_store_options opts;
+
+        /* Lock order: lock, then trash_lock. */
+        pthread_mutex_t lock; /* the index, ids, closed */
+        pthread_cond_t idle;  /* a snapshot stopped being busy or pending */
+        snap **buckets;
+        size_t n_buckets, count;
+        uint64_t next_id, id_limit;
+        bool closed;
+
+        pthread_mutex_t trash_lock;
+        pthread_cond_t trash_wake, trash_done_cond;
+        uint64_t trash_requested, trash_done;
+        bool trash_stop, trash_thread_started;
+        atomic_bool trash_cancel;
+        int trash_r;
+        rl_error trash_err;
+        pthread_t trash_thread;
+};
+
+RL_EXPORT const char *rl_kind_to_string(rl_kind kind)
+{
+        switch (kind) {
+        case RL_KIND_ACTIVE:
+                return "active";
+        case RL_KIND_VIEW:
+                return "view";
+        case RL_KIND_COMMITTED:
+                return "committed";
+        }
+        return "unknown";
+}
+
+RL_EXPORT const char *rl_store_error_code(int r)
+{
+        switch (-r) {
+        case 0:
+                return "ok";
+        case ENOENT:
+                return "not_found";
+        case EEXIST:
+                return "already_exists";
+        case EINVAL:
+                return "invalid_argument";
+        case EBUSY:
+                return "failed_precondition";
+        case ESHUTDOWN:
+                return "unavailable";
+        case EACCES:
+        case EPERM:
+                return "permission_denied";
+        default:
+                return "internal";
+        }
+}
+
+static int64_t now_realtime(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* --- the index ------------------------------------------------------------------------- */
+
+static size_t hash_name(const char *s)
+{
+        size_t h = 14695981039346656037ULL;
+        for (; *s; s++)
+                h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+        return h;
+}
+
+static snap *find(const rl_store *s, const char *name)
+{
+        if (!s->n_buckets)
+                return NULL;
+        for (snap *p = s->buckets[hash_name(name) & (s->n_buckets - 1)]; p; p = p->hnext)
+                if (strcmp(p->name, name) == 0)
+                        return p;
+        return NULL;
+}
+
+static int insert(rl_store *s, snap *n)
+{
+        if (s->count >= s->n_buckets) {
+                size_t nb = s->n_buckets ? s->n_buckets * 2 : 256;
+                snap **b = calloc(nb, sizeof(*b));
+                if (!b)
+                        return -ENOMEM;
+                for (size_t i = 0; i < s->n_buckets; i++)
+                        for (snap *p = s->buckets[i], *next; p; p = next) {
+                                next = p->hnext;
+                                size_t h = hash_name(p->name) & (nb - 1);
+                                p->hnext = b[h];
+                                b[h] = p;
+                        }
+                free(s->buckets);
+                s->buckets = b;
+                s->n_buckets = nb;
+        }
+        size_t h = hash_name(n->name) & (s->n_buckets - 1);
+        n->hnext = s->buckets[h];
+        s->buckets[h] = n;
+        s->count++;
+        return 0;
+}
+
+static void unlink_snap(rl_store *s, snap *n)
+{
+        for (snap **pp = &s->buckets[hash_name(n->name) & (s->n_buckets - 1)]; *pp;
+             pp = &(*pp)->hnext)
+                if (*pp == n) {
+                        *pp = n->hnext;
+                        s->count--;
+                        return;
+                }
+}
+
+static void snap_free(snap *n)
+{
+        if (!n)
+                return;
+        free(n->name);
+        json_decref(n->labels);
+        free(n);
+}
+
+/* Under s->lock: the visible snapshot called key, waiting while a change to it is written. */
+static snap *find_idle(rl_store *s, const char *key)
+{
+        for (;;) {
+                snap *n = find(s, key);
+                if (!n || n->pending || !n->busy)
+                        return n && !n->pending ? n : NULL;
+                pthread_cond_wait(&s->idle, &s->lock);
+        }
+}
+
+static bool key_valid(const char *key)
+{
+        if (!key)
+                return false;
+        size_t len = strnlen(key, RL_KEY_MAX + 1);
+        return len > 0 && len <= RL_KEY_MAX && rl_utf8_valid(key, len);
+}
+
+static int check_key(const char *what, const char *key, rl_error *err)
+{
+        if (key_valid(key))
+                return 0;
+        return rl_error_set(err, -EINVAL,
+                            "%s '%.64s%s': must be non-empty UTF-8 of at most %d bytes", what,
+                            key ? key : "(null)", key && strlen(key) > 64 ? "..." : "",
+                            RL_KEY_MAX);
+}
+
+static int fill_info(const snap *n, rl_info *ret)
+{
+        rl_info info = {
+                .id = n->id,
+                .kind = n->kind,
+                .name = strdup(n->name),
+                .parent = n->parent ? strdup(n->parent->name) : NULL,
+                .created_ns = n->created_ns,
+                .updated_ns = n->updated_ns,
+        };
+        if (!info.name || (n->parent && !info.parent) ||
+            rl_meta_labels_to(n->labels, &info.labels, &info.n_labels) < 0) {
+                rl_info_clear(&info);
+                return -ENOMEM;
+        }
+        *ret = info;
+        return 0;
+}
+
+RL_EXPORT void rl_info_clear(rl_info *info)
+{
+        if (!info)
+                return;
+        free(info->name);
+        free(info->parent);
+        for (size_t i = 0; i < info->n_labels; i++) {
+                free(info->labels[i].key);
+                free(info->labels[i].value);
+        }
+        free(info->labels);
+        *info = (rl_info){};
+}
+
+static void meta_of(const snap *n, rl_meta *m)
+{
+        *m = (rl_meta){
+                .id = n->id,
+                .kind = n->kind,
+                .name = n->name,
+                .parent_id = n->parent ? n->parent->id : 0,
+                .labels = n->labels,
+                .created_ns = n->created_ns,
+                .updated_ns = n->updated_ns,
+        };
+}
+
+/* --- ids --------------------------------------------------------------------------------- */
+
+static int write_next_id(rl_store *s, uint64_t limit, rl_error *err)
+{
+        char buf[32], tmp[] = NEXT_ID_FILE ".tmp";
+        int n = snprintf(buf, sizeof(buf), "%" PRIu64 "\n", limit);
+        _cleanup_close_ int fd = openat(s->root_fd, tmp,
+                                        O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0 || write(fd, buf, n) != n || fsync(fd) < 0 ||
+            renameat(s->root_fd, tmp, s->root_fd, NEXT_ID_FILE) < 0 || fsync(s->root_fd) < 0)
+                return rl_error_set(err, -errno ?: -EIO, "store: write %s", NEXT_ID_FILE);
+        return 0;
+}
+
+/* Under s->lock. Ids below id_limit are promised on disk never to be handed out again. */
+static int alloc_id(rl_store *s, uint64_t *ret, rl_error *err)
+{
+        if (s->next_id >= s->id_limit) {
+                int r = write_next_id(s, s->next_id + ID_BLOCK, err);
+                if (r < 0)
+                        return r;
+                s->id_limit = s->next_id + ID_BLOCK;
+        }
+        *ret = s->next_id++;
+        return 0;
+}
+
+static uint64_t parse_id(const char *name)
+{
+        char *end;
+        if (name[0] < '1' || name[0] > '9')
+                return 0;
+        errno = 0;
+        unsigned long long v = strtoull(name, &end, 10);
+        return errno || *end ? 0 : (uint64_t)v;
+}
+
+/* List a directory we hold an fd of. A fresh open file description, not a dup: a dup would
+ * share the read position, and the second listing would start where the first ended. */
+static DIR *opendir_fd(int dir_fd)
+{
+        int fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return NULL;
+        DIR *d = fdopendir(fd);
+        if (!d) {
+                int e = errno;
+                close(fd);
+                errno = e;
+        }
+        return d;
+}
+
+/* --- trash: removed trees, deleted in the background ------------------------------------ */
+
+static void *trash_main(void *arg)
+{
+        rl_store *s = arg;
+        /* Deleting old trees must not slow anything a user waits for: lowest CPU priority and
+         * the idle I/O class for this thread only. */
+        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+        (void)syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0,
+                      3 << 13 /* IOPRIO_CLASS_IDLE */);
+
+        pthread_mutex_lock(&s->trash_lock);
+        for (;;) {
+                while (!s->trash_stop && s->trash_done == s->trash_requested)
+                        pthread_cond_wait(&s->trash_wake, &s->trash_lock);
+                if (s->trash_stop)
+                        break;
+                uint64_t gen = s->trash_requested;
+                pthread_mutex_unlock(&s->trash_lock);
+
+                int r = 0;
+                rl_error err = {};
+                DIR *d = opendir_fd(s->trash_fd);
+                if (!d) {
+                        r = rl_error_set(&err, -errno, "trash: list");
+                } else {
+                        struct dirent *e;
+                        while ((e = readdir(d)) && !atomic_load(&s->trash_cancel)) {
+                                if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+                                        continue;
+                                rl_error e2 = {};
+                                int q = rl_tree_remove(s->trash_fd, e->d_name, 1, &s->trash_cancel,
+                                                       &e2);
+                                if (q < 0 && q != -ECANCELED && r == 0) {
+                                        r = q;
+                                        err = e2;
+                                }
+                        }
+                        closedir(d);
+                }
+                pthread_mutex_lock(&s->trash_lock);
+                s->trash_done = gen;
+                s->trash_r = r;
+                if (r < 0)
+                        s->trash_err = err;
+                pthread_cond_broadcast(&s->trash_done_cond);
+        }
+        pthread_mutex_unlock(&s->trash_lock);
+        return NULL;
+}
+
+static void trash_kick(rl_store *s)
+{
+        pthread_mutex_lock(&s->trash_lock);
+        s->trash_requested++;
+        pthread_cond_signal(&s->trash_wake);
+        pthread_mutex_unlock(&s->trash_lock);
+}
+
+/* --- open and close ------------------------------------------------------------------- */
+
+static int open_subdir(int root_fd, const char *name, int *ret, rl_error *err)
+{
+        if (mkdirat(root_fd, name, 0700) < 0 && errno != EEXIST)
+                return rl_error_set(err, -errno, "store: create %s/", name);
+        int fd = openat(root_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return rl_error_set(err, -errno, "store: open %s/", name);
+        *ret = fd;
+        return 0;
+}
+
+static int cmp_meta_id(const void *a, const void *b)
+{
+        const rl_meta *x = a, *y = b;
+        return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Move every leftover of tmp/ (trees a dead process was building) into trash/. */
+static int sweep_tmp(rl_store *s, uint64_t *max_id, rl_error *err)
+{
+        DIR *d = opendir_fd(s->tmp_fd);
+        struct dirent *e;
+        int r = 0;
+
+        if (!d)
+                return rl_error_set(err, -errno, "store: list tmp/");
+        while ((e = readdir(d))) {
+                if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+                        continue;
+                uint64_t id = parse_id(e->d_name);
+                if (id > *max_id)
+                        *max_id = id;
+                char name[NAME_MAX + 8];
+                snprintf(name, sizeof(name), "tmp-%s", e->d_name);
+                if (renameat(s->tmp_fd, e->d_name, s->trash_fd, name) < 0) {
+                        r = rl_error_set(err, -errno, "store: move tmp/%s to trash/",
+                                         e->d_name);
+                        break;
+                }
+        }
+        closedir(d);
+        return r;
+}
+
+/* Read every snapshots/ID/info.json and rebuild the index. */
+static int load_index(rl_store *s, uint64_t *max_id, rl_error *err)
+{
+        DIR *d = opendir_fd(s->snaps_fd);
+        rl_meta *metas = NULL;
+        snap **byid = NULL;
+        size_t n = 0, cap = 0;
+        struct dirent *e;
+        int r = 0;
+
+        if (!d)
+                return rl_error_set(err, -errno, "store: list snapshots/");
+        while ((e = readdir(d))) {
+                if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+                        continue;
+                uint64_t id = parse_id(e->d_name);
+                if (!id) {
+                        r = rl_error_set(err, -EUCLEAN, "store: snapshots/%s is not ours",
+                                         e->d_name);
+                        goto out;
+                }
+                if (n == cap) {
+                        cap = cap ? cap * 2 : 256;
+                        rl_meta *m = realloc(metas, cap * sizeof(*m));
+                        if (!m) {
+                                r = rl_error_set(err, -ENOMEM, "store: index");
+                                goto out;
+                        }
+                        metas = m;
+                }
+                _cleanup_close_ int sfd =
+                        openat(s->snaps_fd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+                                                               O_CLOEXEC);
+                if (sfd < 0) {
+                        r = rl_error_set(err, -errno, "store: open snapshots/%s", e->d_name);
+                        goto out;
+                }
+                (void)unlinkat(sfd, RL_META_FILE ".tmp", 0); /* a write cut short */
+                r = rl_meta_read(sfd, &metas[n], err);
+                if (r < 0) {
+                        rl_error_prefix(err, r, "store: snapshots/%s", e->d_name);
+                        goto out;
+                }
+                if (metas[n].id != id) {
+                        r = rl_error_set(err, -EUCLEAN, "store: snapshots/%s holds id %" PRIu64,
+                                         e->d_name, metas[n].id);
+                        rl_meta_clear(&metas[n]);
+                        goto out;
+                }
+                n++;
+                if (id > *max_id)
+                        *max_id = id;
+        }
+        if (n)
+                qsort(metas, n, sizeof(*metas), cmp_meta_id);
+        byid = calloc(n ? n : 1, sizeof(*byid));
+        if (!byid) {
+                r = rl_error_set(err, -ENOMEM, "store: index");
+                goto out;
+        }
+        for (size_t i = 0; i < n; i++) {
+                snap *p = calloc(1, sizeof(*p));
+                if (!p) {
+                        r = rl_error_set(err, -ENOMEM, "store: index");
+                        goto out;
+                }
+                /* The snapshot takes over the record's strings. */
+                *p = (snap){ .id = metas[i].id, .kind = metas[i].kind, .name = metas[i].name,
+                             .labels = metas[i].labels, .created_ns = metas[i].created_ns,
+                             .updated_ns = metas[i].updated_ns };
+                metas[i].name = NULL;
+                metas[i].labels = NULL;
+                if (insert(s, p) < 0) {
+                        snap_free(p);
+                        r = rl_error_set(err, -ENOMEM, "store: index");
+                        goto out;
+                }
+                byid[i] = p;
+        }
+        for (size_t i = 0; i < n; i++) {
+                if (!metas[i].parent_id)
+                        continue;
+                rl_meta key = { .id = metas[i].parent_id };
+                rl_meta *pm = bsearch(&key, metas, n, sizeof(*metas), cmp_meta_id);
+                if (!pm || byid[pm - metas]->kind != RL_KIND_COMMITTED) {
+                        r = rl_error_set(err, -EUCLEAN,
+                                         "store: snapshot %" PRIu64 " has parent %" PRIu64
+                                         ", which is missing or not committed",
+                                         metas[i].id, metas[i].parent_id);
+                        goto out;
+                }
+                byid[i]->parent = byid[pm - metas];
+                byid[i]->parent->children++;
+        }
+out:
+        closedir(d);
+        for (size_t i = 0; i < n; i++)
+                rl_meta_clear(&metas[i]);
+        free(metas);
+        free(byid);
+        return r;
+}
+
+static void free_index(rl_store *s)
+{
+        for (size_t i = 0; i < s->n_buckets; i++)
+                for (snap *p = s->buckets[i], *next; p; p = next) {
+                        next = p->hnext;
+                        snap_free(p);
+                }
+        free(s->buckets);
+        s->buckets = NULL;
+        s->n_buckets = s->count = 0;
+}
+
+static uint64_t read_next_id(int root_fd)
+{
+        _cleanup_close_ int fd = openat(root_fd, NEXT_ID_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        char buf[32];
+        ssize_t n;
+        if (fd < 0 || (n = read(fd, buf, sizeof(buf) - 1)) <= 0)
+                return 1;
+        buf[n] = '\0';
+        return strtoull(buf, NULL, 10) ?: 1;
+}
+
+RL_EXPORT int rl_store_open(const char *root, const rl_store_options *opts, rl_store **ret,
+                            rl_error *err)
+{
+        _cleanup_(rl_store_freep) rl_store *s = calloc(1, sizeof(*s));
+        uint64_t max_id = 0;
+        int r;
+
+        if (!s)
+                return rl_error_set(err, -ENOMEM, "store");
+        s->root_fd = s->snaps_fd = s->tmp_fd = s->trash_fd = s->lock_fd = -EBADF;
+        s->closed = true; /* until it is whole: rl_store_free must not wait for anything */
+        pthread_mutex_init(&s->lock, NULL);
+        pthread_cond_init(&s->idle, NULL);
+        pthread_mutex_init(&s->trash_lock, NULL);
+        pthread_cond_init(&s->trash_wake, NULL);
+        pthread_cond_init(&s->trash_done_cond, NULL);
+        if (opts)
+                s->opts = *opts;
+
+        if (mkdir(root, 0711) < 0 && errno != EEXIST)
+                return rl_error_set(err, -errno, "store '%s': create", root);
+        s->root_fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (s->root_fd < 0)
+                return rl_error_set(err, -errno, "store '%s': open", root);
+        s->root = realpath(root, NULL);
+        if (!s->root)
+                return rl_error_set(err, -errno, "store '%s': resolve", root);
+        s->lock_fd = openat(s->root_fd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (s->lock_fd < 0)
+                return rl_error_set(err, -errno, "store '%s': open lock", s->root);
+        if (flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0)
+                return rl_error_set(err, errno == EWOULDBLOCK ? -EBUSY : -errno,
+                                    "store '%s': in use by another process (lock)", s->root);
+        if ((r = open_subdir(s->root_fd, "snapshots", &s->snaps_fd, err)) < 0 ||
+            (r = open_subdir(s->root_fd, "tmp", &s->tmp_fd, err)) < 0 ||
+            (r = open_subdir(s->root_fd, "trash", &s->trash_fd, err)) < 0)
+                return rl_error_prefix(err, r, "store '%s'", s->root);
+        r = sweep_tmp(s, &max_id, err);
+        if (r < 0)
+                return r;
+        r = load_index(s, &max_id, err);
+        if (r < 0)
+                return rl_error_prefix(err, r, "store '%s'", s->root);
+        /* Ids of trees in the trash are taken too, until they are gone. */
+        uint64_t on_disk = read_next_id(s->root_fd);
+        s->next_id = max_id + 1 > on_disk ? max_id + 1 : on_disk;
+        s->id_limit = s->next_id; /* the first allocation reserves a new block */
+
+        if (pthread_create(&s->trash_thread, NULL, trash_main, s) != 0)
+                return rl_error_set(err, -EAGAIN, "store '%s': start the trash thread", s->root);
+        s->trash_thread_started = true;
+        s->closed = false;
+        trash_kick(s); /* whatever a previous process left there */
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+RL_EXPORT int rl_store_close(rl_store *s)
+{
+        if (!s)
+                return 0;
+        pthread_mutex_lock(&s->lock);
+        /* Wait for changes in flight to finish writing. */
+        for (;;) {
+                bool busy = false;
+                for (size_t i = 0; i < s->n_buckets && !busy; i++)
+                        for (snap *p = s->buckets[i]; p && !busy; p = p->hnext)
+                                busy = p->busy || p->pending || p->pins;
+                if (!busy)
+                        break;
+                pthread_cond_wait(&s->idle, &s->lock);
+        }
+        bool was_closed = s->closed;
+        s->closed = true;
+        pthread_mutex_unlock(&s->lock);
+        if (was_closed && !s->trash_thread_started)
+                goto out_fds;
+
+        if (s->trash_thread_started) {
+                /* A tree half deleted stays in trash/ for the next open. */
+                atomic_store(&s->trash_cancel, true);
+                pthread_mutex_lock(&s->trash_lock);
+                s->trash_stop = true;
+                pthread_cond_broadcast(&s->trash_wake);
+                pthread_mutex_unlock(&s->trash_lock);
+                pthread_join(s->trash_thread, NULL);
+                s->trash_thread_started = false;
+        }
+out_fds:
+        free_index(s);
+        closep(&s->snaps_fd);
+        closep(&s->tmp_fd);
+        closep(&s->trash_fd);
+        closep(&s->root_fd);
+        closep(&s->lock_fd); /* releases the flock */
+        s->snaps_fd = s->tmp_fd = s->trash_fd = s->root_fd = s->lock_fd = -EBADF;
+        return 0;
+}
+
+RL_EXPORT rl_store *rl_store_free(rl_store *s)
+{
+        if (!s)
+                return NULL;
+        rl_store_close(s);
+        pthread_mutex_destroy(&s->lock);
+        pthread_cond_destroy(&s->idle);
+        pthread_mutex_destroy(&s->trash_lock);
+        pthread_cond_destroy(&s->trash_wake);
+        pthread_cond_destroy(&s->trash_done_cond);
+        free(s->root);
+        free(s);
+        return NULL;
+}
+
+RL_EXPORT void rl_store_freep(rl_store **s)
+{
+        rl_store_free(*s);
+}
+
+RL_EXPORT const char *rl_store_root(const rl_store *s)
+{
+        return s->root;
+}
+
+static int closed_error(const rl_store *s, rl_error *err)
+{
+        return rl_error_set(err, -ESHUTDOWN, "store '%s' is closed", s->root ? s->root : "");
+}
+
+/* --- prepare and view ------------------------------------------------------------------- */
+
+/* Build tmp/ID (fs/ and info.json), then publish it as snapshots/ID. */
+static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
+                             const rl_prepare_options *popts, rl_error *err)
+{
+        char idname[24];
+        _cleanup_close_ int dir = -EBADF;
+        rl_meta m;
+        int r;
+
+        snprintf(idname, sizeof(idname), "%" PRIu64, n->id);
+        if (mkdirat(s->tmp_fd, idname, 0700) < 0)
+                return rl_error_set(err, -errno, "create tmp/%s", idname);
+        dir = openat(s->tmp_fd, idname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dir < 0) {
+                r = rl_error_set(err, -errno, "open tmp/%s", idname);
+                goto out_remove_tmp;
+        }
+        if (parent) {
+                char src[48];
+                snprintf(src, sizeof(src), "%" PRIu64 "/fs", parent->id);
+                _cleanup_close_ int src_fd = rl_openat_beneath(s->snaps_fd, src,
+                                                               O_RDONLY | O_DIRECTORY, 0);
+                if (src_fd < 0) {
+                        r = rl_error_set(err, src_fd, "open the parent's tree");
+                        goto out_remove_tmp;
+                }
+                rl_tree_options t = {
+                        .jobs = s->opts.jobs,
+                        .flags = (s->opts.no_sync ? 0 : RL_TREE_SYNC) |
+                                 (popts && popts->keep_unmapped ? RL_TREE_KEEP_UNMAPPED : 0),
+                        .uid_map = popts ? popts->uid_map : NULL,
+                        .gid_map = popts ? popts->gid_map : NULL,
+                };
+                r = rl_tree_clone(src_fd, dir, "fs", &t, NULL, err);
+                if (r < 0)
+                        goto out_remove_tmp;
+        } else {
+                /* An empty tree: mode 0755 whatever the umask, owned by the map's root. */
+                uint32_t uid = 0, gid = 0;
+                if (mkdirat(dir, "fs", 0755) < 0 || fchmodat(dir, "fs", 0755, 0) < 0) {
+                        r = rl_error_set(err, -errno, "create the tree");
+                        goto out_remove_tmp;
+                }
+                if (popts && (popts->uid_map || popts->gid_map)) {
+                        if (rl_idmap_map(popts->uid_map, 0, &uid) < 0 ||
+                            rl_idmap_map(popts->gid_map, 0, &gid) < 0) {
+                                r = rl_error_set(err, -ERANGE, "root is outside the id maps");
+                                goto out_remove_tmp;
+                        }
+                        if (fchownat(dir, "fs", uid, gid, AT_SYMLINK_NOFOLLOW) < 0) {
+                                r = rl_error_set(err, -errno, "chown the tree");
+                                goto out_remove_tmp;
+                        }
+                }
+        }
+        meta_of(n, &m);
+        r = rl_meta_write(dir, &m, err);
+        if (r < 0)
+                goto out_remove_tmp;
+        /* The whole snapshot appears at once: tree and record in one rename. */
+        if (renameat(s->tmp_fd, idname, s->snaps_fd, idname) < 0) {
+                r = rl_error_set(err, -errno, "publish snapshots/%s", idname);
+                goto out_remove_tmp;
+        }
+        if (fsync(s->snaps_fd) < 0) {
+                /* Not durable, so not done: take it back, so disk and index agree. */
+                r = rl_error_set(err, -errno, "fsync snapshots/");
+                if (renameat(s->snaps_fd, idname, s->tmp_fd, idname) < 0)
+                        return r; /* still published; the next open will find it */
+                goto out_remove_tmp;
+        }
+        return 0;
+
+out_remove_tmp:
+        rl_tree_remove(s->tmp_fd, idname, s->opts.jobs, NULL, NULL);
+        return r;
+}
+
+static int create_snapshot(rl_store *s, rl_kind kind, const char *key, const char *parent_key,
+                           const rl_label *labels, size_t n_labels,
+                           const rl_prepare_options *popts, rl_error *err)
+{
+        const char *verb = kind == RL_KIND_VIEW ? "view" : "prepare";
+        json_t *lj = NULL;
+        snap *n = NULL, *parent = NULL;
+        int r;
+
+        r = check_key("key", key, err);
+        if (r < 0)
+                return rl_error_prefix(err, r, "%s", verb);
+        if (parent_key && !parent_key[0])
+                parent_key = NULL;
+        if (parent_key && (r = check_key("parent", parent_key, err)) < 0)
+                return rl_error_prefix(err, r, "%s '%s'", verb, key);
+        r = rl_meta_labels_from(labels, n_labels, &lj, err);
+        if (r < 0)
+                return rl_error_prefix(err, r, "%s '%s'", verb, key);
+
+        pthread_mutex_lock(&s->lock);
+        if (s->closed) {
+                r = closed_error(s, err);
+                goto out_unlock;
+        }
+        if (find(s, key)) {
+                r = rl_error_set(err, -EEXIST, "%s '%s': the key exists", verb, key);
+                goto out_unlock;
+        }
+        if (parent_key) {
+                parent = find_idle(s, parent_key);
+                if (!parent) {
+                        r = rl_error_set(err, -ENOENT, "%s '%s': parent '%s' not found", verb,
+                                         key, parent_key);
+                        goto out_unlock;
+                }
+                if (parent->kind != RL_KIND_COMMITTED) {
+                        r = rl_error_set(err, -EBUSY,
+                                         "%s '%s': parent '%s' is %s; only a committed snapshot "
+                                         "can be a parent",
+                                         verb, key, parent_key, rl_kind_to_string(parent->kind));
+                        goto out_unlock;
+                }
+        }
+        n = calloc(1, sizeof(*n));
+        if (!n || !(n->name = strdup(key))) {
+                r = rl_error_set(err, -ENOMEM, "%s '%s'", verb, key);
+                goto out_unlock;
+        }
+        r = alloc_id(s, &n->id, err);
+        if (r < 0) {
+                rl_error_prefix(err, r, "%s '%s'", verb, key);
+                goto out_unlock;
+        }
+        n->kind = kind;
+        n->parent = parent;
+        n->labels = TAKE_PTR(lj);
+        n->created_ns = n->updated_ns = now_realtime();
+        n->pending = true;
+        r = insert(s, n);
+        if (r < 0) {
+                rl_error_set(err, r, "%s '%s'", verb, key);
+                goto out_unlock;
+        }
+        if (parent)
+                parent->pins++;
+        pthread_mutex_unlock(&s->lock);
+
+        /* The long part, outside the lock: other keys go on meanwhile. */
+        r = build_and_publish(s, n, parent, popts, err);
+
+        pthread_mutex_lock(&s->lock);
+        if (parent)
+                parent->pins--;
+        if (r < 0) {
+                unlink_snap(s, n);
+                snap_free(n);
+                rl_error_prefix(err, r, "%s '%s'", verb, key);
+        } else {
+                n->pending = false;
+                if (parent)
+                        parent->children++;
+        }
+        pthread_cond_broadcast(&s->idle);
+        pthread_mutex_unlock(&s->lock);
+        return r;
+
+out_unlock:
+        pthread_mutex_unlock(&s->lock);
+        if (n) {
+                n->labels = n->labels ? n->labels : TAKE_PTR(lj);
+                snap_free(n);
+        }
+        json_decref(lj);
+        return r;
+}
+
+RL_EXPORT int rl_store_prepare(rl_store *s, const char *key, const char *parent,
+                               const rl_label *labels, size_t n_labels,
+                               const rl_prepare_options *opts, rl_error *err)
+{
+        return create_snapshot(s, RL_KIND_ACTIVE, key, parent, labels, n_labels, opts, err);
+}
+
+RL_EXPORT int rl_store_view(rl_store *s, const char *key, const char *parent,
+                            const rl_label *labels, size_t n_labels,
+                            const rl_prepare_options *opts, rl_error *err)
+{
+        return create_snapshot(s, RL_KIND_VIEW, key, parent, labels, n_labels, opts, err);
+}
+
+/* --- commit, update, remove ------------------------------------------------------------- */
+
+static int open_snapdir(rl_store *s, uint64_t id, rl_error *err)
+{
+        char idname[24];
+        snprintf(idname, sizeof(idname), "%" PRIu64, id);
+        int fd = openat(s->snaps_fd, idname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return rl_error_set(err, -errno, "open snapshots/%s", idname);
+        return fd;
+}
+
+/* Under s->lock, for a busy snapshot: done writing; wake whoever waits for it. */
+static void release(rl_store *s, snap *n)
+{
+        n->busy = false;
+        pthread_cond_broadcast(&s->idle);
+}
+
+RL_EXPORT int rl_store_commit(rl_store *s, const char *name, const char *key,
+                              const rl_label *labels, size_t n_labels, rl_error *err)
+{
+        _cleanup_close_ int dir = -EBADF;
+        json_t *lj = NULL;
+        snap *a, *c = NULL;
+        int r;
+
+        if ((r = check_key("key", key, err)) < 0 || (r = check_key("name", name, err)) < 0)
+                return rl_error_prefix(err, r, "commit");
+        r = rl_meta_labels_from(labels, n_labels, &lj, err);
+        if (r < 0)
+                return rl_error_prefix(err, r, "commit '%s'", key);
+
+        pthread_mutex_lock(&s->lock);
+        if (s->closed) {
+                r = closed_error(s, err);
+                goto out_unlock;
+        }
+        a = find_idle(s, key);
+        if (!a) {
+                r = rl_error_set(err, -ENOENT, "commit '%s': not found", key);
+                goto out_unlock;
+        }
+        if (a->kind != RL_KIND_ACTIVE) {
+                r = rl_error_set(err, -EBUSY,
+                                 "commit '%s': it is %s; only an active snapshot can be committed",
+                                 key, rl_kind_to_string(a->kind));
+                goto out_unlock;
+        }
+        if (find(s, name)) {
+                r = rl_error_set(err, -EEXIST, "commit '%s' as '%s': the name exists", key, name);
+                goto out_unlock;
+        }
+        /* The committed snapshot takes the active one's id and tree; only the record
+         * changes. Its name is held (pending) while the new record is written. */
+        c = calloc(1, sizeof(*c));
+        if (!c || !(c->name = strdup(name))) {
+                r = rl_error_set(err, -ENOMEM, "commit '%s'", key);
+                goto out_unlock;
+        }
+        *c = (snap){ .id = a->id, .kind = RL_KIND_COMMITTED, .name = c->name, .parent = a->parent,
+                     .labels = TAKE_PTR(lj), .created_ns = now_realtime(), .pending = true };
+        c->updated_ns = c->created_ns;
+        r = insert(s, c);
+        if (r < 0) {
+                rl_error_set(err, r, "commit '%s'", key);
+                goto out_unlock;
+        }
+        a->busy = true;
+        pthread_mutex_unlock(&s->lock);
+
+        dir = open_snapdir(s, c->id, err);
+        rl_meta m;
+        meta_of(c, &m);
+        r = dir < 0 ? dir : rl_meta_write(dir, &m, err);
+
+        pthread_mutex_lock(&s->lock);
+        if (r < 0) {
+                unlink_snap(s, c);
+                snap_free(c);
+                release(s, a);
+                rl_error_prefix(err, r, "commit '%s'", key);
+        } else {
+                unlink_snap(s, a);
+                snap_free(a);
+                c->pending = false;
+                pthread_cond_broadcast(&s->idle);
+        }
+        pthread_mutex_unlock(&s->lock);
+        return r;
+
+out_unlock:
+        pthread_mutex_unlock(&s->lock);
+        if (c) {
+                free(c->name);
+                json_decref(c->labels);
+                free(c);
+        }
+        json_decref(lj);
+        return r;
+}
+
+RL_EXPORT int rl_store_remove(rl_store *s, const char *key, rl_error *err)
+{
+        char idname[24];
+        snap *n;
+        int r;
+
+        if ((r = check_key("key", key, err)) < 0)
+                return rl_error_prefix(err, r, "remove");
+        pthread_mutex_lock(&s->lock);
+        if (s->closed) {
+                r = closed_error(s, err);
+                goto out_unlock;
+        }
+        n = find_idle(s, key);
+        if (!n) {
+                r = rl_error_set(err, -ENOENT, "remove '%s': not found", key);
+                goto out_unlock;
+        }
+        if (n->children) {
+                r = rl_error_set(err, -EBUSY,
+                                 "remove '%s': %u snapshot%s use%s it as parent; remove them first",
+                                 key, n->children, n->children == 1 ? "" : "s",
+                                 n->children == 1 ? "s" : "");
+                goto out_unlock;
+        }
+        if (n->pins) {
+                r = rl_error_set(err, -EBUSY, "remove '%s': in use (a snapshot is being prepared "
+                                              "from it, or its usage measured); try again",
+                                 key);
+                goto out_unlock;
+        }
+        n->busy = true;
+        pthread_mutex_unlock(&s->lock);
+
+        /* One rename takes the snapshot out of the store; deleting the tree is the trash
+         * thread's work, so this returns at once whatever the tree's size. */
+        snprintf(idname, sizeof(idname), "%" PRIu64, n->id);
+        r = RL_NERRNO(renameat(s->snaps_fd, idname, s->trash_fd, idname));
+        /* Once renamed, it is gone from the store whatever fsync says: at worst a power cut
+         * brings it back, whole. */
+        if (r == 0)
+                (void)fsync(s->snaps_fd);
+
+        pthread_mutex_lock(&s->lock);
+        if (r < 0) {
+                release(s, n);
+                rl_error_set(err, r, "remove '%s': move snapshots/%s to trash/", key, idname);
+        } else {
+                if (n->parent)
+                        n->parent->children--;
+                unlink_snap(s, n);
+                snap_free(n);
+                pthread_cond_broadcast(&s->idle);
+        }
+        pthread_mutex_unlock(&s->lock);
+        if (r == 0)
+                trash_kick(s);
+        return r;
+
+out_unlock:
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+RL_EXPORT int rl_store_stat(rl_store *s, const char *key, rl_info *ret, rl_error *err)
+{
+        int r;
+
+        if ((r = check_key("key", key, err)) < 0)
+                return rl_error_prefix(err, r, "stat");
+        pthread_mutex_lock(&s->lock);
+        snap *n = s->closed ? NULL : find_idle(s, key);
+        if (s->closed)
+                r = closed_error(s, err);
+        else if (!n)
+                r = rl_error_set(err, -ENOENT, "stat '%s': not found", key);
+        else if (fill_info(n, ret) < 0)
+                r = rl_error_set(err, -ENOMEM, "stat '%s'", key);
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+/* New labels from the current ones, info's and the field paths. */
+static int updated_labels(const snap *n, const rl_info *info, const char *const *paths,
+                          size_t n_paths, json_t **ret, rl_error *err)
+{
+        json_t *given = NULL, *out = NULL;
+        int r = rl_meta_labels_from(info->labels, info->n_labels, &given, err);
+        if (r < 0)
+                return r;
+        if (n_paths == 0) {
+                *ret = given;
+                return 0;
+        }
+        out = json_deep_copy(n->labels);
+        if (!out) {
+                json_decref(given);
+                return rl_error_set(err, -ENOMEM, "labels");
+        }
+        for (size_t i = 0; i < n_paths; i++) {
+                const char *p = paths[i];
+                if (!p || strcmp(p, "labels") == 0) {
+                        json_decref(out);
+                        out = json_deep_copy(given);
+                        if (!out) {
+                                json_decref(given);
+                                return rl_error_set(err, -ENOMEM, "labels");
+                        }
+                } else if (strncmp(p, "labels.", 7) == 0 && p[7]) {
+                        json_t *v = json_object_get(given, p + 7);
+                        if (v)
+                                json_object_set(out, p + 7, v);
+                        else
+                                json_object_del(out, p + 7);
+                } else {
+                        json_decref(out);
+                        json_decref(given);
+                        return rl_error_set(err, -EINVAL,
+                                            "cannot update field '%s': only labels and "
+                                            "labels.KEY can change",
+                                            p);
+                }
+        }
+        json_decref(given);
+        *ret = out;
+        return 0;
+}
+
+RL_EXPORT int rl_store_update(rl_store *s, const rl_info *info, const char *const *fieldpaths,
+                              size_t n_fieldpaths, rl_info *ret, rl_error *err)
+{
+        _cleanup_close_ int dir = -EBADF;
+        json_t *labels = NULL;
+        snap *n;
+        int r;
+
+        if ((r = check_key("key", info ? info->name : NULL, err)) < 0)
+                return rl_error_prefix(err, r, "update");
+        pthread_mutex_lock(&s->lock);
+        if (s->closed) {
+                r = closed_error(s, err);
+                goto out_unlock;
+        }
+        n = find_idle(s, info->name);
+        if (!n) {
+                r = rl_error_set(err, -ENOENT, "update '%s': not found", info->name);
+                goto out_unlock;
+        }
+        r = updated_labels(n, info, fieldpaths, n_fieldpaths, &labels, err);
+        if (r < 0) {
+                rl_error_prefix(err, r, "update '%s'", info->name);
+                goto out_unlock;
+        }
+        n->busy = true;
+        pthread_mutex_unlock(&s->lock);
+
+        snap next = *n;
+        next.labels = labels;
+        next.updated_ns = now_realtime();
+        rl_meta m;
+        meta_of(&next, &m);
+        dir = open_snapdir(s, n->id, err);
+        r = dir < 0 ? dir : rl_meta_write(dir, &m, err);
+
+        pthread_mutex_lock(&s->lock);
+        if (r < 0) {
+                json_decref(labels);
+                rl_error_prefix(err, r, "update '%s'", info->name);
+        } else {
+                json_decref(n->labels);
+                n->labels = labels;
+                n->updated_ns = next.updated_ns;
+                if (ret && fill_info(n, ret) < 0)
+                        r = rl_error_set(err, -ENOMEM, "update '%s'", info->name);
+        }
+        release(s, n);
+out_unlock:
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+/* --- walk ------------------------------------------------------------------------------- */
+
+static const char *snap_field(void *obj, const char *const *path, size_t n)
+{
+        const snap *p = obj;
+        if (n == 1 && !strcmp(path[0], "kind"))
+                return rl_kind_to_string(p->kind);
+        if (n == 1 && !strcmp(path[0], "name"))
+                return p->name;
+        if (n == 1 && !strcmp(path[0], "parent"))
+                return p->parent ? p->parent->name : NULL;
+        if (n == 2 && !strcmp(path[0], "labels"))
+                return json_string_value(json_object_get(p->labels, path[1]));
+        return NULL;
+}
+
+RL_EXPORT int rl_store_walk(rl_store *s, const char *const *filters, size_t n_filters,
+                            rl_store_walk_fn fn, void *userdata, rl_error *err)
+{
+        _cleanup_(rl_filter_freep) rl_filter *f = NULL;
+        rl_info *infos = NULL;
+        size_t n = 0;
+        int r;
+
+        r = rl_filter_parse(filters, n_filters, &f, err);
+        if (r < 0)
+                return rl_error_prefix(err, r, "walk");
+        /* Copy out under the lock, call back outside it: fn may call the store. */
+        pthread_mutex_lock(&s->lock);
+        if (s->closed) {
+                pthread_mutex_unlock(&s->lock);
+                return closed_error(s, err);
+        }
+        infos = calloc(s->count ? s->count : 1, sizeof(*infos));
+        if (!infos) {
+                pthread_mutex_unlock(&s->lock);
+                return rl_error_set(err, -ENOMEM, "walk");
+        }
+        for (size_t i = 0; i < s->n_buckets && r == 0; i++)
+                for (snap *p = s->buckets[i]; p && r == 0; p = p->hnext)
+                        if (!p->pending && rl_filter_match(f, snap_field, p))
+                                r = fill_info(p, &infos[n++]) < 0 ? -ENOMEM : 0;
+        pthread_mutex_unlock(&s->lock);
+        if (r < 0)
+                rl_error_set(err, r, "walk");
+        for (size_t i = 0; i < n; i++) {
+                if (r == 0) {
+                        r = fn(&infos[i], userdata);
+                        if (r < 0)
+                                rl_error_set(err, r, "walk: stopped at '%s'", infos[i].name);
+                }
+                rl_info_clear(&infos[i]);
+        }
+        free(infos);
+        return r;
+}
+
+/* --- usage, mounts, cleanup ---------------------------------------------------------------- */
+
+RL_EXPORT int rl_store_usage(rl_store *s, const char *key, rl_usage *ret, rl_error *err)
+{
+        char fs[48];
+        snap *n;
+        int r;
+
+        if ((r = check_key("key", key, err)) < 0)
+                return rl_error_prefix(err, r, "usage");
+        pthread_mutex_lock(&s->lock);
+        n = s->closed ? NULL : find_idle(s, key);
+        if (s->closed || !n) {
+                r = s->closed ? closed_error(s, err)
+                              : rl_error_set(err, -ENOENT, "usage '%s': not found", key);
+                pthread_mutex_unlock(&s->lock);
+                return r;
+        }
+        n->pins++; /* not removed while measured */
+        snprintf(fs, sizeof(fs), "%" PRIu64 "/fs", n->id);
+        pthread_mutex_unlock(&s->lock);
+
+        int fd = rl_openat_beneath(s->snaps_fd, fs, O_RDONLY | O_DIRECTORY, 0);
+        if (fd < 0)
+                r = rl_error_set(err, fd, "usage '%s': open snapshots/%s", key, fs);
+        else
+                r = rl_usage_tree(fd, s->opts.jobs, ret, err);
+        if (fd >= 0)
+                close(fd);
+        if (r < 0)
+                rl_error_prefix(err, r, "usage '%s'", key);
+
+        pthread_mutex_lock(&s->lock);
+        n->pins--;
+        pthread_cond_broadcast(&s->idle);
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+RL_EXPORT void rl_mount_clear(rl_mount *m)
+{
+        if (!m)
+                return;
+        free(m->type);
+        free(m->source);
+        for (size_t i = 0; i < m->n_options; i++)
+                free(m->options[i]);
+        free(m->options);
+        *m = (rl_mount){};
+}
+
+RL_EXPORT int rl_store_mounts(rl_store *s, const char *key, rl_mount *ret, rl_error *err)
+{
+        rl_mount m = {};
+        snap *n;
+        int r;
+
+        if ((r = check_key("key", key, err)) < 0)
+                return rl_error_prefix(err, r, "mounts");
+        pthread_mutex_lock(&s->lock);
+        n = s->closed ? NULL : find_idle(s, key);
+        if (s->closed || !n) {
+                r = s->closed ? closed_error(s, err)
+                              : rl_error_set(err, -ENOENT, "mounts '%s': not found", key);
+                pthread_mutex_unlock(&s->lock);
+                return r;
+        }
+        bool rw = n->kind == RL_KIND_ACTIVE;
+        if (asprintf(&m.source, "%s/snapshots/%" PRIu64 "/fs", s->root, n->id) < 0)
+                m.source = NULL;
+        pthread_mutex_unlock(&s->lock);
+
+        m.type = strdup("bind");
+        m.options = calloc(2, sizeof(*m.options));
+        if (m.options) {
+                m.options[0] = strdup("rbind");
+                m.options[1] = strdup(rw ? "rw" : "ro");
+                m.n_options = 2;
+        }
+        if (!m.source || !m.type || !m.options || !m.options[0] || !m.options[1]) {
+                rl_mount_clear(&m);
+                return rl_error_set(err, -ENOMEM, "mounts '%s'", key);
+        }
+        *ret = m;
+        return 0;
+}
+
+RL_EXPORT int rl_store_cleanup(rl_store *s, rl_error *err)
+{
+        pthread_mutex_lock(&s->lock);
+        bool closed = s->closed;
+        pthread_mutex_unlock(&s->lock);
+        if (closed)
+                return closed_error(s, err);
+
+        pthread_mutex_lock(&s->trash_lock);
+        s->trash_requested++;
+        uint64_t want = s->trash_requested;
+        pthread_cond_signal(&s->trash_wake);
+        while (s->trash_done < want && !s->trash_stop)
+                pthread_cond_wait(&s->trash_done_cond, &s->trash_lock);
+        int r = s->trash_r;
+        if (r < 0 && err)
+                *err = s->trash_err;
+        pthread_mutex_unlock(&s->trash_lock);
+        return r < 0 ? rl_error_prefix(err, r, "cleanup") : 0;
+}

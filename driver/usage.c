@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * usage.c owns measuring a tree's disk usage, split into exclusive and shared extents.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <reflayer/usage.h>
+
+#include "util.h"
+#include "walk.h"
+
+#define EXTENTS_PER_CALL 256
+
+typedef struct usage_ctx {
+        pthread_mutex_t lock; /* guards total and the set of multiply-linked inodes */
+        rl_usage total;
+        uint64_t *seen;       /* inode numbers with nlink > 1 already counted */
+        size_t n_seen, cap_seen;
+} usage_ctx;
+
+typedef struct usage_worker {
+        rl_usage sum;
+        struct fiemap *fm;
+} usage_worker;
+
+/* Count a multiply-linked inode once: true the first time it is met. */
+static int first_sight(usage_ctx *c, uint64_t ino)
+{
+        pthread_mutex_lock(&c->lock);
+        for (size_t i = 0; i < c->n_seen; i++)
+                if (c->seen[i] == ino) {
+                        pthread_mutex_unlock(&c->lock);
+                        return 0;
+                }
+        if (c->n_seen == c->cap_seen) {
+                size_t cap = c->cap_seen ? c->cap_seen * 2 : 64;
+                uint64_t *s = realloc(c->seen, cap * sizeof(*s));
+                if (!s) {
+                        pthread_mutex_unlock(&c->lock);
+                        return -ENOMEM;
+                }
+                c->seen = s;
+                c->cap_seen = cap;
+        }
+        c->seen[c->n_seen++] = ino;
+        pthread_mutex_unlock(&c->lock);
+        return 1;
+}
+
+/* Sum the file's extents by whether they are shared. -EOPNOTSUPP: no FIEMAP here. */
+static int measure_extents(usage_worker *wk, int fd, uint64_t *excl, uint64_t *shared)
+{
+        uint64_t start = 0;
+
+        if (!wk->fm) {
+                wk->fm = calloc(1, sizeof(struct fiemap) +
+                                           EXTENTS_PER_CALL * sizeof(struct fiemap_extent));
+                if (!wk->fm)
+                        return -ENOMEM;
+        }
+        for (;;) {
+                struct fiemap *fm = wk->fm;
+                memset(fm, 0, sizeof(*fm));
+                fm->fm_start = start;
+                fm->fm_length = FIEMAP_MAX_OFFSET - start;
+                fm->fm_extent_count = EXTENTS_PER_CALL;
+                if (ioctl(fd, FS_IOC_FIEMAP, fm) < 0)
+                        return -errno;
+                if (fm->fm_mapped_extents == 0)
+                        return 0;
+                for (unsigned i = 0; i < fm->fm_mapped_extents; i++) {
+                        const struct fiemap_extent *e = &fm->fm_extents[i];
+                        if (e->fe_flags & FIEMAP_EXTENT_SHARED)
+                                *shared += e->fe_length;
+                        else
+                                *excl += e->fe_length;
+                        if (e->fe_flags & FIEMAP_EXTENT_LAST)
+                                return 0;
+                        start = e->fe_logical + e->fe_length;
+                }
+        }
+}
+
+static int usage_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name,
+                       unsigned char d_type _unused_, rl_error *err)
+{
+        usage_worker *wk = worker;
+        struct statx st;
+
+        if (statx(d->fd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC,
+                  STATX_TYPE | STATX_INO | STATX_NLINK | STATX_BLOCKS, &st) < 0)
+                return rl_error_set(err, -errno, "usage: stat '%s/%s'", d->path, name);
+        if (st.stx_nlink > 1 && !S_ISDIR(st.stx_mode)) {
+                int first = first_sight(ctx, st.stx_ino);
+                if (first < 0)
+                        return rl_error_set(err, first, "usage '%s/%s'", d->path, name);
+                if (!first)
+                        return 0;
+        }
+        wk->sum.inodes++;
+        uint64_t blocks = st.stx_blocks * 512;
+        if (S_ISREG(st.stx_mode) && blocks > 0) {
+                _cleanup_close_ int fd = openat(d->fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
+                                                                  O_NOCTTY | O_CLOEXEC | O_NOATIME);
+                if (fd < 0 && errno == EPERM)
+                        fd = openat(d->fd, name,
+                                    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+                if (fd < 0)
+                        return rl_error_set(err, -errno, "usage: open '%s/%s'", d->path, name);
+                uint64_t excl = 0, shared = 0;
+                int r = measure_extents(wk, fd, &excl, &shared);
+                if (r == 0) {
+                        wk->sum.bytes += excl + shared;
+                        wk->sum.bytes_exclusive += excl;
+                        wk->sum.bytes_shared += shared;
+                        return 0;
+                }
+                if (r != -EOPNOTSUPP && r != -ENOTTY)
+                        return rl_error_set(err, r, "usage: FIEMAP '%s/%s'", d->path, name);
+        }
+        wk->sum.bytes += blocks;
+        wk->sum.bytes_exclusive += blocks;
+        return 0;
+}
+
+static int usage_enter(void *ctx _unused_, void *worker, rl_walk_dir *d, rl_error *err)
+{
+        usage_worker *wk = worker;
+        struct statx st;
+
+        if (statx(d->fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_BLOCKS, &st) < 0)
+                return rl_error_set(err, -errno, "usage: stat '%s'", d->path);
+        wk->sum.inodes++;
+        wk->sum.bytes += st.stx_blocks * 512;
+        wk->sum.bytes_exclusive += st.stx_blocks * 512;
+        return 0;
+}
+
+static int usage_leave(void *ctx _unused_, void *worker _unused_, rl_walk_dir *d _unused_,
+                       bool cancelled _unused_, rl_error *err _unused_)
+{
+        return 0;
+}
+
+static void usage_worker_done(void *ctx, void *worker)
+{
+        usage_ctx *c = ctx;
+        usage_worker *wk = worker;
+
+        pthread_mutex_lock(&c->lock);
+        c->total.inodes += wk->sum.inodes;
+        c->total.bytes += wk->sum.bytes;
+        c->total.bytes_exclusive += wk->sum.bytes_exclusive;
+        c->total.bytes_shared += wk->sum.bytes_shared;
+        pthread_mutex_unlock(&c->lock);
+        free(wk->fm);
+}
+
+static const rl_walk_ops usage_ops = {
+        .worker_size = sizeof(usage_worker),
+        .worker_done = usage_worker_done,
+        .enter = usage_enter,
+        .entry = usage_entry,
+        .leave = usage_leave,
+};
+
+RL_EXPORT int rl_usage_tree(int dir_fd, unsigned jobs, rl_usage *ret, rl_error *err)
+{
+        usage_ctx c = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+        int r = rl_walk_run(dir_fd, &usage_ops, &c, jobs, NULL, err);
+        free(c.seen);
+        pthread_mutex_destroy(&c.lock);
+        if (r < 0)
+                return rl_error_prefix(err, r, "usage");
+        *ret = c.total;
+        return 0;
+}

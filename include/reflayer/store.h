@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The snapshot store: container layers with containerd's snapshotter semantics.
+ *
+ * A store is a directory (ROOT) on one filesystem:
+ *   ROOT/snapshots/ID/fs/        the tree of snapshot ID (decimal, never reused)
+ *   ROOT/snapshots/ID/info.json  its metadata
+ *   ROOT/tmp/                    trees being built (emptied at open)
+ *   ROOT/trash/                  removed trees (deleted in the background)
+ *   ROOT/lock                    flock: one process per store
+ * Kinds: active (writable, from prepare), view (read-only, from view), committed (from commit
+ * of an active snapshot; immutable; the only kind that may be a parent). Keys are unique
+ * across kinds. Every change is built aside and published with rename(2), so a process that
+ * dies at any instant leaves each snapshot either fully there or not there at all.
+ *
+ * Errors: negative errnos with a message in rl_error; rl_store_error_code() gives each its
+ * stable protocol code (-ENOENT not_found, -EEXIST already_exists, -EINVAL invalid_argument,
+ * -EBUSY failed_precondition, -ESHUTDOWN unavailable).
+ *
+ * Thread safety: a rl_store may be used from many threads at once. Operations on different
+ * keys run in parallel (two prepares from one parent clone at the same time); a parent cannot
+ * be removed while a child is being prepared from it.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <reflayer/error.h>
+#include <reflayer/idmap.h>
+#include <reflayer/usage.h>
+
+typedef struct rl_store rl_store;
+
+typedef enum rl_kind {
+        RL_KIND_ACTIVE = 1,
+        RL_KIND_VIEW = 2,
+        RL_KIND_COMMITTED = 3,
+} rl_kind;
+
+const char *rl_kind_to_string(rl_kind kind); /* "active", "view", "committed" */
+
+/* Keys: non-empty UTF-8 without NUL, at most this many bytes. */
+#define RL_KEY_MAX 4096
+/* A label's key and value together, in bytes (containerd's limit). */
+#define RL_LABEL_MAX 4096
+
+typedef struct rl_label {
+        char *key;
+        char *value;
+} rl_label;
+
+typedef struct rl_info {
+        uint64_t id;
+        rl_kind kind;
+        char *name;       /* the key */
+        char *parent;     /* the parent's key; NULL for none */
+        rl_label *labels; /* sorted by key */
+        size_t n_labels;
+        int64_t created_ns; /* CLOCK_REALTIME */
+        int64_t updated_ns;
+} rl_info;
+
+/* Free what an rl_info holds (not the struct itself); leaves it zeroed. */
+void rl_info_clear(rl_info *info);
+
+/*
+ * The stable error codes of the protocol. rl_store calls fail with these errnos:
+ *   -ENOENT      not_found
+ *   -EEXIST      already_exists
+ *   -EINVAL      invalid_argument
+ *   -EBUSY       failed_precondition (has children, in use, wrong kind for the call)
+ *   -ESHUTDOWN   unavailable (the store is closed)
+ *   -EACCES, -EPERM  permission_denied
+ *   anything else    internal
+ */
+const char *rl_store_error_code(int r);
+
+typedef struct rl_store_options {
+        unsigned jobs;  /* tree workers per clone; 0: online CPUs */
+        bool no_sync;   /* skip syncfs before publishing trees (tests and benchmarks only:
+                         * a power cut may then lose a published tree's data) */
+} rl_store_options;
+
+/*
+ * Open (creating what is missing) the store at root, an absolute or relative path. Takes the
+ * store's lock: -EBUSY when another process has it. Empties tmp/, queues trash/ for deletion
+ * in the background, and rebuilds the index from snapshots/. opts may be NULL.
+ */
+int rl_store_open(const char *root, const rl_store_options *opts, rl_store **ret,
+                  rl_error *err);
+
+/* Wait for background work, release the lock and every fd. A second close does nothing;
+ * calls on a closed store fail with -ESHUTDOWN. */
+int rl_store_close(rl_store *s);
+/* Close if needed, and free. Accepts NULL. */
+rl_store *rl_store_free(rl_store *s);
+void rl_store_freep(rl_store **s);
+
+typedef struct rl_prepare_options {
+        const rl_idmap *uid_map; /* shift owners while cloning (NULL: keep) */
+        const rl_idmap *gid_map;
+        bool keep_unmapped;      /* ids outside the maps stay as they are */
+} rl_prepare_options;
+
+/*
+ * A new active snapshot `key`, its tree a clone of committed `parent` (NULL or "": an empty
+ * tree, mode 0755). labels may be NULL. opts may be NULL.
+ */
+int rl_store_prepare(rl_store *s, const char *key, const char *parent, const rl_label *labels,
+                     size_t n_labels, const rl_prepare_options *opts, rl_error *err);
+
+/* The same, as a read-only view. */
+int rl_store_view(rl_store *s, const char *key, const char *parent, const rl_label *labels,
+                  size_t n_labels, const rl_prepare_options *opts, rl_error *err);
+
+/*
+ * Commit the active snapshot `key` as the committed snapshot `name`: the active one is
+ * consumed, its tree becomes the layer without a copy. The committed snapshot gets `labels`.
+ */
+int rl_store_commit(rl_store *s, const char *name, const char *key, const rl_label *labels,
+                    size_t n_labels, rl_error *err);
+
+/* Remove `key` (not one with children). Returns at once; its tree is deleted in the
+ * background (rl_store_cleanup waits for that). */
+int rl_store_remove(rl_store *s, const char *key, rl_error *err);
+
+int rl_store_stat(rl_store *s, const char *key, rl_info *ret, rl_error *err);
+
+/*
+ * Update the labels of info->name. fieldpaths: "labels" (replace them all with info's) or
+ * "labels.KEY" (set KEY from info, or delete it when info lacks it); none: "labels". Any
+ * other field is immutable: -EINVAL. Returns the updated info in ret (may be NULL).
+ */
+int rl_store_update(rl_store *s, const rl_info *info, const char *const *fieldpaths,
+                    size_t n_fieldpaths, rl_info *ret, rl_error *err);
+
+/*
+ * Call fn for every snapshot that matches any of the filters (none: all), in no set order,
+ * outside the store's lock. A filter is a comma-separated conjunction of
+ *   FIELD  FIELD==VALUE  FIELD!=VALUE  FIELD~=REGEX
+ * over kind, name, parent, labels.KEY (KEY or VALUE may be "quoted"); containerd's syntax.
+ * fn returns 0 to go on, or a negative errno to stop the walk with that error.
+ */
+typedef int (*rl_store_walk_fn)(const rl_info *info, void *userdata);
+int rl_store_walk(rl_store *s, const char *const *filters, size_t n_filters, rl_store_walk_fn fn,
+                  void *userdata, rl_error *err);
+
+int rl_store_usage(rl_store *s, const char *key, rl_usage *ret, rl_error *err);
+
+typedef struct rl_mount {
+        char *type;      /* "bind" */
+        char *source;    /* absolute path of the snapshot's tree */
+        char **options;  /* "rbind", then "rw" (active) or "ro" (view, committed) */
+        size_t n_options;
+} rl_mount;
+
+void rl_mount_clear(rl_mount *m);
+int rl_store_mounts(rl_store *s, const char *key, rl_mount *ret, rl_error *err);
+
+/* Wait until every removed tree is deleted, and drop leftovers in tmp/. */
+int rl_store_cleanup(rl_store *s, rl_error *err);
+
+/* The store's root (absolute) and numbers for Status. */
+const char *rl_store_root(const rl_store *s);

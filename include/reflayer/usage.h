@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Disk usage that understands reflinks: of the bytes a tree holds, which are its own and
+ * which it shares with other files (FIEMAP_EXTENT_SHARED). `du` counts a reflinked clone
+ * at full size; this tells what removing it would give back.
+ */
+#pragma once
+
+#include <stdint.h>
+
+#include <reflayer/error.h>
+
+typedef struct rl_usage {
+        uint64_t inodes;          /* entries of the tree, the root included, each inode once */
+        uint64_t bytes;           /* allocated bytes, each inode once */
+        uint64_t bytes_exclusive; /* of which in extents no other file shares */
+        uint64_t bytes_shared;    /* of which in extents shared with other files (reflinks) */
+} rl_usage;
+
+/*
+ * Usage of the tree of the directory dir_fd (borrowed), on `jobs` workers (0: online CPUs).
+ * Regular files are measured by FIEMAP extents; where the filesystem has no FIEMAP (tmpfs),
+ * and for directories and symlinks, allocated blocks count as exclusive.
+ */
+int rl_usage_tree(int dir_fd, unsigned jobs, rl_usage *ret, rl_error *err);
