@@ -1,0 +1,312 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Crash safety: a child process runs store operations without pause (prepare, write, commit,
+ * view, remove) and is SIGKILLed at a random instant, again and again. After every kill the
+ * store must open, and every invariant must hold:
+ *   - every snapshot listed is whole: its record reads and its tree is there;
+ *   - every parent is there and committed;
+ *   - committed trees are unchanged: the base layer's content hash, and each committed
+ *     layer's marker file and copy of the base;
+ *   - tmp/ is emptied at open and trash/ drains (cleanup);
+ *   - snapshots/ holds nothing that is not in the index.
+ * The operation each kill interrupted is counted (the child writes it to a shared page).
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <reflayer/store.h>
+
+#include "rltest.h"
+
+enum { OP_OPEN, OP_PREPARE, OP_WRITE, OP_COMMIT, OP_VIEW, OP_REMOVE, OP_IDLE, OP_MAX };
+static const char *op_names[] = { "open", "prepare", "write", "commit", "view", "remove", "idle" };
+
+typedef struct shared {
+        volatile int op;
+        volatile unsigned seq; /* keys made so far, across children */
+} shared;
+
+static uint64_t rnd_state;
+static uint64_t rnd(void)
+{
+        rnd_state ^= rnd_state << 13;
+        rnd_state ^= rnd_state >> 7;
+        rnd_state ^= rnd_state << 17;
+        return rnd_state;
+}
+
+/* FNV-1a over every regular file's relative path, mode and content, in name order. */
+static uint64_t hash_tree(const char *dir, const char *rel, uint64_t h)
+{
+        struct dirent **list;
+        char path[PATH_MAX];
+        int n = scandir(dir, &list, NULL, alphasort);
+        cr_assert(n >= 0, "scandir %s: %s", dir, strerror(errno));
+        for (int i = 0; i < n; i++) {
+                const char *name = list[i]->d_name;
+                if (strcmp(name, ".") && strcmp(name, "..") && strcmp(name, "marker")) {
+                        struct stat st;
+                        snprintf(path, sizeof(path), "%s/%s", dir, name);
+                        cr_assert(lstat(path, &st) == 0);
+                        for (const char *p = name; *p; p++)
+                                h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+                        h = (h ^ st.st_mode) * 1099511628211ULL;
+                        if (S_ISDIR(st.st_mode)) {
+                                h = hash_tree(path, name, h);
+                        } else if (S_ISREG(st.st_mode)) {
+                                static unsigned char buf[65536];
+                                int fd = open(path, O_RDONLY | O_CLOEXEC);
+                                ssize_t got;
+                                cr_assert(fd >= 0);
+                                while ((got = read(fd, buf, sizeof(buf))) > 0)
+                                        for (ssize_t j = 0; j < got; j++)
+                                                h = (h ^ buf[j]) * 1099511628211ULL;
+                                close(fd);
+                        }
+                }
+                free(list[i]);
+        }
+        free(list);
+        (void)rel;
+        return h;
+}
+
+/* The child: operations without end, until killed. */
+static void child(const char *root, shared *sh, uint64_t seed)
+{
+        rl_store *s = NULL;
+        rl_error err = {};
+        char key[64], name[64], path[PATH_MAX];
+        unsigned mine[64], n_mine = 0; /* layers this child committed */
+
+        rnd_state = seed;
+        sh->op = OP_OPEN;
+        if (rl_store_open(root, &(rl_store_options){ .jobs = 2 }, &s, &err) < 0)
+                _exit(3);
+        for (;;) {
+                unsigned k = __atomic_add_fetch(&sh->seq, 1, __ATOMIC_SEQ_CST);
+                switch (rnd() % 4) {
+                case 0:
+                case 1: {
+                        /* prepare from base, write a marker, commit */
+                        snprintf(key, sizeof(key), "active-%u", k);
+                        snprintf(name, sizeof(name), "layer-%u", k);
+                        sh->op = OP_PREPARE;
+                        if (rl_store_prepare(s, key, "base", NULL, 0, NULL, &err) < 0)
+                                _exit(4);
+                        sh->op = OP_WRITE;
+                        rl_mount m;
+                        if (rl_store_mounts(s, key, &m, &err) < 0)
+                                _exit(5);
+                        snprintf(path, sizeof(path), "%s/marker", m.source);
+                        rl_mount_clear(&m);
+                        FILE *f = fopen(path, "w");
+                        if (!f)
+                                _exit(6);
+                        fprintf(f, "%s", name);
+                        fclose(f);
+                        if (rnd() % 4 == 0)
+                                break; /* leave it active */
+                        sh->op = OP_COMMIT;
+                        rl_label l[] = { { "marker", name } };
+                        if (rl_store_commit(s, name, key, l, 1, &err) < 0)
+                                _exit(7);
+                        if (n_mine < 64)
+                                mine[n_mine++] = k;
+                        break;
+                }
+                case 2:
+                        snprintf(key, sizeof(key), "view-%u", k);
+                        sh->op = OP_VIEW;
+                        if (rl_store_view(s, key, "base", NULL, 0, NULL, &err) < 0)
+                                _exit(8);
+                        break;
+                case 3: {
+                        /* remove a layer this child made, and maybe a view */
+                        if (n_mine) {
+                                unsigned j = (unsigned)(rnd() % n_mine);
+                                snprintf(key, sizeof(key), "layer-%u", mine[j]);
+                                mine[j] = mine[--n_mine];
+                        } else {
+                                snprintf(key, sizeof(key), "layer-%u", k);
+                        }
+                        sh->op = OP_REMOVE;
+                        int r = rl_store_remove(s, key, &err);
+                        if (r < 0 && r != -ENOENT)
+                                _exit(9);
+                        snprintf(key, sizeof(key), "view-%u", (unsigned)(rnd() % k) + 1);
+                        r = rl_store_remove(s, key, &err);
+                        if (r < 0 && r != -ENOENT)
+                                _exit(9);
+                        break;
+                }
+                }
+                sh->op = OP_IDLE;
+        }
+}
+
+typedef struct check {
+        const char *root;
+        uint64_t base_hash;
+        unsigned snapshots, committed;
+} check;
+
+static int check_one(const rl_info *info, void *userdata)
+{
+        check *c = userdata;
+        char p[PATH_MAX];
+        struct stat st;
+
+        c->snapshots++;
+        snprintf(p, sizeof(p), "%s/snapshots/%lu/fs", c->root, (unsigned long)info->id);
+        cr_assert(stat(p, &st) == 0 && S_ISDIR(st.st_mode), "%s: tree missing", info->name);
+        if (strcmp(info->name, "base") == 0) {
+                cr_assert_eq(info->kind, RL_KIND_COMMITTED);
+                cr_assert_eq(hash_tree(p, "", 14695981039346656037ULL), c->base_hash,
+                             "the base layer changed");
+                return 0;
+        }
+        cr_assert_str_eq(info->parent, "base", "%s: parent", info->name);
+        if (info->kind == RL_KIND_COMMITTED) {
+                c->committed++;
+                /* A committed layer: its marker names it, and the base files are intact. */
+                char m[PATH_MAX], buf[64] = {};
+                snprintf(m, sizeof(m), "%s/marker", p);
+                FILE *f = fopen(m, "r");
+                cr_assert(f, "%s: marker missing", info->name);
+                cr_assert(fread(buf, 1, sizeof(buf) - 1, f) > 0);
+                fclose(f);
+                cr_assert_str_eq(buf, info->name, "%s: marker says %s", info->name, buf);
+                cr_assert(info->n_labels == 1 && !strcmp(info->labels[0].value, info->name),
+                          "%s: labels lost", info->name);
+                cr_assert_eq(hash_tree(p, "", 14695981039346656037ULL), c->base_hash,
+                             "%s: its copy of the base differs", info->name);
+        }
+        return 0;
+}
+
+static unsigned count_entries(const char *dir)
+{
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        unsigned n = 0;
+        cr_assert(d, "opendir %s", dir);
+        while ((e = readdir(d)))
+                if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+                        n++;
+        closedir(d);
+        return n;
+}
+
+static void crash_loop(rlt_fs fs, unsigned kills, uint64_t seed)
+{
+        const char *mnt = rlt_mkfs(fs, 0, rlt_fs_name(fs));
+        char root[PATH_MAX], p[PATH_MAX];
+        unsigned by_op[OP_MAX] = {};
+        rl_store *s = NULL;
+        rl_error err = {};
+        check c = { .root = root };
+
+        snprintf(root, sizeof(root), "%s/store", mnt);
+        cr_assert_eq(rl_store_open(root, NULL, &s, &err), 0, "%s", err.msg);
+        cr_assert_eq(rl_store_prepare(s, "b", NULL, NULL, 0, NULL, &err), 0);
+        rl_mount m;
+        cr_assert_eq(rl_store_mounts(s, "b", &m, &err), 0);
+        for (int i = 0; i < 60; i++) {
+                snprintf(p, sizeof(p), "%s/d%d", m.source, i % 6);
+                mkdir(p, 0755);
+                snprintf(p, sizeof(p), "%s/d%d/f%d", m.source, i % 6, i);
+                rlt_write_file(p, (uint64_t)(i * 997) % 20000, (unsigned)i);
+        }
+        c.base_hash = hash_tree(m.source, "", 14695981039346656037ULL);
+        rl_mount_clear(&m);
+        cr_assert_eq(rl_store_commit(s, "base", "b", NULL, 0, &err), 0);
+        s = rl_store_free(s);
+
+        shared *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                          -1, 0);
+        cr_assert(sh != MAP_FAILED);
+        rnd_state = seed;
+        for (unsigned i = 0; i < kills; i++) {
+                pid_t pid = fork();
+                cr_assert(pid >= 0);
+                if (pid == 0)
+                        child(root, sh, seed + i + 1);
+                /* One kill in three at a random instant 0-40 ms into the child's life; the
+                 * others aimed: wait until the child is in a commit (or a remove), short
+                 * operations a random instant would seldom hit, then 0-300 us more. */
+                int target = i % 3 == 1 ? OP_COMMIT : i % 3 == 2 ? OP_REMOVE : -1;
+                struct timespec step = { 0, 20000 };
+                for (int w = 0; target >= 0 && sh->op != target && w < 100000; w++)
+                        nanosleep(&step, NULL);
+                struct timespec t = { 0, target >= 0 ? (long)(rnd() % 300000)
+                                                     : (long)(rnd() % 40000000) };
+                nanosleep(&t, NULL);
+                int op = sh->op;
+                kill(pid, SIGKILL);
+                int status;
+                cr_assert(waitpid(pid, &status, 0) == pid);
+                cr_assert(WIFSIGNALED(status), "the child stopped by itself (exit %d) in %s",
+                          WEXITSTATUS(status), op_names[sh->op]);
+                by_op[op]++;
+
+                /* Reopen: the index must rebuild, tmp/ be emptied. */
+                int r = rl_store_open(root, NULL, &s, &err);
+                cr_assert_eq(r, 0, "open after kill %u (in %s): %s", i, op_names[op], err.msg);
+                snprintf(p, sizeof(p), "%s/tmp", root);
+                cr_assert_eq(count_entries(p), 0, "tmp/ not emptied at open");
+                c.snapshots = c.committed = 0;
+                cr_assert_eq(rl_store_walk(s, NULL, 0, check_one, &c, &err), 0, "%s", err.msg);
+                snprintf(p, sizeof(p), "%s/snapshots", root);
+                cr_assert_eq(count_entries(p), c.snapshots,
+                             "snapshots/ holds entries the index does not know");
+                /* Keep the store small, so every round checks a similar amount. */
+                for (unsigned j = 1; c.snapshots > 24 && j <= sh->seq; j++) {
+                        char k[64];
+                        snprintf(k, sizeof(k), j % 2 ? "layer-%u" : "view-%u", j);
+                        if (rl_store_remove(s, k, &err) == 0)
+                                c.snapshots--;
+                        snprintf(k, sizeof(k), "active-%u", j);
+                        if (rl_store_remove(s, k, &err) == 0)
+                                c.snapshots--;
+                }
+                cr_assert_eq(rl_store_cleanup(s, &err), 0, "%s", err.msg);
+                snprintf(p, sizeof(p), "%s/trash", root);
+                cr_assert_eq(count_entries(p), 0, "trash/ not drained");
+                s = rl_store_free(s);
+        }
+        munmap(sh, sizeof(*sh));
+        cr_log_info("%s: %u kills: open %u, prepare %u, write %u, commit %u, view %u, "
+                    "remove %u, between operations %u",
+                    rlt_fs_name(fs), kills, by_op[OP_OPEN], by_op[OP_PREPARE], by_op[OP_WRITE],
+                    by_op[OP_COMMIT], by_op[OP_VIEW], by_op[OP_REMOVE], by_op[OP_IDLE]);
+        fprintf(stderr,
+                "crash(%s): %u kills: open %u, prepare %u, write %u, commit %u, view %u, "
+                "remove %u, between operations %u\n",
+                rlt_fs_name(fs), kills, by_op[OP_OPEN], by_op[OP_PREPARE], by_op[OP_WRITE],
+                by_op[OP_COMMIT], by_op[OP_VIEW], by_op[OP_REMOVE], by_op[OP_IDLE]);
+        cr_expect_gt(by_op[OP_PREPARE], 0, "no kill landed in a prepare");
+        cr_expect_gt(by_op[OP_COMMIT] + by_op[OP_REMOVE], 0, "no kill in a commit or remove");
+}
+
+Test(crash, sigkill_xfs, .init = rlt_init, .fini = rlt_fini, .timeout = 600)
+{
+        crash_loop(RLT_XFS, 150, 0x5eed1);
+}
+
+Test(crash, sigkill_ext4, .init = rlt_init, .fini = rlt_fini, .timeout = 600)
+{
+        crash_loop(RLT_EXT4, 60, 0x5eed2);
+}
