@@ -54,13 +54,16 @@ DRIVER_SRCS := $(wildcard driver/*.c)
 DRIVER_OBJS := $(DRIVER_SRCS:%.c=$(BUILD)/obj/%.o)
 CLI_SRCS := api/reflayer.c
 CLI_OBJS := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
-TEST_SRCS := $(wildcard tests/unit/*.c) $(wildcard tests/conformance/*.c) $(wildcard tests/lib/*.c)
+CRASH_CHILD_SRC := tests/conformance/crash-child.c
+TEST_SRCS := $(filter-out $(CRASH_CHILD_SRC),$(wildcard tests/unit/*.c) \
+             $(wildcard tests/conformance/*.c) $(wildcard tests/lib/*.c))
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
 HEADERS := $(wildcard include/reflayer/*.h)
 
 LIB := $(BUILD)/libreflayer.a
 CLI := $(BUILD)/reflayer
 UNIT := $(BUILD)/tests/unit
+CRASH_CHILD := $(BUILD)/tests/crash-child
 
 .PHONY: all check tests deps run bench-clone install format clean headers-check
 all: $(LIB) $(CLI)
@@ -84,7 +87,10 @@ $(UNIT): $(TEST_OBJS) $(LIB)
 	$(call say,LD,$@)mkdir -p $(@D) && $(CC) $(LDFLAGS) -o $@ $(TEST_OBJS) $(LIB) \
 		$(call pc_libs,$(TEST_PKGS) $(DRIVER_PKGS))
 
-tests: $(UNIT) $(CLI)
+$(CRASH_CHILD): $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.o) $(LIB)
+	$(call say,LD,$@)mkdir -p $(@D) && $(CC) $(LDFLAGS) -o $@ $< $(LIB) $(call pc_libs,$(DRIVER_PKGS))
+
+tests: $(UNIT) $(CLI) $(CRASH_CHILD)
 
 # Every public header compiles on its own.
 headers-check: $(HEADERS)
@@ -129,4 +135,4 @@ format:
 clean:
 	rm -rf build
 
--include $(DRIVER_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d)
+-include $(DRIVER_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.d)
