@@ -18,6 +18,7 @@
 #include <reflayer/fsinfo.h>
 #include <reflayer/idmap.h>
 #include <reflayer/tree.h>
+#include <reflayer/usage.h>
 
 #include "util.h"
 
@@ -34,6 +35,8 @@ static void usage(FILE *f)
                 "Commands:\n"
                 "  clone [OPTIONS] SRC DST  replicate the tree SRC as the new directory DST,\n"
                 "                           sharing file data by reflink where the filesystem can\n"
+                "  usage [--json] DIR       disk usage of the tree DIR that understands reflinks:\n"
+                "                           bytes it alone holds vs bytes shared with other files\n"
                 "  version                  print the version\n"
                 "  help                     show this help\n"
                 "\n"
@@ -322,6 +325,68 @@ fail:
         return 1;
 }
 
+static int cmd_usage(int argc, char **argv)
+{
+        static const struct option options[] = {
+                { "json", no_argument, NULL, 'J' },
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        _cleanup_close_ int fd = -EBADF;
+        rl_error err = {};
+        rl_usage u;
+        bool json = false;
+        int c;
+
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+                switch (c) {
+                case 'J':
+                        json = true;
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                default:
+                        usage(stderr);
+                        return 2;
+                }
+        }
+        if (argc - optind != 1) {
+                fprintf(stderr, "%s usage: expected DIR\n", prog);
+                return 2;
+        }
+        const char *dir = argv[optind];
+        raise_nofile();
+        fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0) {
+                rl_error_set(&err, -errno, "usage: '%s'", dir);
+                goto fail;
+        }
+        if (rl_usage_tree(fd, 0, &u, &err) < 0)
+                goto fail;
+        if (json) {
+                printf("{\"path\":");
+                json_t *p = json_string(dir);
+                json_dumpf(p, stdout, JSON_ENCODE_ANY);
+                json_decref(p);
+                printf(",\"inodes\":%" PRIu64 ",\"bytes\":%" PRIu64
+                       ",\"bytes_exclusive\":%" PRIu64 ",\"bytes_shared\":%" PRIu64 "}\n",
+                       u.inodes, u.bytes, u.bytes_exclusive, u.bytes_shared);
+        } else {
+                char b[32], e[32], sh[32];
+                human_bytes(b, sizeof(b), u.bytes);
+                human_bytes(e, sizeof(e), u.bytes_exclusive);
+                human_bytes(sh, sizeof(sh), u.bytes_shared);
+                printf("%s: %" PRIu64 " inodes, %s: %s exclusive, %s shared with other files\n",
+                       dir, u.inodes, b, e, sh);
+        }
+        return fflush(stdout) == 0 ? 0 : 1;
+fail:
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        return 1;
+}
+
 int main(int argc, char **argv)
 {
         if (argc < 2) {
@@ -331,6 +396,8 @@ int main(int argc, char **argv)
         const char *cmd = argv[1];
         if (strcmp(cmd, "clone") == 0)
                 return cmd_clone(argc - 1, argv + 1);
+        if (strcmp(cmd, "usage") == 0)
+                return cmd_usage(argc - 1, argv + 1);
         if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
                 printf("reflayer %s\n", VERSION);
                 return 0;

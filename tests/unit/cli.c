@@ -96,3 +96,31 @@ Test(cli, errors_name_the_path)
         cr_expect(strstr(out, "unknown command 'frobnicate'"), "%s", out);
         cr_expect(access(dst, F_OK) != 0, "a failed clone left its destination");
 }
+
+Test(cli, usage_splits_shared_and_exclusive)
+{
+        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
+        char src[PATH_MAX], dst[PATH_MAX];
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        char *clone[] = { cli(), "clone", src, dst, NULL };
+        cr_assert_eq(rlt_run(clone, out, sizeof(out)), 0, "%s", out);
+        char *use[] = { cli(), "usage", "--json", dst, NULL };
+        cr_assert_eq(rlt_run(use, out, sizeof(out)), 0, "%s", out);
+        json_error_t jerr;
+        json_t *o = json_loads(out, 0, &jerr);
+        cr_assert(o, "not JSON (%s): %s", jerr.text, out);
+        /* 3 MiB of data/big and the other files are shared with src; only directories and
+         * symlinks are the clone's own. */
+        json_int_t shared = json_integer_value(json_object_get(o, "bytes_shared"));
+        json_int_t excl = json_integer_value(json_object_get(o, "bytes_exclusive"));
+        cr_expect_geq(shared, 3 << 20, "shared %lld", (long long)shared);
+        cr_expect_lt(excl, 1 << 20, "exclusive %lld", (long long)excl);
+        cr_expect_eq(json_integer_value(json_object_get(o, "inodes")), 36,
+                     "inodes (38 entries, 2 of them hardlinks)");
+        json_decref(o);
+        char *missing[] = { cli(), "usage", "/nonexistent", NULL };
+        cr_expect_eq(rlt_run(missing, out, sizeof(out)), 1);
+        cr_expect(strstr(out, "'/nonexistent'") && strstr(out, "No such file"), "%s", out);
+}
