@@ -110,20 +110,47 @@ static int parse_component(parser *ps, char **ret)
         return *ret ? 0 : -ENOMEM;
 }
 
-static int parse_value(parser *ps, char **ret)
+/* A regular expression may also be quoted /like this/ or |like this|, as containerd
+ * allows; the delimiter is escaped with a backslash inside. */
+static int parse_delimited(parser *ps, char delim, char **ret)
+{
+        size_t cap = strlen(ps->p) + 1, len = 0;
+        _cleanup_free_ char *out = malloc(cap);
+
+        if (!out)
+                return -ENOMEM;
+        ps->p++;
+        for (;;) {
+                char c = *ps->p++;
+                if (c == '\0') {
+                        ps->p--;
+                        return syntax(ps, "unterminated regular expression");
+                }
+                if (c == delim)
+                        break;
+                if (c == '\\' && *ps->p == delim)
+                        c = *ps->p++;
+                out[len++] = c;
+        }
+        out[len] = '\0';
+        *ret = TAKE_PTR(out);
+        return 0;
+}
+
+static int parse_value(parser *ps, bool regex, char **ret)
 {
         skip_space(ps);
         if (*ps->p == '"')
                 return parse_quoted(ps, ret);
+        if (regex && (*ps->p == '/' || *ps->p == '|'))
+                return parse_delimited(ps, *ps->p, ret);
+        /* Unquoted: up to a comma or white space; "a b" must be quoted. */
         const char *start = ps->p;
-        while (*ps->p && *ps->p != ',')
+        while (*ps->p && *ps->p != ',' && *ps->p != ' ' && *ps->p != '\t')
                 ps->p++;
-        const char *end = ps->p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
-                end--;
-        if (end == start)
+        if (ps->p == start)
                 return syntax(ps, "expected a value");
-        *ret = strndup(start, end - start);
+        *ret = strndup(start, ps->p - start);
         return *ret ? 0 : -ENOMEM;
 }
 
@@ -173,7 +200,7 @@ static int parse_term(parser *ps, term *t)
         else
                 return syntax(ps, "expected ==, != or ~=");
         ps->p += 2;
-        r = parse_value(ps, &t->value);
+        r = parse_value(ps, t->op == OP_MATCH, &t->value);
         if (r < 0)
                 return r;
         if (t->op == OP_MATCH) {
@@ -262,7 +289,8 @@ static bool term_match(const term *t, rl_filter_get_fn get, void *obj)
         case OP_NE:
                 return !v || strcmp(v, t->value) != 0;
         case OP_MATCH:
-                return v && regexec(&t->re, v, 0, NULL, 0) == 0;
+                /* As containerd: an absent field is matched as the empty string. */
+                return regexec(&t->re, v ? v : "", 0, NULL, 0) == 0;
         }
         return false;
 }

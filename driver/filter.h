@@ -5,7 +5,9 @@
  *   FIELD            the field is present (a label is set, a snapshot has a parent)
  *   FIELD==VALUE     FIELD!=VALUE     FIELD~=REGEX (POSIX extended, unanchored)
  * FIELD is a dot path (kind, name, parent, labels.KEY); a component or a value may be
- * "quoted" with backslash escapes.
+ * "quoted" with backslash escapes, a regular expression also /quoted/ or |quoted|. An
+ * unquoted value ends at a comma or white space. Regular expressions are POSIX extended
+ * (regcomp), not Go's RE2 as in containerd: \d and friends are not there.
  */
 #pragma once
 

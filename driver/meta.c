@@ -15,7 +15,9 @@
 
 #define META_VERSION 1
 #define META_TMP RL_META_FILE ".tmp"
-#define META_MAX (1u << 20) /* labels included; a record past this is not ours */
+/* A record past this is not ours. Labels are capped (RL_LABELS_TOTAL_MAX) well below it,
+ * even at JSON's worst escaping (6 bytes a byte), so no write can make a record unreadable. */
+#define META_MAX (8u << 20)
 
 void rl_meta_clear(rl_meta *m)
 {
@@ -139,8 +141,10 @@ int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err)
                 return rl_error_set(err, -errno, "fsync %s", META_TMP);
         if (renameat(dir_fd, META_TMP, dir_fd, RL_META_FILE) < 0)
                 return rl_error_set(err, -errno, "rename %s", META_TMP);
-        if (fsync(dir_fd) < 0)
-                return rl_error_set(err, -errno, "fsync the directory of %s", RL_META_FILE);
+        /* The new record is in place: the change is made, whatever fsync says next. Were
+         * the directory's fsync to fail, a power cut could bring back the old record, whole;
+         * reporting failure now would make the caller's memory disagree with the disk. */
+        (void)fsync(dir_fd);
         return 0;
 }
 
@@ -206,7 +210,23 @@ int rl_meta_labels_from(const rl_label *labels, size_t n, json_t **ret, rl_error
                 if (json_object_set_new(o, k, json_string(v)) < 0)
                         return rl_error_set(err, -ENOMEM, "labels");
         }
+        int r = rl_meta_labels_check(o, err);
+        if (r < 0)
+                return r;
         *ret = TAKE_PTR(o);
+        return 0;
+}
+
+int rl_meta_labels_check(const json_t *labels, rl_error *err)
+{
+        size_t total = 0;
+        const char *k;
+        json_t *v;
+
+        json_object_foreach((json_t *)labels, k, v) total += strlen(k) + json_string_length(v);
+        if (total > RL_LABELS_TOTAL_MAX)
+                return rl_error_set(err, -EINVAL, "labels: %zu bytes in all, more than %d", total,
+                                    RL_LABELS_TOTAL_MAX);
         return 0;
 }
 

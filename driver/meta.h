@@ -38,4 +38,6 @@ bool rl_utf8_valid(const char *s, size_t len);
 /* Labels as the public array (copies) and back. Validation: keys non-empty UTF-8, key plus
  * value at most RL_LABEL_MAX bytes. */
 int rl_meta_labels_from(const rl_label *labels, size_t n, json_t **ret, rl_error *err);
+/* The labels of one snapshot together: at most RL_LABELS_TOTAL_MAX bytes. */
+int rl_meta_labels_check(const json_t *labels, rl_error *err);
 int rl_meta_labels_to(const json_t *labels, rl_label **ret, size_t *ret_n);

@@ -56,6 +56,7 @@ struct rl_store {
         snap **buckets;
         size_t n_buckets, count;
         uint64_t next_id, id_limit;
+        unsigned calls; /* public calls in flight: close waits for none to be left */
         bool closed;
 
         pthread_mutex_t trash_lock;
@@ -319,8 +320,11 @@ static void *trash_main(void *arg)
         for (;;) {
                 while (!s->trash_stop && s->trash_done == s->trash_requested)
                         pthread_cond_wait(&s->trash_wake, &s->trash_lock);
-                if (s->trash_stop)
+                if (s->trash_stop) {
+                        s->trash_done = s->trash_requested;
+                        pthread_cond_broadcast(&s->trash_done_cond);
                         break;
+                }
                 uint64_t gen = s->trash_requested;
                 pthread_mutex_unlock(&s->trash_lock);
 
@@ -481,6 +485,14 @@ static int load_index(rl_store *s, uint64_t *max_id, rl_error *err)
                              .updated_ns = metas[i].updated_ns };
                 metas[i].name = NULL;
                 metas[i].labels = NULL;
+                if (find(s, p->name)) {
+                        r = rl_error_set(err, -EUCLEAN,
+                                         "store: snapshots %" PRIu64 " and %" PRIu64
+                                         " are both called '%.64s'",
+                                         find(s, p->name)->id, p->id, p->name);
+                        snap_free(p);
+                        goto out;
+                }
                 if (insert(s, p) < 0) {
                         snap_free(p);
                         r = rl_error_set(err, -ENOMEM, "store: index");
@@ -597,18 +609,13 @@ RL_EXPORT int rl_store_close(rl_store *s)
         if (!s)
                 return 0;
         pthread_mutex_lock(&s->lock);
-        /* Wait for changes in flight to finish writing. */
-        for (;;) {
-                bool busy = false;
-                for (size_t i = 0; i < s->n_buckets && !busy; i++)
-                        for (snap *p = s->buckets[i]; p && !busy; p = p->hnext)
-                                busy = p->busy || p->pending || p->pins;
-                if (!busy)
-                        break;
-                pthread_cond_wait(&s->idle, &s->lock);
-        }
+        /* Refuse new calls, then wait for those in flight (including any waiting for a busy
+         * snapshot): only then is nothing holding a pointer into the index. A call must not
+         * close its own store (from a walk callback, say): that would wait for itself. */
         bool was_closed = s->closed;
         s->closed = true;
+        while (s->calls > 0)
+                pthread_cond_wait(&s->idle, &s->lock);
         pthread_mutex_unlock(&s->lock);
         if (was_closed && !s->trash_thread_started)
                 goto out_fds;
@@ -769,10 +776,8 @@ static int create_snapshot(rl_store *s, rl_kind kind, const char *key, const cha
                 r = closed_error(s, err);
                 goto out_unlock;
         }
-        if (find(s, key)) {
-                r = rl_error_set(err, -EEXIST, "%s '%s': the key exists", verb, key);
-                goto out_unlock;
-        }
+        /* Every wait first (find_idle may let go of the lock), then the checks that must
+         * hold until the insert below, with the lock kept throughout. */
         if (parent_key) {
                 parent = find_idle(s, parent_key);
                 if (!parent) {
@@ -787,6 +792,10 @@ static int create_snapshot(rl_store *s, rl_kind kind, const char *key, const cha
                                          verb, key, parent_key, rl_kind_to_string(parent->kind));
                         goto out_unlock;
                 }
+        }
+        if (find(s, key)) {
+                r = rl_error_set(err, -EEXIST, "%s '%s': the key exists", verb, key);
+                goto out_unlock;
         }
         n = calloc(1, sizeof(*n));
         if (!n || !(n->name = strdup(key))) {
@@ -841,14 +850,14 @@ out_unlock:
         return r;
 }
 
-RL_EXPORT int rl_store_prepare(rl_store *s, const char *key, const char *parent,
+static int do_prepare(rl_store *s, const char *key, const char *parent,
                                const rl_label *labels, size_t n_labels,
                                const rl_prepare_options *opts, rl_error *err)
 {
         return create_snapshot(s, RL_KIND_ACTIVE, key, parent, labels, n_labels, opts, err);
 }
 
-RL_EXPORT int rl_store_view(rl_store *s, const char *key, const char *parent,
+static int do_view(rl_store *s, const char *key, const char *parent,
                             const rl_label *labels, size_t n_labels,
                             const rl_prepare_options *opts, rl_error *err)
 {
@@ -874,7 +883,7 @@ static void release(rl_store *s, snap *n)
         pthread_cond_broadcast(&s->idle);
 }
 
-RL_EXPORT int rl_store_commit(rl_store *s, const char *name, const char *key,
+static int do_commit(rl_store *s, const char *name, const char *key,
                               const rl_label *labels, size_t n_labels, rl_error *err)
 {
         _cleanup_close_ int dir = -EBADF;
@@ -908,16 +917,20 @@ RL_EXPORT int rl_store_commit(rl_store *s, const char *name, const char *key,
                 r = rl_error_set(err, -EEXIST, "commit '%s' as '%s': the name exists", key, name);
                 goto out_unlock;
         }
-        /* The committed snapshot takes the active one's id and tree; only the record
-         * changes. Its name is held (pending) while the new record is written. */
+        /* The committed snapshot is the active one, re-keyed: same id, same tree, only the
+         * record changes, and pins others hold on it stay valid. Its new name is held by a
+         * pending placeholder while the record is written. */
         c = calloc(1, sizeof(*c));
         if (!c || !(c->name = strdup(name))) {
                 r = rl_error_set(err, -ENOMEM, "commit '%s'", key);
                 goto out_unlock;
         }
-        *c = (snap){ .id = a->id, .kind = RL_KIND_COMMITTED, .name = c->name, .parent = a->parent,
-                     .labels = TAKE_PTR(lj), .created_ns = now_realtime(), .pending = true };
-        c->updated_ns = c->created_ns;
+        c->id = a->id;
+        c->kind = RL_KIND_COMMITTED;
+        c->parent = a->parent;
+        c->labels = TAKE_PTR(lj);
+        c->created_ns = c->updated_ns = now_realtime();
+        c->pending = true;
         r = insert(s, c);
         if (r < 0) {
                 rl_error_set(err, r, "commit '%s'", key);
@@ -932,17 +945,24 @@ RL_EXPORT int rl_store_commit(rl_store *s, const char *name, const char *key,
         r = dir < 0 ? dir : rl_meta_write(dir, &m, err);
 
         pthread_mutex_lock(&s->lock);
+        unlink_snap(s, c);
         if (r < 0) {
-                unlink_snap(s, c);
-                snap_free(c);
-                release(s, a);
                 rl_error_prefix(err, r, "commit '%s'", key);
         } else {
                 unlink_snap(s, a);
-                snap_free(a);
-                c->pending = false;
-                pthread_cond_broadcast(&s->idle);
+                free(a->name);
+                json_decref(a->labels);
+                a->name = TAKE_PTR(c->name);
+                a->labels = TAKE_PTR(c->labels);
+                a->kind = RL_KIND_COMMITTED;
+                a->created_ns = c->created_ns;
+                a->updated_ns = c->updated_ns;
+                /* Two entries just left the table: re-inserting one cannot need to grow it. */
+                (void)insert(s, a);
         }
+        snap_free(c);
+        c = NULL;
+        release(s, a);
         pthread_mutex_unlock(&s->lock);
         return r;
 
@@ -957,7 +977,7 @@ out_unlock:
         return r;
 }
 
-RL_EXPORT int rl_store_remove(rl_store *s, const char *key, rl_error *err)
+static int do_remove(rl_store *s, const char *key, rl_error *err)
 {
         char idname[24];
         snap *n;
@@ -1021,7 +1041,7 @@ out_unlock:
         return r;
 }
 
-RL_EXPORT int rl_store_stat(rl_store *s, const char *key, rl_info *ret, rl_error *err)
+static int do_stat(rl_store *s, const char *key, rl_info *ret, rl_error *err)
 {
         int r;
 
@@ -1085,7 +1105,7 @@ static int updated_labels(const snap *n, const rl_info *info, const char *const 
         return 0;
 }
 
-RL_EXPORT int rl_store_update(rl_store *s, const rl_info *info, const char *const *fieldpaths,
+static int do_update(rl_store *s, const rl_info *info, const char *const *fieldpaths,
                               size_t n_fieldpaths, rl_info *ret, rl_error *err)
 {
         _cleanup_close_ int dir = -EBADF;
@@ -1106,6 +1126,11 @@ RL_EXPORT int rl_store_update(rl_store *s, const rl_info *info, const char *cons
                 goto out_unlock;
         }
         r = updated_labels(n, info, fieldpaths, n_fieldpaths, &labels, err);
+        if (r == 0) {
+                r = rl_meta_labels_check(labels, err);
+                if (r < 0)
+                        json_decref(labels);
+        }
         if (r < 0) {
                 rl_error_prefix(err, r, "update '%s'", info->name);
                 goto out_unlock;
@@ -1154,7 +1179,7 @@ static const char *snap_field(void *obj, const char *const *path, size_t n)
         return NULL;
 }
 
-RL_EXPORT int rl_store_walk(rl_store *s, const char *const *filters, size_t n_filters,
+static int do_walk(rl_store *s, const char *const *filters, size_t n_filters,
                             rl_store_walk_fn fn, void *userdata, rl_error *err)
 {
         _cleanup_(rl_filter_freep) rl_filter *f = NULL;
@@ -1197,7 +1222,7 @@ RL_EXPORT int rl_store_walk(rl_store *s, const char *const *filters, size_t n_fi
 
 /* --- usage, mounts, cleanup ---------------------------------------------------------------- */
 
-RL_EXPORT int rl_store_usage(rl_store *s, const char *key, rl_usage *ret, rl_error *err)
+static int do_usage(rl_store *s, const char *key, rl_usage *ret, rl_error *err)
 {
         char fs[48];
         snap *n;
@@ -1246,7 +1271,7 @@ RL_EXPORT void rl_mount_clear(rl_mount *m)
         *m = (rl_mount){};
 }
 
-RL_EXPORT int rl_store_mounts(rl_store *s, const char *key, rl_mount *ret, rl_error *err)
+static int do_mounts(rl_store *s, const char *key, rl_mount *ret, rl_error *err)
 {
         rl_mount m = {};
         snap *n;
@@ -1282,7 +1307,7 @@ RL_EXPORT int rl_store_mounts(rl_store *s, const char *key, rl_mount *ret, rl_er
         return 0;
 }
 
-RL_EXPORT int rl_store_cleanup(rl_store *s, rl_error *err)
+static int do_cleanup(rl_store *s, rl_error *err)
 {
         pthread_mutex_lock(&s->lock);
         bool closed = s->closed;
@@ -1296,9 +1321,93 @@ RL_EXPORT int rl_store_cleanup(rl_store *s, rl_error *err)
         pthread_cond_signal(&s->trash_wake);
         while (s->trash_done < want && !s->trash_stop)
                 pthread_cond_wait(&s->trash_done_cond, &s->trash_lock);
-        int r = s->trash_r;
-        if (r < 0 && err)
+        int r = s->trash_stop ? -ESHUTDOWN : s->trash_r;
+        if (s->trash_stop)
+                rl_error_set(err, r, "cleanup: the store is closing");
+        if (r < 0 && r != -ESHUTDOWN && err)
                 *err = s->trash_err;
         pthread_mutex_unlock(&s->trash_lock);
         return r < 0 ? rl_error_prefix(err, r, "cleanup") : 0;
+}
+
+/* --- the public calls: each one counted in flight, so close can wait for it ------------- */
+
+static int call_enter(rl_store *s, rl_error *err)
+{
+        pthread_mutex_lock(&s->lock);
+        if (s->closed) {
+                pthread_mutex_unlock(&s->lock);
+                return closed_error(s, err);
+        }
+        s->calls++;
+        pthread_mutex_unlock(&s->lock);
+        return 0;
+}
+
+static int call_leave(rl_store *s, int r)
+{
+        pthread_mutex_lock(&s->lock);
+        if (--s->calls == 0)
+                pthread_cond_broadcast(&s->idle);
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+#define CALL(s, err, expr) (call_enter((s), (err)) < 0 ? -ESHUTDOWN : call_leave((s), (expr)))
+
+RL_EXPORT int rl_store_prepare(rl_store *s, const char *key, const char *parent,
+                               const rl_label *labels, size_t n_labels,
+                               const rl_prepare_options *opts, rl_error *err)
+{
+        return CALL(s, err, do_prepare(s, key, parent, labels, n_labels, opts, err));
+}
+
+RL_EXPORT int rl_store_view(rl_store *s, const char *key, const char *parent,
+                            const rl_label *labels, size_t n_labels,
+                            const rl_prepare_options *opts, rl_error *err)
+{
+        return CALL(s, err, do_view(s, key, parent, labels, n_labels, opts, err));
+}
+
+RL_EXPORT int rl_store_commit(rl_store *s, const char *name, const char *key,
+                              const rl_label *labels, size_t n_labels, rl_error *err)
+{
+        return CALL(s, err, do_commit(s, name, key, labels, n_labels, err));
+}
+
+RL_EXPORT int rl_store_remove(rl_store *s, const char *key, rl_error *err)
+{
+        return CALL(s, err, do_remove(s, key, err));
+}
+
+RL_EXPORT int rl_store_stat(rl_store *s, const char *key, rl_info *ret, rl_error *err)
+{
+        return CALL(s, err, do_stat(s, key, ret, err));
+}
+
+RL_EXPORT int rl_store_update(rl_store *s, const rl_info *info, const char *const *fieldpaths,
+                              size_t n_fieldpaths, rl_info *ret, rl_error *err)
+{
+        return CALL(s, err, do_update(s, info, fieldpaths, n_fieldpaths, ret, err));
+}
+
+RL_EXPORT int rl_store_walk(rl_store *s, const char *const *filters, size_t n_filters,
+                            rl_store_walk_fn fn, void *userdata, rl_error *err)
+{
+        return CALL(s, err, do_walk(s, filters, n_filters, fn, userdata, err));
+}
+
+RL_EXPORT int rl_store_usage(rl_store *s, const char *key, rl_usage *ret, rl_error *err)
+{
+        return CALL(s, err, do_usage(s, key, ret, err));
+}
+
+RL_EXPORT int rl_store_mounts(rl_store *s, const char *key, rl_mount *ret, rl_error *err)
+{
+        return CALL(s, err, do_mounts(s, key, ret, err));
+}
+
+RL_EXPORT int rl_store_cleanup(rl_store *s, rl_error *err)
+{
+        return CALL(s, err, do_cleanup(s, err));
 }

@@ -45,6 +45,8 @@ const char *rl_kind_to_string(rl_kind kind); /* "active", "view", "committed" */
 #define RL_KEY_MAX 4096
 /* A label's key and value together, in bytes (containerd's limit). */
 #define RL_LABEL_MAX 4096
+/* All labels of one snapshot together, keys and values, in bytes. */
+#define RL_LABELS_TOTAL_MAX (512 * 1024)
 
 typedef struct rl_label {
         char *key;
@@ -91,8 +93,10 @@ typedef struct rl_store_options {
 int rl_store_open(const char *root, const rl_store_options *opts, rl_store **ret,
                   rl_error *err);
 
-/* Wait for background work, release the lock and every fd. A second close does nothing;
- * calls on a closed store fail with -ESHUTDOWN. */
+/* Refuse new calls, wait for those in flight, stop the trash thread (a tree half deleted
+ * stays for the next open), release the lock and every fd. A second close does nothing;
+ * calls on a closed store fail with -ESHUTDOWN. Never close a store from inside one of its
+ * own calls (a walk callback): the close would wait for that call. */
 int rl_store_close(rl_store *s);
 /* Close if needed, and free. Accepts NULL. */
 rl_store *rl_store_free(rl_store *s);
@@ -159,7 +163,7 @@ typedef struct rl_mount {
 void rl_mount_clear(rl_mount *m);
 int rl_store_mounts(rl_store *s, const char *key, rl_mount *ret, rl_error *err);
 
-/* Wait until every removed tree is deleted, and drop leftovers in tmp/. */
+/* Wait until every removed tree is deleted. -ESHUTDOWN if the store closes meanwhile. */
 int rl_store_cleanup(rl_store *s, rl_error *err);
 
 /* The store's root (absolute) and numbers for Status. */

@@ -932,3 +932,181 @@ STORE_TEST(tmp_emptied_and_trash_drained_at_open)
         cr_expect_gt(b.id, 99, "an id of a leftover was handed out again");
         rl_info_clear(&b);
 }
+
+/* --- found in review: each of these once broke the store ------------------------------- */
+
+STORE_TEST(labels_cannot_make_the_store_unopenable)
+{
+        static char value[4000];
+        memset(value, 'v', sizeof(value) - 1);
+        rl_label *l = calloc(200, sizeof(*l));
+        for (int i = 0; i < 200; i++) {
+                l[i].key = malloc(16);
+                snprintf(l[i].key, 16, "k%d", i);
+                l[i].value = value;
+        }
+        rl_error err = {};
+        expect_error(rl_store_prepare(S, "big", NULL, l, 200, NULL, &err), -EINVAL, &err,
+                     "invalid_argument");
+        prepare("small", NULL);
+        rl_info in = { .name = "small", .labels = l, .n_labels = 200 };
+        expect_error(rl_store_update(S, &in, NULL, 0, NULL, &err), -EINVAL, &err,
+                     "invalid_argument");
+        for (int i = 0; i < 200; i++)
+                free(l[i].key);
+        free(l);
+        S = rl_store_free(S);
+        open_store();
+}
+
+STORE_TEST(duplicate_names_on_disk_are_refused_at_open)
+{
+        char a[PATH_MAX], b[PATH_MAX];
+        prepare("twin", NULL);
+        rl_info i = stat_key("twin");
+        S = rl_store_free(S);
+        snprintf(a, sizeof(a), "%s/snapshots/%lu", root, (unsigned long)i.id);
+        snprintf(b, sizeof(b), "%s/snapshots/%lu", root, (unsigned long)i.id + 1000);
+        char *cp[] = { "cp", "-a", a, b, NULL };
+        cr_assert_eq(rlt_run(cp, NULL, 0), 0);
+        /* Give the copy its own id, keep the name. */
+        char rec[PATH_MAX], buf[4096];
+        snprintf(rec, sizeof(rec), "%s/info.json", b);
+        FILE *f = fopen(rec, "r");
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        char idold[32], idnew[32];
+        snprintf(idold, sizeof(idold), "\"id\":%lu,", (unsigned long)i.id);
+        snprintf(idnew, sizeof(idnew), "\"id\":%lu,", (unsigned long)i.id + 1000);
+        char *at = strstr(buf, idold);
+        cr_assert(at, "record layout: %s", buf);
+        f = fopen(rec, "w");
+        fprintf(f, "%.*s%s%s", (int)(at - buf), buf, idnew, at + strlen(idold));
+        fclose(f);
+        rl_error err = {};
+        int r = rl_store_open(root, NULL, &S, &err);
+        cr_expect_eq(r, -EUCLEAN, "open with two snapshots named 'twin': %d %s", r, err.msg);
+        cr_expect(strstr(err.msg, "twin"), "%s", err.msg);
+        rl_info_clear(&i);
+        if (r < 0)
+                S = NULL;
+}
+
+STORE_TEST(filter_quoting_as_containerd)
+{
+        prepare("k1", NULL);
+        prepare("other", NULL);
+        const char *f1[] = { "name~=/^k/" };
+        cr_expect_str_eq(walk(f1, 1), "k1");
+        const char *f2[] = { "name~=|^o|" };
+        cr_expect_str_eq(walk(f2, 1), "other");
+        const char *f3[] = { "labels.none~=^$" }; /* an absent field matches as "" */
+        cr_expect_str_eq(walk(f3, 1), "k1 other");
+        const char *f4[] = { "name==\"k1\" , kind==active" };
+        cr_expect_str_eq(walk(f4, 1), "k1");
+        names got = {};
+        rl_error err = {};
+        const char *bad[] = { "name==k1 junk" };
+        expect_error(rl_store_walk(S, bad, 1, collect, &got, &err), -EINVAL, &err,
+                     "invalid_argument");
+}
+
+typedef struct race {
+        int id;
+        int errors;
+} race;
+
+static void *racer(void *arg)
+{
+        race *r = arg;
+        rl_error err = {};
+        char key[32], name[32];
+        for (int i = 0; i < 40; i++) {
+                snprintf(key, sizeof(key), "r%d-%d", r->id, i);
+                snprintf(name, sizeof(name), "r%d-%d-c", r->id, i);
+                rl_usage u;
+                rl_info in = { .name = "base" };
+                int q;
+                switch ((r->id + i) % 4) {
+                case 0:
+                        q = rl_store_prepare(S, key, "base", NULL, 0, NULL, &err);
+                        if (q == 0)
+                                q = rl_store_commit(S, name, key, NULL, 0, &err);
+                        break;
+                case 1:
+                        /* Before the commit it is "active", after it "active-c". */
+                        q = rl_store_usage(S, "active", &u, &err);
+                        if (q == -ENOENT)
+                                q = rl_store_usage(S, "active-c", &u, &err);
+                        break;
+                case 2:
+                        q = rl_store_update(S, &in, NULL, 0, NULL, &err);
+                        break;
+                default:
+                        q = rl_store_prepare(S, "shared-key", NULL, NULL, 0, NULL, &err);
+                        if (q == -EEXIST)
+                                q = 0;
+                        break;
+                }
+                if (q < 0)
+                        r->errors++;
+        }
+        return NULL;
+}
+
+static void *cleaner(void *arg)
+{
+        rl_error err = {};
+        return (void *)(long)rl_store_cleanup(arg, &err);
+}
+
+static void *committer(void *arg)
+{
+        (void)arg;
+        rl_error err = {};
+        rl_store_commit(S, "active-c", "active", NULL, 0, &err);
+        return NULL;
+}
+
+/* Many calls at once on overlapping keys, a commit racing usage of the same snapshot, and
+ * a close arriving while calls wait: nothing freed under a caller (ASan watches), no key
+ * twice, everything returns. */
+STORE_TEST(concurrent_calls_and_close)
+{
+        prepare("a", NULL);
+        for (int i = 0; i < 200; i++) {
+                char rel[32];
+                snprintf(rel, sizeof(rel), "f%d", i);
+                put("a", rel, "data");
+        }
+        commit("base", "a");
+        prepare("active", "base");
+        pthread_t t[4], c;
+        race rs[4];
+        for (int i = 0; i < 4; i++) {
+                rs[i] = (race){ .id = i };
+                cr_assert(pthread_create(&t[i], NULL, racer, &rs[i]) == 0);
+        }
+        cr_assert(pthread_create(&c, NULL, committer, NULL) == 0);
+        for (int i = 0; i < 4; i++) {
+                pthread_join(t[i], NULL);
+                cr_expect_eq(rs[i].errors, 0, "racer %d: %d failed calls", i, rs[i].errors);
+        }
+        pthread_join(c, NULL);
+        names got = {};
+        const char *f[] = { "name==shared-key" };
+        rl_error err = {};
+        cr_assert_eq(rl_store_walk(S, f, 1, collect, &got, &err), 0);
+        cr_expect_eq(got.n, 1, "shared-key exists %d times", got.n);
+        /* A cleanup in flight when close comes: both return. */
+        cr_assert_eq(rl_store_remove(S, "r0-0-c", &err), 0, "%s", err.msg);
+        pthread_t cl;
+        cr_assert(pthread_create(&cl, NULL, cleaner, S) == 0);
+        cr_expect_eq(rl_store_close(S), 0);
+        pthread_join(cl, NULL);
+        S = rl_store_free(S);
+        open_store();
+        rl_info i = stat_key("shared-key");
+        rl_info_clear(&i);
+}
