@@ -55,25 +55,33 @@ DRIVER_SRCS := $(wildcard driver/*.c)
 DRIVER_OBJS := $(DRIVER_SRCS:%.c=$(BUILD)/obj/%.o)
 CLI_SRCS := api/reflayer.c
 CLI_OBJS := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
+DAEMON_PKGS := jansson libsystemd
+DAEMON_SRCS := $(wildcard daemon/*.c)
+DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o)
 CRASH_CHILD_SRC := tests/conformance/crash-child.c
 TEST_SRCS := $(filter-out $(CRASH_CHILD_SRC),$(wildcard tests/unit/*.c) \
-             $(wildcard tests/conformance/*.c) $(wildcard tests/lib/*.c))
+             $(wildcard tests/conformance/*.c) $(wildcard tests/integration/*.c) \
+             $(wildcard tests/lib/*.c))
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
 HEADERS := $(wildcard include/reflayer/*.h)
 
 LIB := $(BUILD)/libreflayer.a
 CLI := $(BUILD)/reflayer
+DAEMON := $(BUILD)/reflayerd
 UNIT := $(BUILD)/tests/unit
 CRASH_CHILD := $(BUILD)/tests/crash-child
 
 .PHONY: all check tests deps run bench-clone bench-store install format clean headers-check
-all: $(LIB) $(CLI)
+all: $(LIB) $(CLI) $(DAEMON)
 
 $(BUILD)/obj/driver/%.o: driver/%.c
 	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) $(call pc_cflags,$(DRIVER_PKGS)) -c $< -o $@
 
 $(BUILD)/obj/api/%.o: api/%.c
 	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -Idriver $(call pc_cflags,$(CLI_PKGS)) -c $< -o $@
+
+$(BUILD)/obj/daemon/%.o: daemon/%.c
+	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -Idriver $(call pc_cflags,$(DAEMON_PKGS)) -c $< -o $@
 
 $(BUILD)/obj/tests/%.o: tests/%.c
 	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -Idriver -Itests/lib -Wno-format-truncation $(call pc_cflags,$(TEST_PKGS)) -c $< -o $@
@@ -84,6 +92,9 @@ $(LIB): $(DRIVER_OBJS)
 $(CLI): $(CLI_OBJS) $(LIB)
 	$(call say,LD,$@)$(CC) $(LDFLAGS) -o $@ $(CLI_OBJS) $(LIB) $(call pc_libs,$(CLI_PKGS) $(DRIVER_PKGS))
 
+$(DAEMON): $(DAEMON_OBJS) $(LIB)
+	$(call say,LD,$@)$(CC) $(LDFLAGS) -o $@ $(DAEMON_OBJS) $(LIB) $(call pc_libs,$(DAEMON_PKGS) $(DRIVER_PKGS))
+
 $(UNIT): $(TEST_OBJS) $(LIB)
 	$(call say,LD,$@)mkdir -p $(@D) && $(CC) $(LDFLAGS) -o $@ $(TEST_OBJS) $(LIB) \
 		$(call pc_libs,$(TEST_PKGS) $(DRIVER_PKGS))
@@ -91,7 +102,7 @@ $(UNIT): $(TEST_OBJS) $(LIB)
 $(CRASH_CHILD): $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.o) $(LIB)
 	$(call say,LD,$@)mkdir -p $(@D) && $(CC) $(LDFLAGS) -o $@ $< $(LIB) $(call pc_libs,$(DRIVER_PKGS))
 
-tests: $(UNIT) $(CLI) $(CRASH_CHILD)
+tests: $(UNIT) $(CLI) $(DAEMON) $(CRASH_CHILD)
 
 # Every public header compiles on its own.
 headers-check: $(HEADERS)
@@ -134,6 +145,8 @@ bench-store: deps all $(STORE_BENCH)
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/reflayer
 	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/reflayer
+	install -d $(DESTDIR)$(PREFIX)/sbin
+	install -m 0755 $(DAEMON) $(DESTDIR)$(PREFIX)/sbin/reflayerd
 	install -m 0644 $(LIB) $(DESTDIR)$(LIBDIR)/libreflayer.a
 	install -m 0644 $(HEADERS) $(DESTDIR)$(INCLUDEDIR)/reflayer/
 
@@ -143,4 +156,4 @@ format:
 clean:
 	rm -rf build
 
--include $(DRIVER_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.d)
+-include $(DRIVER_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(DAEMON_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.d)

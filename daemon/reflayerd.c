@@ -1,0 +1,479 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * reflayerd: serves one store over a unix socket, JSON-RPC 2.0, one request per line.
+ *
+ * Threads: the main thread accepts and reads signals (signalfd); every connection gets a
+ * thread of its own (bounded by --max-connections), which reads a line, calls the store and
+ * writes the answer, so a slow Prepare on one connection never delays another; the store's
+ * own lock is never held across tree work.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <reflayer/store.h>
+
+#include "log.h"
+#include "rpc.h"
+#include "util.h"
+
+static const char *arg_root = "/var/lib/reflayer";
+static const char *arg_socket = "/run/reflayer/reflayer.sock";
+static const char *arg_group = "reflayer";
+static unsigned arg_jobs;
+static unsigned arg_max_connections = 256;
+static size_t arg_max_request = 1 << 20;
+
+typedef struct conn {
+        rpc_server *srv;
+        int fd;
+        rpc_peer peer;
+        struct conn *prev, *next;
+} conn;
+
+/* The live connections, so that shutdown can stop their reading. */
+static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t conns_empty = PTHREAD_COND_INITIALIZER;
+static conn *conns;
+static unsigned n_conns;
+static gid_t socket_gid = (gid_t)-1; /* members may connect; -1: root only */
+static bool activated;                 /* the socket came from systemd: not ours to unlink */
+
+static void usage(FILE *f)
+{
+        fprintf(f,
+                "Usage: reflayerd [OPTIONS]\n"
+                "Serve the reflayer store over a unix socket (JSON-RPC 2.0, api/PROTOCOL.md).\n\n"
+                "  --root DIR            the store (default %s)\n"
+                "  --socket PATH         the socket (default %s); a socket passed by systemd\n"
+                "                        (LISTEN_FDS) is used instead when there is one\n"
+                "  --group NAME          members may connect (default %s, if it exists; else\n"
+                "                        root only)\n"
+                "  --jobs N              tree workers per call (default: online CPUs)\n"
+                "  --max-connections N   at once (default 256)\n"
+                "  --max-request BYTES   one request line at most (default 1048576)\n"
+                "  --log-level LEVEL     error, warning, info, debug (default info)\n",
+                arg_root, arg_socket, arg_group);
+}
+
+static int parse_args(int argc, char **argv)
+{
+        enum { O_ROOT = 256, O_SOCKET, O_GROUP, O_JOBS, O_MAXC, O_MAXR, O_LOG };
+        static const struct option options[] = {
+                { "root", required_argument, NULL, O_ROOT },
+                { "socket", required_argument, NULL, O_SOCKET },
+                { "group", required_argument, NULL, O_GROUP },
+                { "jobs", required_argument, NULL, O_JOBS },
+                { "max-connections", required_argument, NULL, O_MAXC },
+                { "max-request", required_argument, NULL, O_MAXR },
+                { "log-level", required_argument, NULL, O_LOG },
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        int c;
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+                char *end = NULL;
+                unsigned long long v = 0;
+                if (c == O_JOBS || c == O_MAXC || c == O_MAXR) {
+                        errno = 0;
+                        v = strtoull(optarg, &end, 10);
+                        if (errno || *end || v == 0 || v > (1ULL << 30)) {
+                                fprintf(stderr, "reflayerd: bad number '%s'\n", optarg);
+                                return -EINVAL;
+                        }
+                }
+                switch (c) {
+                case O_ROOT:
+                        arg_root = optarg;
+                        break;
+                case O_SOCKET:
+                        arg_socket = optarg;
+                        break;
+                case O_GROUP:
+                        arg_group = optarg;
+                        break;
+                case O_JOBS:
+                        arg_jobs = (unsigned)v;
+                        break;
+                case O_MAXC:
+                        arg_max_connections = (unsigned)v;
+                        break;
+                case O_MAXR:
+                        arg_max_request = (size_t)v;
+                        break;
+                case O_LOG: {
+                        log_level l;
+                        if (log_parse_level(optarg, &l) < 0) {
+                                fprintf(stderr, "reflayerd: bad log level '%s'\n", optarg);
+                                return -EINVAL;
+                        }
+                        log_set_level(l);
+                        break;
+                }
+                case 'h':
+                        usage(stdout);
+                        exit(0);
+                default:
+                        usage(stderr);
+                        return -EINVAL;
+                }
+        }
+        if (optind != argc) {
+                fprintf(stderr, "reflayerd: unexpected argument '%s'\n", argv[optind]);
+                return -EINVAL;
+        }
+        return 0;
+}
+
+/* Root, or a member of the socket's group (primary or supplementary). */
+static bool authorised(const struct ucred *cred)
+{
+        if (cred->uid == 0)
+                return true;
+        if (socket_gid == (gid_t)-1)
+                return false;
+        if (cred->gid == socket_gid)
+                return true;
+        struct passwd pw, *res = NULL;
+        char buf[4096];
+        if (getpwuid_r(cred->uid, &pw, buf, sizeof(buf), &res) != 0 || !res)
+                return false;
+        gid_t groups[256];
+        int n = 256;
+        if (getgrouplist(pw.pw_name, pw.pw_gid, groups, &n) < 0)
+                return false;
+        for (int i = 0; i < n; i++)
+                if (groups[i] == socket_gid)
+                        return true;
+        return false;
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+        while (len > 0) {
+                ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                buf += n;
+                len -= (size_t)n;
+        }
+        return 0;
+}
+
+static void conn_unregister(conn *c)
+{
+        pthread_mutex_lock(&conns_lock);
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                conns = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        if (--n_conns == 0)
+                pthread_cond_broadcast(&conns_empty);
+        pthread_mutex_unlock(&conns_lock);
+}
+
+/* One connection: read lines, answer each. A line past the limit gets an error, and the
+ * connection is closed (what follows cannot be trusted to be a line boundary). */
+static void *conn_main(void *arg)
+{
+        conn *c = arg;
+        size_t cap = 64 * 1024, len = 0;
+        char *buf = malloc(cap);
+
+        while (buf) {
+                char *nl = memchr(buf, '\n', len);
+                if (nl) {
+                        size_t line = (size_t)(nl - buf);
+                        char *out = line ? rpc_handle(c->srv, &c->peer, buf, line) : NULL;
+                        memmove(buf, nl + 1, len - line - 1);
+                        len -= line + 1;
+                        if (out) {
+                                int r = write_all(c->fd, out, strlen(out));
+                                free(out);
+                                if (r < 0)
+                                        break; /* the client went away */
+                        }
+                        continue;
+                }
+                if (len > arg_max_request) {
+                        char msg[128];
+                        snprintf(msg, sizeof(msg), "request larger than %zu bytes",
+                                 arg_max_request);
+                        char *out = rpc_error_line(RPC_INVALID_REQUEST, "invalid_argument", msg);
+                        if (out)
+                                (void)write_all(c->fd, out, strlen(out));
+                        free(out);
+                        log_warning("pid %d: %s: connection closed", (int)c->peer.pid, msg);
+                        break;
+                }
+                if (len == cap) {
+                        size_t ncap = cap * 2 > arg_max_request + 2 ? arg_max_request + 2 : cap * 2;
+                        char *nb = realloc(buf, ncap);
+                        if (!nb)
+                                break;
+                        buf = nb;
+                        cap = ncap;
+                }
+                ssize_t n = recv(c->fd, buf + len, cap - len, 0);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        break; /* closed, or shut down for exit */
+                len += (size_t)n;
+        }
+        free(buf);
+        close(c->fd);
+        atomic_fetch_sub(&c->srv->connections, 1);
+        conn_unregister(c);
+        free(c);
+        return NULL;
+}
+
+static void accept_one(rpc_server *srv, int listen_fd)
+{
+        int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+                if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                        log_warning("accept: %s", rl_strerror(errno));
+                return;
+        }
+        struct ucred cred;
+        socklen_t sl = sizeof(cred);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &sl) < 0) {
+                close(fd);
+                return;
+        }
+        const char *refusal = NULL;
+        if (!authorised(&cred))
+                refusal = "permission denied: only root and members of the socket's group may "
+                          "use reflayerd";
+        pthread_mutex_lock(&conns_lock);
+        if (!refusal && n_conns >= arg_max_connections)
+                refusal = "too many connections: try again later";
+        pthread_mutex_unlock(&conns_lock);
+        if (refusal) {
+                char *out = rpc_error_line(refusal[0] == 'p' ? -32004 : -32005,
+                                           refusal[0] == 'p' ? "permission_denied" : "unavailable",
+                                           refusal);
+                if (out)
+                        (void)write_all(fd, out, strlen(out));
+                free(out);
+                log_info("refused pid %d uid %u: %s", (int)cred.pid, (unsigned)cred.uid,
+                         refusal);
+                close(fd);
+                return;
+        }
+        conn *c = calloc(1, sizeof(*c));
+        if (!c) {
+                close(fd);
+                return;
+        }
+        *c = (conn){ .srv = srv, .fd = fd, .peer = { cred.pid, cred.uid, cred.gid } };
+        pthread_mutex_lock(&conns_lock);
+        c->next = conns;
+        if (conns)
+                conns->prev = c;
+        conns = c;
+        n_conns++;
+        pthread_mutex_unlock(&conns_lock);
+        atomic_fetch_add(&srv->connections, 1);
+
+        pthread_attr_t attr;
+        pthread_t t;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &attr, conn_main, c) != 0) {
+                atomic_fetch_sub(&srv->connections, 1);
+                conn_unregister(c);
+                close(fd);
+                free(c);
+        }
+        pthread_attr_destroy(&attr);
+}
+
+static int make_socket(int *ret)
+{
+        int n = sd_listen_fds(true);
+        if (n > 1) {
+                log_error("socket activation passed %d sockets; expected one", n);
+                return -EINVAL;
+        }
+        if (n == 1) {
+                int fd = SD_LISTEN_FDS_START;
+                if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0) {
+                        log_error("the socket systemd passed is not a listening unix stream socket");
+                        return -EINVAL;
+                }
+                fcntl(fd, F_SETFD, FD_CLOEXEC);
+                activated = true;
+                log_info("serving the socket systemd passed");
+                *ret = fd;
+                return 0;
+        }
+
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        if (strlen(arg_socket) >= sizeof(sa.sun_path)) {
+                log_error("socket path '%s' is too long", arg_socket);
+                return -ENAMETOOLONG;
+        }
+        strcpy(sa.sun_path, arg_socket);
+        /* The socket's directory: created if missing (/run/reflayer). */
+        _cleanup_free_ char *dir = strdup(arg_socket);
+        char *slash = dir ? strrchr(dir, '/') : NULL;
+        if (slash && slash != dir) {
+                *slash = '\0';
+                if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+                        log_error("create %s: %s", dir, rl_strerror(errno));
+                        return -errno;
+                }
+        }
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        (void)unlink(arg_socket); /* a stale socket of an earlier run; the store lock says
+                                     whether another daemon is alive */
+        mode_t old = umask(0177);
+        int r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+        umask(old);
+        if (r < 0 || listen(fd, 128) < 0) {
+                r = -errno;
+                log_error("listen on %s: %s", arg_socket, rl_strerror(-r));
+                close(fd);
+                return r;
+        }
+        if (socket_gid != (gid_t)-1 &&
+            (chown(arg_socket, 0, socket_gid) < 0 || chmod(arg_socket, 0660) < 0))
+                log_warning("give %s to group %s: %s", arg_socket, arg_group, rl_strerror(errno));
+        *ret = fd;
+        return 0;
+}
+
+int main(int argc, char **argv)
+{
+        _cleanup_close_ int listen_fd = -EBADF, sig_fd = -EBADF;
+        rl_error err = {};
+        int r;
+
+        if (parse_args(argc, argv) < 0)
+                return 2;
+        struct group gr, *gres = NULL;
+        char gbuf[4096];
+        if (getgrnam_r(arg_group, &gr, gbuf, sizeof(gbuf), &gres) == 0 && gres)
+                socket_gid = gr.gr_gid;
+        else
+                log_info("group '%s' does not exist: only root may connect", arg_group);
+
+        /* Signals are read from a signalfd by this thread; every thread made later inherits
+         * the blocked mask, so none is interrupted by them. SIGPIPE: writes use MSG_NOSIGNAL,
+         * and a vanished client is an error code, not a death. */
+        sigset_t mask;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
+        pthread_sigmask(SIG_BLOCK, &mask, NULL);
+        signal(SIGPIPE, SIG_IGN);
+        sig_fd = signalfd(-1, &mask, SFD_CLOEXEC);
+        if (sig_fd < 0) {
+                log_error("signalfd: %s", rl_strerror(errno));
+                return 1;
+        }
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max; /* deep trees: about two fds a level */
+                (void)setrlimit(RLIMIT_NOFILE, &rl);
+        }
+
+        rpc_server srv = { .jobs = arg_jobs };
+        rl_store_options so = { .jobs = arg_jobs };
+        r = rl_store_open(arg_root, &so, &srv.store, &err);
+        if (r < 0) {
+                log_error("%s", err.msg);
+                return 1;
+        }
+        _cleanup_close_ int root_fd = open(rl_store_root(srv.store), O_RDONLY | O_DIRECTORY |
+                                                                          O_CLOEXEC);
+        if (root_fd < 0 || rl_fsinfo_open(root_fd, &srv.fs, &err) < 0) {
+                log_error("store filesystem: %s", root_fd < 0 ? rl_strerror(errno) : err.msg);
+                rl_store_free(srv.store);
+                return 1;
+        }
+        if (rl_fsinfo_reflink(srv.fs) != RL_REFLINK_YES)
+                log_warning("%s (%s) cannot reflink: snapshots will be full copies",
+                            rl_store_root(srv.store), rl_fsinfo_type(srv.fs));
+        r = make_socket(&listen_fd);
+        if (r < 0) {
+                rl_fsinfo_free(srv.fs);
+                rl_store_free(srv.store);
+                return 1;
+        }
+        log_info("reflayerd %s: store %s on %s (reflink %s), socket %s", RL_VERSION,
+                 rl_store_root(srv.store), rl_fsinfo_type(srv.fs),
+                 rl_reflink_to_string(rl_fsinfo_reflink(srv.fs)), arg_socket);
+        sd_notifyf(false, "READY=1\nSTATUS=serving %s", rl_store_root(srv.store));
+
+        for (;;) {
+                struct pollfd p[2] = { { listen_fd, POLLIN, 0 }, { sig_fd, POLLIN, 0 } };
+                if (poll(p, 2, -1) < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        log_error("poll: %s", rl_strerror(errno));
+                        break;
+                }
+                if (p[1].revents & POLLIN) {
+                        struct signalfd_siginfo si;
+                        if (read(sig_fd, &si, sizeof(si)) == sizeof(si)) {
+                                if (si.ssi_signo == SIGHUP) {
+                                        /* Logs go to stderr, which journald owns: nothing
+                                         * to reopen; say so, so an operator knows. */
+                                        log_info("SIGHUP: logging to stderr, nothing to reopen");
+                                        continue;
+                                }
+                                log_info("%s: stopping", si.ssi_signo == SIGTERM ? "SIGTERM"
+                                                                                 : "SIGINT");
+                                break;
+                        }
+                }
+                if (p[0].revents & POLLIN)
+                        accept_one(&srv, listen_fd);
+        }
+
+        /* Stop: accept nothing more; let every connection finish the request it is in (the
+         * store publishes whole snapshots or nothing) by shutting down only its reading. */
+        sd_notify(false, "STOPPING=1");
+        closep(&listen_fd);
+        listen_fd = -EBADF;
+        pthread_mutex_lock(&conns_lock);
+        for (conn *c = conns; c; c = c->next)
+                shutdown(c->fd, SHUT_RD);
+        while (n_conns > 0)
+                pthread_cond_wait(&conns_empty, &conns_lock);
+        pthread_mutex_unlock(&conns_lock);
+        if (!activated)
+                (void)unlink(arg_socket);
+        rl_fsinfo_free(srv.fs);
+        rl_store_free(srv.store);
+        log_info("stopped");
+        return 0;
+}

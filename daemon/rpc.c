@@ -1,0 +1,558 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * rpc.c owns the wire format of reflayerd: JSON-RPC 2.0 request validation, the params and
+ * results of every method (api/PROTOCOL.md), and errors with a stable data.code.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <reflayer/tree.h>
+
+#include "log.h"
+#include "rpc.h"
+#include "util.h"
+
+typedef struct call {
+        rpc_server *srv;
+        const rpc_peer *peer;
+        json_t *params; /* an object, never NULL */
+        rl_error err;
+        int code; /* JSON-RPC code, when the failure is not an rl_* errno */
+} call;
+
+typedef int (*method_fn)(call *c, json_t **ret);
+
+/* JSON strings must be UTF-8; a message may quote a key that is not (the very reason it was
+ * refused). Replace what is not with U+FFFD. */
+static json_t *string_lossy(const char *s)
+{
+        json_t *j = json_string(s);
+        if (j)
+                return j;
+        size_t n = strlen(s);
+        _cleanup_free_ char *out = malloc(n * 3 + 1);
+        if (!out)
+                return NULL;
+        size_t o = 0;
+        for (size_t i = 0; i < n;) {
+                unsigned char ch = (unsigned char)s[i];
+                size_t len = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3
+                                                             : (ch >> 3) == 30 ? 4 : 0;
+                json_t *probe = len && i + len <= n ? json_stringn(s + i, len) : NULL;
+                if (probe) {
+                        memcpy(out + o, s + i, len);
+                        o += len;
+                        i += len;
+                        json_decref(probe);
+                } else {
+                        memcpy(out + o, "\xef\xbf\xbd", 3);
+                        o += 3;
+                        i++;
+                }
+        }
+        return json_stringn(out, o);
+}
+
+static int rpc_code_of(int r)
+{
+        switch (-r) {
+        case ENOENT:
+                return -32001;
+        case EEXIST:
+                return -32002;
+        case EBUSY:
+                return -32003;
+        case EACCES:
+        case EPERM:
+                return -32004;
+        case ESHUTDOWN:
+                return -32005;
+        case EINVAL:
+                return RPC_INVALID_PARAMS;
+        default:
+                return RPC_INTERNAL;
+        }
+}
+
+static char *dump_line(json_t *o)
+{
+        char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
+        json_decref(o);
+        if (!s)
+                return NULL;
+        size_t n = strlen(s);
+        char *line = realloc(s, n + 2);
+        if (!line) {
+                free(s);
+                return NULL;
+        }
+        line[n] = '\n';
+        line[n + 1] = '\0';
+        return line;
+}
+
+static char *error_response(json_t *id, int code, const char *data_code, const char *message)
+{
+        json_t *o = json_pack("{s:s, s:O, s:{s:i, s:o, s:{s:s}}}", "jsonrpc", "2.0", "id",
+                              id ? id : json_null(), "error", "code", code, "message",
+                              string_lossy(message), "data", "code", data_code);
+        return o ? dump_line(o) : NULL;
+}
+
+char *rpc_error_line(int code, const char *data_code, const char *message)
+{
+        return error_response(NULL, code, data_code, message);
+}
+
+/* --- params ----------------------------------------------------------------------------- */
+
+static int bad_params(call *c, const json_error_t *jerr)
+{
+        return rl_error_set(&c->err, -EINVAL, "params: %s", jerr->text);
+}
+
+static int labels_of(call *c, json_t *o, rl_label **ret, size_t *ret_n)
+{
+        if (!o || json_is_null(o)) {
+                *ret = NULL;
+                *ret_n = 0;
+                return 0;
+        }
+        if (!json_is_object(o))
+                return rl_error_set(&c->err, -EINVAL, "params: labels must be an object");
+        size_t n = json_object_size(o), i = 0;
+        rl_label *l = calloc(n ? n : 1, sizeof(*l));
+        const char *k;
+        json_t *v;
+        if (!l)
+                return rl_error_set(&c->err, -ENOMEM, "labels");
+        json_object_foreach(o, k, v)
+        {
+                if (!json_is_string(v)) {
+                        free(l);
+                        return rl_error_set(&c->err, -EINVAL,
+                                            "params: label '%.64s' must be a string", k);
+                }
+                l[i].key = (char *)k;
+                l[i].value = (char *)json_string_value(v);
+                i++;
+        }
+        *ret = l;
+        *ret_n = n;
+        return 0;
+}
+
+static int idmap_of(call *c, json_t *a, const char *what, rl_idmap **ret)
+{
+        *ret = NULL;
+        if (!a || json_is_null(a))
+                return 0;
+        if (!json_is_array(a) || json_array_size(a) == 0)
+                return rl_error_set(&c->err, -EINVAL, "params: %s must be a non-empty array",
+                                    what);
+        int r = rl_idmap_new(ret, &c->err);
+        if (r < 0)
+                return r;
+        size_t i;
+        json_t *e;
+        json_array_foreach(a, i, e)
+        {
+                json_int_t cid, hid, size;
+                json_error_t jerr;
+                if (json_unpack_ex(e, &jerr, JSON_STRICT, "{s:I, s:I, s:I}", "container_id", &cid,
+                                   "host_id", &hid, "size", &size) < 0 ||
+                    cid < 0 || hid < 0 || size <= 0 || cid > UINT32_MAX || hid > UINT32_MAX ||
+                    size > UINT32_MAX) {
+                        *ret = rl_idmap_free(*ret);
+                        return rl_error_set(&c->err, -EINVAL,
+                                            "params: %s[%zu] must be {container_id, host_id, "
+                                            "size} of 32-bit ids",
+                                            what, i);
+                }
+                r = rl_idmap_add(*ret, (uint32_t)cid, (uint32_t)hid, (uint32_t)size, &c->err);
+                if (r < 0) {
+                        *ret = rl_idmap_free(*ret);
+                        return r;
+                }
+        }
+        return 0;
+}
+
+/* --- results ------------------------------------------------------------------------------ */
+
+static json_t *time_json(int64_t ns)
+{
+        char buf[64];
+        struct tm tm;
+        time_t t = (time_t)(ns / 1000000000);
+        gmtime_r(&t, &tm);
+        size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(buf + n, sizeof(buf) - n, ".%09" PRId64 "Z", ns % 1000000000);
+        return json_string(buf);
+}
+
+static json_t *info_json(const rl_info *i)
+{
+        json_t *labels = json_object();
+        for (size_t k = 0; k < i->n_labels; k++)
+                json_object_set_new(labels, i->labels[k].key, string_lossy(i->labels[k].value));
+        json_t *o = json_pack("{s:o, s:s, s:o, s:o, s:o, s:I}", "name", string_lossy(i->name),
+                              "kind", rl_kind_to_string(i->kind), "labels", labels, "created",
+                              time_json(i->created_ns), "updated", time_json(i->updated_ns), "id",
+                              (json_int_t)i->id);
+        if (o && i->parent)
+                json_object_set_new(o, "parent", string_lossy(i->parent));
+        return o;
+}
+
+static json_t *mount_json(const rl_mount *m)
+{
+        json_t *opts = json_array();
+        for (size_t i = 0; i < m->n_options; i++)
+                json_array_append_new(opts, json_string(m->options[i]));
+        return json_pack("{s:s, s:o, s:o}", "type", m->type, "source", string_lossy(m->source),
+                         "options", opts);
+}
+
+static int mounts_result(call *c, const char *key, json_t **ret)
+{
+        rl_mount m;
+        int r = rl_store_mounts(c->srv->store, key, &m, &c->err);
+        if (r < 0)
+                return r;
+        *ret = json_pack("{s:o, s:[o]}", "key", string_lossy(key), "mounts", mount_json(&m));
+        rl_mount_clear(&m);
+        return *ret ? 0 : -ENOMEM;
+}
+
+/* --- methods ----------------------------------------------------------------------------- */
+
+static int create(call *c, bool view, json_t **ret)
+{
+        _cleanup_(rl_idmap_freep) rl_idmap *uids = NULL;
+        _cleanup_(rl_idmap_freep) rl_idmap *gids = NULL;
+        _cleanup_free_ rl_label *labels = NULL;
+        const char *key, *parent = NULL;
+        json_t *lj = NULL, *um = NULL, *gm = NULL;
+        int keep = 0;
+        size_t n;
+        json_error_t jerr;
+        int r;
+
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s, s?s, s?o, s?o, s?o, s?b}", "key",
+                           &key, "parent", &parent, "labels", &lj, "uid_map", &um, "gid_map", &gm,
+                           "keep_unmapped", &keep) < 0)
+                return bad_params(c, &jerr);
+        if ((r = labels_of(c, lj, &labels, &n)) < 0 || (r = idmap_of(c, um, "uid_map", &uids)) < 0 ||
+            (r = idmap_of(c, gm, "gid_map", &gids)) < 0)
+                return r;
+        rl_prepare_options o = { .uid_map = uids, .gid_map = gids, .keep_unmapped = keep };
+        r = view ? rl_store_view(c->srv->store, key, parent, labels, n, &o, &c->err)
+                 : rl_store_prepare(c->srv->store, key, parent, labels, n, &o, &c->err);
+        if (r < 0)
+                return r;
+        return mounts_result(c, key, ret);
+}
+
+static int m_prepare(call *c, json_t **ret)
+{
+        return create(c, false, ret);
+}
+
+static int m_view(call *c, json_t **ret)
+{
+        return create(c, true, ret);
+}
+
+static int m_commit(call *c, json_t **ret)
+{
+        _cleanup_free_ rl_label *labels = NULL;
+        const char *name, *key;
+        json_t *lj = NULL;
+        size_t n;
+        json_error_t jerr;
+        int r;
+
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s, s:s, s?o}", "name", &name, "key",
+                           &key, "labels", &lj) < 0)
+                return bad_params(c, &jerr);
+        if ((r = labels_of(c, lj, &labels, &n)) < 0)
+                return r;
+        r = rl_store_commit(c->srv->store, name, key, labels, n, &c->err);
+        if (r < 0)
+                return r;
+        *ret = json_object();
+        return 0;
+}
+
+static int m_remove(call *c, json_t **ret)
+{
+        const char *key;
+        json_error_t jerr;
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s}", "key", &key) < 0)
+                return bad_params(c, &jerr);
+        int r = rl_store_remove(c->srv->store, key, &c->err);
+        if (r < 0)
+                return r;
+        *ret = json_object();
+        return 0;
+}
+
+static int m_stat(call *c, json_t **ret)
+{
+        const char *key;
+        json_error_t jerr;
+        rl_info i;
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s}", "key", &key) < 0)
+                return bad_params(c, &jerr);
+        int r = rl_store_stat(c->srv->store, key, &i, &c->err);
+        if (r < 0)
+                return r;
+        *ret = json_pack("{s:o}", "info", info_json(&i));
+        rl_info_clear(&i);
+        return *ret ? 0 : -ENOMEM;
+}
+
+static int m_update(call *c, json_t **ret)
+{
+        _cleanup_free_ rl_label *labels = NULL;
+        _cleanup_free_ const char **paths = NULL;
+        json_t *fp = NULL, *lj = NULL;
+        const char *name;
+        size_t n, n_paths = 0;
+        json_error_t jerr;
+        rl_info out;
+        int r;
+
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:{s:s, s?o}, s?o}", "info", "name",
+                           &name, "labels", &lj, "fieldpaths", &fp) < 0)
+                return bad_params(c, &jerr);
+        if ((r = labels_of(c, lj, &labels, &n)) < 0)
+                return r;
+        if (fp && !json_is_null(fp)) {
+                if (!json_is_array(fp))
+                        return rl_error_set(&c->err, -EINVAL, "params: fieldpaths must be an array");
+                n_paths = json_array_size(fp);
+                paths = calloc(n_paths ? n_paths : 1, sizeof(*paths));
+                if (!paths)
+                        return -ENOMEM;
+                for (size_t i = 0; i < n_paths; i++) {
+                        paths[i] = json_string_value(json_array_get(fp, i));
+                        if (!paths[i])
+                                return rl_error_set(&c->err, -EINVAL,
+                                                    "params: fieldpaths[%zu] must be a string", i);
+                }
+        }
+        rl_info in = { .name = (char *)name, .labels = labels, .n_labels = n };
+        r = rl_store_update(c->srv->store, &in, paths, n_paths, &out, &c->err);
+        if (r < 0)
+                return r;
+        *ret = json_pack("{s:o}", "info", info_json(&out));
+        rl_info_clear(&out);
+        return *ret ? 0 : -ENOMEM;
+}
+
+static int list_one(const rl_info *info, void *userdata)
+{
+        return json_array_append_new(userdata, info_json(info)) < 0 ? -ENOMEM : 0;
+}
+
+static int m_list(call *c, json_t **ret)
+{
+        _cleanup_free_ const char **filters = NULL;
+        json_t *fj = NULL, *arr;
+        size_t n = 0;
+        json_error_t jerr;
+
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s?o}", "filters", &fj) < 0)
+                return bad_params(c, &jerr);
+        if (fj && !json_is_null(fj)) {
+                if (!json_is_array(fj))
+                        return rl_error_set(&c->err, -EINVAL, "params: filters must be an array");
+                n = json_array_size(fj);
+                filters = calloc(n ? n : 1, sizeof(*filters));
+                if (!filters)
+                        return -ENOMEM;
+                for (size_t i = 0; i < n; i++) {
+                        filters[i] = json_string_value(json_array_get(fj, i));
+                        if (!filters[i])
+                                return rl_error_set(&c->err, -EINVAL,
+                                                    "params: filters[%zu] must be a string", i);
+                }
+        }
+        arr = json_array();
+        if (!arr)
+                return -ENOMEM;
+        int r = rl_store_walk(c->srv->store, filters, n, list_one, arr, &c->err);
+        if (r < 0) {
+                json_decref(arr);
+                return r;
+        }
+        *ret = json_pack("{s:o}", "snapshots", arr);
+        return *ret ? 0 : -ENOMEM;
+}
+
+static int m_usage(call *c, json_t **ret)
+{
+        const char *key;
+        json_error_t jerr;
+        rl_usage u;
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s}", "key", &key) < 0)
+                return bad_params(c, &jerr);
+        int r = rl_store_usage(c->srv->store, key, &u, &c->err);
+        if (r < 0)
+                return r;
+        *ret = json_pack("{s:I, s:I, s:I, s:I}", "inodes", (json_int_t)u.inodes, "size",
+                         (json_int_t)u.bytes, "exclusive", (json_int_t)u.bytes_exclusive,
+                         "shared", (json_int_t)u.bytes_shared);
+        return *ret ? 0 : -ENOMEM;
+}
+
+static int m_mounts(call *c, json_t **ret)
+{
+        const char *key;
+        json_error_t jerr;
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s}", "key", &key) < 0)
+                return bad_params(c, &jerr);
+        return mounts_result(c, key, ret);
+}
+
+static int m_cleanup(call *c, json_t **ret)
+{
+        json_error_t jerr;
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{}") < 0)
+                return bad_params(c, &jerr);
+        int r = rl_store_cleanup(c->srv->store, &c->err);
+        if (r < 0)
+                return r;
+        *ret = json_object();
+        return 0;
+}
+
+static int count_kind(const rl_info *info, void *userdata)
+{
+        uint64_t *n = userdata;
+        n[info->kind]++;
+        return 0;
+}
+
+static int m_status(call *c, json_t **ret)
+{
+        uint64_t n[4] = {};
+        json_error_t jerr;
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{}") < 0)
+                return bad_params(c, &jerr);
+        int r = rl_store_walk(c->srv->store, NULL, 0, count_kind, n, &c->err);
+        if (r < 0)
+                return r;
+        rl_fsinfo *fs = c->srv->fs;
+        *ret = json_pack("{s:s, s:s, s:{s:s, s:s, s:s}, s:s, s:{s:I, s:I, s:I}, s:{s:I, s:I, "
+                         "s:i}}",
+                         "version", RL_VERSION, "root", rl_store_root(c->srv->store),
+                         "filesystem", "type", rl_fsinfo_type(fs), "source",
+                         rl_fsinfo_source(fs), "mountpoint", rl_fsinfo_target(fs), "reflink",
+                         rl_reflink_to_string(rl_fsinfo_reflink(fs)), "snapshots", "active",
+                         (json_int_t)n[RL_KIND_ACTIVE], "view", (json_int_t)n[RL_KIND_VIEW],
+                         "committed", (json_int_t)n[RL_KIND_COMMITTED], "counters", "requests",
+                         (json_int_t)atomic_load(&c->srv->requests), "errors",
+                         (json_int_t)atomic_load(&c->srv->errors), "connections",
+                         (int)atomic_load(&c->srv->connections));
+        return *ret ? 0 : -ENOMEM;
+}
+
+static int m_version(call *c, json_t **ret)
+{
+        json_error_t jerr;
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{}") < 0)
+                return bad_params(c, &jerr);
+        *ret = json_pack("{s:s, s:i}", "version", RL_VERSION, "protocol", 1);
+        return *ret ? 0 : -ENOMEM;
+}
+
+static const struct {
+        const char *name;
+        method_fn fn;
+} methods[] = {
+        { "Prepare", m_prepare }, { "View", m_view },       { "Commit", m_commit },
+        { "Remove", m_remove },   { "Stat", m_stat },       { "Update", m_update },
+        { "List", m_list },       { "Usage", m_usage },     { "Mounts", m_mounts },
+        { "Cleanup", m_cleanup }, { "Status", m_status },   { "Version", m_version },
+};
+
+char *rpc_handle(rpc_server *srv, const rpc_peer *peer, const char *line, size_t len)
+{
+        json_error_t jerr;
+        json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+        char msg[512];
+
+        atomic_fetch_add(&srv->requests, 1);
+        if (!req) {
+                atomic_fetch_add(&srv->errors, 1);
+                snprintf(msg, sizeof(msg), "parse error: %s (column %d)", jerr.text, jerr.column);
+                return error_response(NULL, RPC_PARSE_ERROR, "invalid_argument", msg);
+        }
+        json_t *id = json_object_get(req, "id");
+        const char *version = json_string_value(json_object_get(req, "jsonrpc"));
+        const char *method = json_string_value(json_object_get(req, "method"));
+        json_t *params = json_object_get(req, "params");
+        bool notification = json_is_object(req) && !json_object_get(req, "id");
+        char *out = NULL;
+
+        if (!json_is_object(req) || !version || strcmp(version, "2.0") != 0 || !method ||
+            (id && !json_is_string(id) && !json_is_integer(id) && !json_is_null(id)) ||
+            (params && !json_is_object(params))) {
+                atomic_fetch_add(&srv->errors, 1);
+                out = error_response(id && (json_is_string(id) || json_is_integer(id)) ? id : NULL,
+                                     RPC_INVALID_REQUEST, "invalid_argument",
+                                     "invalid request: expected {\"jsonrpc\":\"2.0\", \"method\": "
+                                     "string, \"params\": object, \"id\": string or number}");
+                json_decref(req);
+                return out;
+        }
+        method_fn fn = NULL;
+        for (size_t i = 0; i < ELEMENTSOF(methods); i++)
+                if (strcmp(methods[i].name, method) == 0)
+                        fn = methods[i].fn;
+        if (!fn) {
+                atomic_fetch_add(&srv->errors, 1);
+                snprintf(msg, sizeof(msg), "unknown method '%.64s'", method);
+                out = notification ? NULL
+                                   : error_response(id, RPC_METHOD_NOT_FOUND, "invalid_argument",
+                                                    msg);
+                json_decref(req);
+                return out;
+        }
+
+        json_t *empty = json_object();
+        call c = { .srv = srv, .peer = peer, .params = params ? params : empty };
+        json_t *result = NULL;
+        int r = fn(&c, &result);
+        if (r >= 0 && !result)
+                r = -ENOMEM;
+        if (r < 0) {
+                atomic_fetch_add(&srv->errors, 1);
+                if (!c.err.code)
+                        rl_error_set(&c.err, r, "%s", method);
+                log_debug("%s from pid %d uid %u: %s", method, (int)peer->pid,
+                          (unsigned)peer->uid, c.err.msg);
+                if (!notification)
+                        out = error_response(id, rpc_code_of(r), rl_store_error_code(r),
+                                             c.err.msg);
+        } else if (!notification) {
+                json_t *o = json_pack("{s:s, s:O, s:o}", "jsonrpc", "2.0", "id", id, "result",
+                                      result);
+                result = NULL;
+                out = o ? dump_line(o) : NULL;
+        }
+        json_decref(result);
+        json_decref(empty);
+        json_decref(req);
+        return out;
+}

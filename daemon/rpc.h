@@ -1,0 +1,47 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The JSON-RPC 2.0 layer of reflayerd (api/PROTOCOL.md): decode one request line, call the
+ * store, encode the response line. No sockets here: the server hands lines in and out.
+ */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <reflayer/fsinfo.h>
+#include <reflayer/store.h>
+
+#define RL_VERSION "0.1.0"
+
+/* JSON-RPC error codes. The stable, specific reason is data.code (rl_store_error_code). */
+#define RPC_PARSE_ERROR -32700
+#define RPC_INVALID_REQUEST -32600
+#define RPC_METHOD_NOT_FOUND -32601
+#define RPC_INVALID_PARAMS -32602
+#define RPC_INTERNAL -32603
+
+typedef struct rpc_server {
+        rl_store *store;
+        rl_fsinfo *fs;    /* the store's filesystem */
+        unsigned jobs;    /* tree workers per call */
+        atomic_uint_fast64_t requests, errors;
+        atomic_uint connections;
+} rpc_server;
+
+typedef struct rpc_peer {
+        pid_t pid;
+        uid_t uid;
+        gid_t gid;
+} rpc_peer;
+
+/*
+ * Handle one request (a line without its newline). Returns the response line, newline
+ * included, to free; or NULL for a notification (a request without an id), which gets none.
+ */
+char *rpc_handle(rpc_server *srv, const rpc_peer *peer, const char *line, size_t len);
+
+/* A ready-made error line (for a request too large to parse, a refused peer). */
+char *rpc_error_line(int code, const char *data_code, const char *message);

@@ -1,0 +1,561 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * reflayerd over its socket: the methods, bad input of every kind, many clients at once, a
+ * Stat answered while a long Prepare runs, authorisation, socket activation, SIGTERM in the
+ * middle of a Prepare. The daemon runs as its own process (posix_spawn) on a loop XFS store;
+ * readiness is its sd_notify READY=1 on a notify socket of the test's own.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <reflayer/store.h>
+
+#include "rltest.h"
+
+extern char **environ;
+
+static char mnt[PATH_MAX], root[PATH_MAX], sock[PATH_MAX];
+static pid_t daemon_pid = -1;
+
+static const char *daemon_path(void)
+{
+        const char *p = getenv("RL_DAEMON");
+        cr_assert(p && access(p, X_OK) == 0, "RL_DAEMON must name the built reflayerd "
+                                             "(tests/run-unit sets it)");
+        return p;
+}
+
+/* Start reflayerd; listen_fd >= 0 is passed as a systemd socket (LISTEN_FDS=1). Returns once
+ * it has said READY=1. */
+static void start_daemon(int listen_fd)
+{
+        char notify[PATH_MAX], env_notify[PATH_MAX + 16];
+        snprintf(notify, sizeof(notify), "%s/notify", rlt_scratch());
+        unlink(notify);
+        int nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", notify);
+        cr_assert(bind(nfd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+        snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", notify);
+
+        char *envp[] = { env_notify, "LISTEN_FDS=1", NULL, NULL };
+        char *argv[16];
+        int a = 0;
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        if (listen_fd >= 0) {
+                /* LISTEN_PID must be the daemon's own pid: let a shell export it, then exec. */
+                posix_spawn_file_actions_adddup2(&fa, listen_fd, 3);
+                argv[a++] = "sh";
+                argv[a++] = "-c";
+                argv[a++] = "export LISTEN_PID=$$; exec \"$@\"";
+                argv[a++] = "sh";
+        } else {
+                envp[1] = NULL;
+        }
+        argv[a++] = (char *)daemon_path();
+        argv[a++] = "--root";
+        argv[a++] = root;
+        argv[a++] = "--socket";
+        argv[a++] = sock;
+        argv[a++] = "--log-level";
+        argv[a++] = "debug";
+        argv[a++] = NULL;
+        int r = posix_spawnp(&daemon_pid, argv[0], &fa, NULL, argv, envp);
+        posix_spawn_file_actions_destroy(&fa);
+        cr_assert_eq(r, 0, "spawn reflayerd: %s", strerror(r));
+
+        char buf[256];
+        struct pollfd p = { nfd, POLLIN, 0 };
+        for (;;) {
+                cr_assert(poll(&p, 1, 20000) == 1, "reflayerd did not get ready in 20 s");
+                ssize_t n = recv(nfd, buf, sizeof(buf) - 1, 0);
+                cr_assert(n > 0);
+                buf[n] = '\0';
+                if (strstr(buf, "READY=1"))
+                        break;
+        }
+        close(nfd);
+}
+
+static int stop_daemon(void)
+{
+        int status = -1;
+        if (daemon_pid > 0) {
+                kill(daemon_pid, SIGTERM);
+                waitpid(daemon_pid, &status, 0);
+                daemon_pid = -1;
+        }
+        return status;
+}
+
+static void setup(void)
+{
+        rlt_init();
+        snprintf(mnt, sizeof(mnt), "%s", rlt_mkfs(RLT_XFS, 0, "xfs"));
+        snprintf(root, sizeof(root), "%s/store", mnt);
+        snprintf(sock, sizeof(sock), "%s/reflayer.sock", rlt_scratch());
+        start_daemon(-1);
+}
+
+static void teardown(void)
+{
+        stop_daemon();
+        rlt_fini();
+}
+
+TestSuite(daemon, .init = setup, .fini = teardown, .timeout = 120);
+
+static int connect_daemon(void)
+{
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+        cr_assert(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0,
+                  "connect %s: %s", sock, strerror(errno));
+        return fd;
+}
+
+static void send_raw(int fd, const void *buf, size_t len)
+{
+        cr_assert(send(fd, buf, len, MSG_NOSIGNAL) == (ssize_t)len, "send: %s", strerror(errno));
+}
+
+/* One response line (parsed), or NULL when the daemon closed the connection. */
+static json_t *read_response(int fd)
+{
+        size_t cap = 1 << 20, len = 0;
+        char *buf = malloc(cap); /* per call: client threads read at once */
+        cr_assert(buf);
+        for (;;) {
+                ssize_t n = recv(fd, buf + len, 1, 0);
+                if (n <= 0) {
+                        free(buf);
+                        return NULL;
+                }
+                if (buf[len] == '\n')
+                        break;
+                len++;
+                cr_assert(len < cap - 1);
+        }
+        json_error_t jerr;
+        json_t *o = json_loadb(buf, len, 0, &jerr);
+        cr_assert(o, "the daemon sent something not JSON (%s): %.*s", jerr.text, (int)len, buf);
+        free(buf);
+        return o;
+}
+
+static json_t *call_on(int fd, const char *method, json_t *params)
+{
+        static __thread int id; /* per client thread */
+        json_t *req = json_pack("{s:s, s:i, s:s}", "jsonrpc", "2.0", "id", ++id, "method", method);
+        if (params)
+                json_object_set_new(req, "params", params);
+        char *s = json_dumps(req, JSON_COMPACT);
+        json_decref(req);
+        send_raw(fd, s, strlen(s));
+        send_raw(fd, "\n", 1);
+        free(s);
+        json_t *resp = read_response(fd);
+        cr_assert(resp, "%s: the daemon closed the connection", method);
+        cr_assert_eq(json_integer_value(json_object_get(resp, "id")), id, "response id");
+        return resp;
+}
+
+/* Call and expect success: returns the result (owned by the caller). */
+static json_t *ok(int fd, const char *method, json_t *params)
+{
+        json_t *resp = call_on(fd, method, params);
+        json_t *err = json_object_get(resp, "error");
+        cr_assert(!err, "%s failed: %s", method,
+                  json_string_value(json_object_get(err, "message")));
+        json_t *result = json_incref(json_object_get(resp, "result"));
+        json_decref(resp);
+        return result;
+}
+
+/* Call and expect an error with this data.code; returns the message. */
+static void fails(int fd, const char *method, json_t *params, const char *code)
+{
+        json_t *resp = call_on(fd, method, params);
+        json_t *err = json_object_get(resp, "error");
+        cr_assert(err, "%s succeeded, expected %s", method, code);
+        const char *got = json_string_value(json_object_get(json_object_get(err, "data"), "code"));
+        cr_expect_str_eq(got, code, "%s: %s", method,
+                         json_string_value(json_object_get(err, "message")));
+        cr_expect(json_string_value(json_object_get(err, "message"))[0], "no message");
+        json_decref(resp);
+}
+
+/* Answered on a fresh connection: the daemon still serves everyone. */
+static void still_serving(void)
+{
+        int fd = connect_daemon();
+        json_t *r = ok(fd, "Version", NULL);
+        cr_expect_str_eq(json_string_value(json_object_get(r, "version")), "0.1.0");
+        json_decref(r);
+        close(fd);
+}
+
+static void fill_layer(int fd, const char *key, int files)
+{
+        json_t *r = ok(fd, "Prepare", json_pack("{s:s}", "key", key));
+        const char *src = json_string_value(
+                json_object_get(json_array_get(json_object_get(r, "mounts"), 0), "source"));
+        char p[PATH_MAX];
+        for (int i = 0; i < files; i++) {
+                snprintf(p, sizeof(p), "%s/d%d", src, i % 50);
+                mkdir(p, 0755);
+                snprintf(p, sizeof(p), "%s/d%d/f%d", src, i % 50, i);
+                rlt_write_file(p, 100, (unsigned)i);
+        }
+        json_decref(r);
+}
+
+Test(daemon, methods)
+{
+        int fd = connect_daemon();
+        fill_layer(fd, "a", 10);
+        json_decref(ok(fd, "Commit", json_pack("{s:s, s:s, s:{s:s}}", "name", "base", "key", "a",
+                                               "labels", "containerd.io/gc.root", "x")));
+        json_t *r = ok(fd, "Prepare",
+                       json_pack("{s:s, s:s, s:[{s:i, s:i, s:i}]}", "key", "c", "parent", "base",
+                                 "uid_map", "container_id", 0, "host_id", 100000, "size", 65536));
+        json_t *m = json_array_get(json_object_get(r, "mounts"), 0);
+        cr_expect_str_eq(json_string_value(json_object_get(m, "type")), "bind");
+        cr_expect_str_eq(json_string_value(json_array_get(json_object_get(m, "options"), 1)), "rw");
+        struct stat st;
+        char p[PATH_MAX];
+        snprintf(p, sizeof(p), "%s/d0/f0", json_string_value(json_object_get(m, "source")));
+        cr_assert(stat(p, &st) == 0);
+        cr_expect_eq(st.st_uid, 100000, "uid_map over the wire");
+        json_decref(r);
+        json_decref(ok(fd, "View", json_pack("{s:s, s:s}", "key", "v", "parent", "base")));
+
+        r = ok(fd, "Stat", json_pack("{s:s}", "key", "c"));
+        json_t *info = json_object_get(r, "info");
+        cr_expect_str_eq(json_string_value(json_object_get(info, "kind")), "active");
+        cr_expect_str_eq(json_string_value(json_object_get(info, "parent")), "base");
+        cr_expect(strstr(json_string_value(json_object_get(info, "created")), "Z"));
+        json_decref(r);
+
+        r = ok(fd, "Update", json_pack("{s:{s:s, s:{s:s}}, s:[s]}", "info", "name", "base",
+                                       "labels", "team", "red", "fieldpaths", "labels.team"));
+        json_t *labels = json_object_get(json_object_get(r, "info"), "labels");
+        cr_expect_eq(json_object_size(labels), 2);
+        json_decref(r);
+
+        r = ok(fd, "List", json_pack("{s:[s]}", "filters", "kind==committed"));
+        cr_expect_eq(json_array_size(json_object_get(r, "snapshots")), 1);
+        json_decref(r);
+        r = ok(fd, "Usage", json_pack("{s:s}", "key", "c"));
+        cr_expect_geq(json_integer_value(json_object_get(r, "shared")), 1000);
+        json_decref(r);
+        r = ok(fd, "Mounts", json_pack("{s:s}", "key", "v"));
+        m = json_array_get(json_object_get(r, "mounts"), 0);
+        cr_expect_str_eq(json_string_value(json_array_get(json_object_get(m, "options"), 1)), "ro");
+        json_decref(r);
+        r = ok(fd, "Status", NULL);
+        cr_expect_str_eq(json_string_value(json_object_get(r, "reflink")), "yes");
+        cr_expect_str_eq(json_string_value(json_object_get(json_object_get(r, "filesystem"),
+                                                           "type")),
+                         "xfs");
+        cr_expect_eq(json_integer_value(json_object_get(json_object_get(r, "snapshots"),
+                                                        "committed")),
+                     1);
+        json_decref(r);
+
+        fails(fd, "Remove", json_pack("{s:s}", "key", "base"), "failed_precondition");
+        fails(fd, "Stat", json_pack("{s:s}", "key", "nope"), "not_found");
+        fails(fd, "Prepare", json_pack("{s:s}", "key", "c"), "already_exists");
+        fails(fd, "Prepare", json_pack("{s:s, s:s}", "key", "x", "parent", "c"),
+              "failed_precondition");
+        fails(fd, "Update", json_pack("{s:{s:s}, s:[s]}", "info", "name", "c", "fieldpaths", "kind"),
+              "invalid_argument");
+        json_decref(ok(fd, "Remove", json_pack("{s:s}", "key", "c")));
+        json_decref(ok(fd, "Remove", json_pack("{s:s}", "key", "v")));
+        json_decref(ok(fd, "Remove", json_pack("{s:s}", "key", "base")));
+        json_decref(ok(fd, "Cleanup", NULL));
+        close(fd);
+}
+
+Test(daemon, bad_input_gets_an_error_and_everyone_else_is_served)
+{
+        struct {
+                const char *what;
+                const char *bytes;
+                size_t len; /* 0: strlen */
+                int code;   /* expected JSON-RPC code; 0: no response expected */
+        } cases[] = {
+                { "truncated JSON", "{\"jsonrpc\":\"2.0\",\"id\":1,\"meth", 0, -32700 },
+                { "binary garbage", "\xff\xfe\x00\x01garbage", 8, -32700 },
+                { "not an object", "[1,2,3]", 0, -32600 },
+                { "wrong version", "{\"jsonrpc\":\"1.0\",\"id\":1,\"method\":\"Version\"}", 0,
+                  -32600 },
+                { "method not a string", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":5}", 0,
+                  -32600 },
+                { "id an object", "{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"Version\"}", 0,
+                  -32600 },
+                { "params an array",
+                  "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Stat\",\"params\":[\"k\"]}", 0,
+                  -32600 },
+                { "unknown method", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Frob\"}", 0,
+                  -32601 },
+                { "wrong type", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Stat\",\"params\":{\"key\":5}}",
+                  0, -32602 },
+                { "missing param", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Stat\",\"params\":{}}",
+                  0, -32602 },
+                { "unknown param",
+                  "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Stat\",\"params\":{\"key\":\"k\",\"x\":1}}",
+                  0, -32602 },
+                { "duplicate key", "{\"jsonrpc\":\"2.0\",\"id\":1,\"id\":2,\"method\":\"Version\"}",
+                  0, -32700 },
+                { "invalid UTF-8 key",
+                  "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Stat\",\"params\":{\"key\":\"\xc0\xaf\"}}",
+                  0, -32700 },
+        };
+        int fd = connect_daemon();
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                size_t len = cases[i].len ? cases[i].len : strlen(cases[i].bytes);
+                send_raw(fd, cases[i].bytes, len);
+                send_raw(fd, "\n", 1);
+                json_t *resp = read_response(fd);
+                cr_assert(resp, "%s: the connection was closed", cases[i].what);
+                json_t *err = json_object_get(resp, "error");
+                cr_expect_eq(json_integer_value(json_object_get(err, "code")), cases[i].code,
+                             "%s: code %lld", cases[i].what,
+                             (long long)json_integer_value(json_object_get(err, "code")));
+                cr_expect(json_string_value(json_object_get(json_object_get(err, "data"), "code")),
+                          "%s: no data.code", cases[i].what);
+                json_decref(resp);
+        }
+        /* A notification (no id) gets no answer: the next answer is the next request's. */
+        const char *note = "{\"jsonrpc\":\"2.0\",\"method\":\"Version\"}\n";
+        send_raw(fd, note, strlen(note));
+        json_decref(ok(fd, "Version", NULL));
+        close(fd);
+
+        /* A 2 MiB line: an error, then the connection is closed. */
+        fd = connect_daemon();
+        size_t big = 2 << 20;
+        char *junk = malloc(big);
+        memset(junk, 'x', big);
+        send(fd, junk, big, MSG_NOSIGNAL); /* the daemon may close before all of it is read */
+        free(junk);
+        json_t *resp = read_response(fd);
+        cr_assert(resp, "no error for a 2 MiB line");
+        cr_expect(strstr(json_string_value(json_object_get(json_object_get(resp, "error"),
+                                                           "message")),
+                         "larger than"));
+        json_decref(resp);
+        cr_expect_null(read_response(fd), "the connection stayed open after an oversized line");
+        close(fd);
+
+        /* A client that vanishes in the middle of a call. */
+        fd = connect_daemon();
+        fill_layer(fd, "big", 2000);
+        json_decref(ok(fd, "Commit", json_pack("{s:s, s:s}", "name", "big-c", "key", "big")));
+        const char *prep = "{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"Prepare\",\"params\":"
+                           "{\"key\":\"orphan\",\"parent\":\"big-c\"}}\n";
+        send_raw(fd, prep, strlen(prep));
+        close(fd);
+        still_serving();
+        /* Its Prepare finished (or not) whole; the key is there exactly when it is listed. */
+        fd = connect_daemon();
+        json_decref(ok(fd, "Cleanup", NULL));
+        close(fd);
+        still_serving();
+}
+
+typedef struct client {
+        int id;
+        int errors;
+} client;
+
+static void *client_main(void *arg)
+{
+        client *c = arg;
+        int fd = connect_daemon();
+        char key[32], name[32];
+        for (int i = 0; i < 8; i++) {
+                snprintf(key, sizeof(key), "c%d-%d", c->id, i);
+                snprintf(name, sizeof(name), "c%d-%d-layer", c->id, i);
+                json_t *r = call_on(fd, "Prepare", json_pack("{s:s, s:s}", "key", key, "parent",
+                                                             "base"));
+                c->errors += json_object_get(r, "error") != NULL;
+                json_decref(r);
+                r = call_on(fd, "Stat", json_pack("{s:s}", "key", key));
+                json_t *info = json_object_get(json_object_get(r, "result"), "info");
+                c->errors += !info || strcmp(json_string_value(json_object_get(info, "name")), key);
+                json_decref(r);
+                r = call_on(fd, "Commit", json_pack("{s:s, s:s}", "name", name, "key", key));
+                c->errors += json_object_get(r, "error") != NULL;
+                json_decref(r);
+                r = call_on(fd, i % 2 ? "Remove" : "Stat", json_pack("{s:s}", "key", name));
+                c->errors += json_object_get(r, "error") != NULL;
+                json_decref(r);
+                r = call_on(fd, "List", json_pack("{s:[s]}", "filters", "name==base"));
+                c->errors += json_array_size(json_object_get(json_object_get(r, "result"),
+                                                             "snapshots")) != 1;
+                json_decref(r);
+        }
+        close(fd);
+        return NULL;
+}
+
+Test(daemon, thirty_two_clients)
+{
+        int fd = connect_daemon();
+        fill_layer(fd, "a", 100);
+        json_decref(ok(fd, "Commit", json_pack("{s:s, s:s}", "name", "base", "key", "a")));
+        pthread_t t[32];
+        client cl[32];
+        for (int i = 0; i < 32; i++) {
+                cl[i] = (client){ .id = i };
+                cr_assert(pthread_create(&t[i], NULL, client_main, &cl[i]) == 0);
+        }
+        for (int i = 0; i < 32; i++) {
+                pthread_join(t[i], NULL);
+                cr_expect_eq(cl[i].errors, 0, "client %d: %d wrong results", i, cl[i].errors);
+        }
+        json_t *r = ok(fd, "List", json_pack("{s:[s]}", "filters", "kind==committed"));
+        cr_expect_eq(json_array_size(json_object_get(r, "snapshots")), 1 + 32 * 4,
+                     "committed layers left");
+        json_decref(r);
+        close(fd);
+}
+
+Test(daemon, stat_answered_during_a_long_prepare)
+{
+        int fd = connect_daemon();
+        fill_layer(fd, "a", 6000);
+        json_decref(ok(fd, "Commit", json_pack("{s:s, s:s}", "name", "base", "key", "a")));
+        int slow = connect_daemon();
+        const char *prep = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Prepare\",\"params\":"
+                           "{\"key\":\"long\",\"parent\":\"base\"}}\n";
+        send_raw(slow, prep, strlen(prep));
+        /* While it runs, Stat and List on another connection are answered at once. */
+        json_decref(ok(fd, "Stat", json_pack("{s:s}", "key", "base")));
+        json_decref(ok(fd, "List", NULL));
+        struct pollfd p = { slow, POLLIN, 0 };
+        cr_expect_eq(poll(&p, 1, 0), 0,
+                     "the Prepare of 6,000 files finished before a Stat beside it was answered");
+        json_t *r = read_response(slow);
+        cr_assert(r && !json_object_get(r, "error"), "the long Prepare failed");
+        json_decref(r);
+        close(slow);
+        close(fd);
+}
+
+static void *connect_as_nobody(void *arg)
+{
+        /* Only this thread becomes nobody (the raw syscall changes one thread's credentials),
+         * and SO_PEERCRED records the credentials at connect. */
+        int *ret = arg;
+        if (syscall(SYS_setgroups, 0, NULL) < 0 || syscall(SYS_setresgid, 65534, 65534, 65534) < 0 ||
+            syscall(SYS_setresuid, 65534, 65534, 65534) < 0) {
+                *ret = -errno;
+                return NULL;
+        }
+        *ret = connect_daemon();
+        return NULL;
+}
+
+Test(daemon, unprivileged_client_is_refused)
+{
+        chmod(rlt_scratch(), 0755);
+        chmod(sock, 0666); /* let it reach the socket: the daemon itself must refuse */
+        pthread_t t;
+        int fd = -1;
+        cr_assert(pthread_create(&t, NULL, connect_as_nobody, &fd) == 0);
+        pthread_join(t, NULL);
+        cr_assert_geq(fd, 0, "connect as nobody: %s", strerror(-fd));
+        json_t *resp = read_response(fd);
+        cr_assert(resp, "refused without a word");
+        const char *code = json_string_value(
+                json_object_get(json_object_get(json_object_get(resp, "error"), "data"), "code"));
+        cr_expect_str_eq(code, "permission_denied");
+        json_decref(resp);
+        cr_expect_null(read_response(fd), "the connection stayed open");
+        close(fd);
+        still_serving();
+}
+
+Test(daemon, socket_activation)
+{
+        stop_daemon();
+        unlink(sock);
+        int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+        cr_assert(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(lfd, 16) == 0);
+        char other[PATH_MAX];
+        /* The daemon is told another path: it must serve the passed socket, not make one. */
+        snprintf(other, sizeof(other), "%s", sock);
+        snprintf(sock, sizeof(sock), "%s/not-used.sock", rlt_scratch());
+        start_daemon(lfd);
+        snprintf(sock, sizeof(sock), "%s", other);
+        close(lfd);
+        still_serving();
+        char unused[PATH_MAX];
+        snprintf(unused, sizeof(unused), "%s/not-used.sock", rlt_scratch());
+        cr_expect(access(unused, F_OK) < 0, "made its own socket despite LISTEN_FDS");
+        int status = stop_daemon();
+        cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+        cr_expect(access(sock, F_OK) == 0, "removed the socket it was passed");
+        start_daemon(-1); /* for teardown */
+}
+
+Test(daemon, sigterm_during_prepare_publishes_nothing_half)
+{
+        int fd = connect_daemon();
+        fill_layer(fd, "a", 4000);
+        json_decref(ok(fd, "Commit", json_pack("{s:s, s:s}", "name", "base", "key", "a")));
+        const char *prep = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Prepare\",\"params\":"
+                           "{\"key\":\"inflight\",\"parent\":\"base\"}}\n";
+        send_raw(fd, prep, strlen(prep));
+        /* Wait until the build is under way (its tree appears in tmp/), then stop. */
+        char tmp[PATH_MAX];
+        snprintf(tmp, sizeof(tmp), "%s/tmp", root);
+        for (long spin = 0; rlt_dir_is_empty(tmp) && spin < 10000000; spin++)
+                ;
+        int status = stop_daemon();
+        cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+        json_t *r = read_response(fd); /* the call in flight was finished before the exit */
+        cr_expect(r && !json_object_get(r, "error"), "the Prepare in flight was not answered");
+        json_decref(r);
+        close(fd);
+
+        rl_store *s = NULL;
+        rl_error err = {};
+        cr_assert_eq(rl_store_open(root, NULL, &s, &err), 0, "%s", err.msg);
+        rl_info info;
+        int q = rl_store_stat(s, "inflight", &info, &err);
+        if (q == 0) {
+                char p[PATH_MAX];
+                snprintf(p, sizeof(p), "%s/snapshots/%lu/fs/d49/f3999", root,
+                         (unsigned long)info.id);
+                cr_expect(access(p, F_OK) == 0, "a published snapshot is missing files");
+                rl_info_clear(&info);
+        }
+        cr_assert_eq(rl_store_cleanup(s, &err), 0);
+        cr_expect(rlt_dir_is_empty(tmp), "tmp/ holds a half-built tree after restart");
+        rl_store_free(s);
+        start_daemon(-1); /* for teardown */
+}
