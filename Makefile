@@ -55,6 +55,10 @@ DRIVER_SRCS := $(wildcard driver/*.c)
 DRIVER_OBJS := $(DRIVER_SRCS:%.c=$(BUILD)/obj/%.o)
 CLI_SRCS := api/reflayer.c
 CLI_OBJS := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
+# libreflayer-client: the client and the shared types it speaks, nothing of the engine.
+CLIENT_SRCS := api/client.c driver/types.c driver/error.c driver/idmap.c driver/util.c
+CLIENT_OBJS := $(CLIENT_SRCS:%.c=$(BUILD)/obj/%.o)
+CLIENT_PIC_OBJS := $(CLIENT_SRCS:%.c=$(BUILD)/pic/%.o)
 DAEMON_PKGS := jansson libsystemd
 DAEMON_SRCS := $(wildcard daemon/*.c)
 DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o)
@@ -67,12 +71,15 @@ HEADERS := $(wildcard include/reflayer/*.h)
 
 LIB := $(BUILD)/libreflayer.a
 CLI := $(BUILD)/reflayer
+CLIENT_LIB := $(BUILD)/libreflayer-client.a
+CLIENT_SO := $(BUILD)/libreflayer-client.so.0
+CLIENT_PC := $(BUILD)/reflayer-client.pc
 DAEMON := $(BUILD)/reflayerd
 UNIT := $(BUILD)/tests/unit
 CRASH_CHILD := $(BUILD)/tests/crash-child
 
 .PHONY: all check tests deps run bench-clone bench-store install format clean headers-check
-all: $(LIB) $(CLI) $(DAEMON)
+all: $(LIB) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC) $(CLI) $(DAEMON)
 
 $(BUILD)/obj/driver/%.o: driver/%.c
 	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) $(call pc_cflags,$(DRIVER_PKGS)) -c $< -o $@
@@ -89,14 +96,32 @@ $(BUILD)/obj/tests/%.o: tests/%.c
 $(LIB): $(DRIVER_OBJS)
 	$(call say,AR,$@)rm -f $@ && ar rcs $@ $^
 
-$(CLI): $(CLI_OBJS) $(LIB)
-	$(call say,LD,$@)$(CC) $(LDFLAGS) -o $@ $(CLI_OBJS) $(LIB) $(call pc_libs,$(CLI_PKGS) $(DRIVER_PKGS))
+$(BUILD)/pic/%.o: %.c
+	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -fPIC -Idriver $(call pc_cflags,jansson) -c $< -o $@
+
+$(CLIENT_LIB): $(CLIENT_OBJS)
+	$(call say,AR,$@)rm -f $@ && ar rcs $@ $^
+
+$(CLIENT_SO): $(CLIENT_PIC_OBJS)
+	$(call say,LD,$@)$(CC) $(LDFLAGS) -shared -Wl,-soname,libreflayer-client.so.0 -o $@ $^ \
+		$(call pc_libs,jansson)
+
+$(CLIENT_PC): Makefile
+	$(call say,GEN,$@)mkdir -p $(@D) && printf '%s\n' 'prefix=$(PREFIX)' \
+		'libdir=$(LIBDIR)' 'includedir=$(INCLUDEDIR)' '' 'Name: reflayer-client' \
+		'Description: talk to reflayerd, the reflayer container storage daemon' \
+		'Version: 0.1.0' 'Requires.private: jansson' 'Cflags: -I$${includedir}' \
+		'Libs: -L$${libdir} -lreflayer-client' > $@
+
+$(CLI): $(CLI_OBJS) $(CLIENT_LIB) $(LIB)
+	$(call say,LD,$@)$(CC) $(LDFLAGS) -o $@ $(CLI_OBJS) $(CLIENT_LIB) $(LIB) \
+		$(call pc_libs,$(CLI_PKGS) $(DRIVER_PKGS))
 
 $(DAEMON): $(DAEMON_OBJS) $(LIB)
 	$(call say,LD,$@)$(CC) $(LDFLAGS) -o $@ $(DAEMON_OBJS) $(LIB) $(call pc_libs,$(DAEMON_PKGS) $(DRIVER_PKGS))
 
-$(UNIT): $(TEST_OBJS) $(LIB)
-	$(call say,LD,$@)mkdir -p $(@D) && $(CC) $(LDFLAGS) -o $@ $(TEST_OBJS) $(LIB) \
+$(UNIT): $(TEST_OBJS) $(CLIENT_LIB) $(LIB)
+	$(call say,LD,$@)mkdir -p $(@D) && $(CC) $(LDFLAGS) -o $@ $(TEST_OBJS) $(CLIENT_LIB) $(LIB) \
 		$(call pc_libs,$(TEST_PKGS) $(DRIVER_PKGS))
 
 $(CRASH_CHILD): $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.o) $(LIB)
@@ -147,7 +172,11 @@ install: all
 	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/reflayer
 	install -d $(DESTDIR)$(PREFIX)/sbin
 	install -m 0755 $(DAEMON) $(DESTDIR)$(PREFIX)/sbin/reflayerd
-	install -m 0644 $(LIB) $(DESTDIR)$(LIBDIR)/libreflayer.a
+	install -m 0644 $(LIB) $(CLIENT_LIB) $(DESTDIR)$(LIBDIR)/
+	install -m 0755 $(CLIENT_SO) $(DESTDIR)$(LIBDIR)/
+	ln -sf libreflayer-client.so.0 $(DESTDIR)$(LIBDIR)/libreflayer-client.so
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -m 0644 $(CLIENT_PC) $(DESTDIR)$(LIBDIR)/pkgconfig/
 	install -m 0644 $(HEADERS) $(DESTDIR)$(INCLUDEDIR)/reflayer/
 
 format:
@@ -156,4 +185,4 @@ format:
 clean:
 	rm -rf build
 
--include $(DRIVER_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(DAEMON_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.d)
+-include $(DRIVER_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(CLIENT_OBJS:.o=.d) $(CLIENT_PIC_OBJS:.o=.d) $(DAEMON_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.d)

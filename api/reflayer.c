@@ -12,9 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <time.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <reflayer/client.h>
 #include <reflayer/fsinfo.h>
 #include <reflayer/idmap.h>
 #include <reflayer/tree.h>
@@ -30,14 +32,29 @@ static const char *prog = "reflayer";
 static void usage(FILE *f)
 {
         fprintf(f,
-                "Usage: %s COMMAND [OPTIONS]\n"
+                "Usage: %s [--socket PATH] [--json] COMMAND [ARGS]\n"
                 "\n"
-                "Commands:\n"
+                "Snapshots (through reflayerd, at --socket, $REFLAYER_SOCKET or %s):\n"
+                "  prepare KEY [PARENT] [--label K=V]... [--uid-map C:H:L]... [--gid-map C:H:L]...\n"
+                "                           a new writable snapshot (a clone of PARENT)\n"
+                "  view KEY PARENT [--label K=V]...   a new read-only snapshot\n"
+                "  commit NAME KEY [--label K=V]...   make the active KEY the layer NAME\n"
+                "  rm KEY...                remove snapshots\n"
+                "  stat KEY                 kind, parent, labels, times\n"
+                "  ls [--filter EXPR]...    list (containerd filters: kind==active, ...)\n"
+                "  tree                     the parent chains\n"
+                "  usage KEY                bytes the snapshot alone holds, and shared bytes\n"
+                "  mounts KEY               the bind mount for it\n"
+                "  update KEY --label K=V... [--field labels.K]...   change labels\n"
+                "  cleanup                  wait until removed trees are deleted\n"
+                "  status                   store, filesystem, reflink, counts\n"
+                "\n"
+                "Without a daemon:\n"
                 "  clone [OPTIONS] SRC DST  replicate the tree SRC as the new directory DST,\n"
                 "                           sharing file data by reflink where the filesystem can\n"
-                "  usage [--json] DIR       disk usage of the tree DIR that understands reflinks:\n"
+                "  du [--json] DIR          disk usage of the tree DIR that understands reflinks:\n"
                 "                           bytes it alone holds vs bytes shared with other files\n"
-                "  version                  print the version\n"
+                "  version                  the version (and the daemon's, if one answers)\n"
                 "  help                     show this help\n"
                 "\n"
                 "clone options:\n"
@@ -50,8 +67,12 @@ static void usage(FILE *f)
                 "      --json               print the summary as JSON\n"
                 "      --progress           show progress on stderr (default: on a terminal,\n"
                 "                           once the clone has run for a second)\n"
-                "      --no-progress        never show progress\n",
-                prog);
+                "      --no-progress        never show progress\n"
+                "\n"
+                "Exit status: 0 done; 1 failed (the message names the key or path and why);\n"
+                "2 bad usage; 3 not found; 4 already exists; 5 failed precondition;\n"
+                "6 cannot reach or use the daemon.\n",
+                prog, RL_DEFAULT_SOCKET);
 }
 
 static void human_bytes(char *buf, size_t size, uint64_t b)
@@ -325,7 +346,7 @@ fail:
         return 1;
 }
 
-static int cmd_usage(int argc, char **argv)
+static int cmd_du(int argc, char **argv)
 {
         static const struct option options[] = {
                 { "json", no_argument, NULL, 'J' },
@@ -353,14 +374,14 @@ static int cmd_usage(int argc, char **argv)
                 }
         }
         if (argc - optind != 1) {
-                fprintf(stderr, "%s usage: expected DIR\n", prog);
+                fprintf(stderr, "%s du: expected DIR\n", prog);
                 return 2;
         }
         const char *dir = argv[optind];
         raise_nofile();
         fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0) {
-                rl_error_set(&err, -errno, "usage: '%s'", dir);
+                rl_error_set(&err, -errno, "du: '%s'", dir);
                 goto fail;
         }
         if (rl_usage_tree(fd, 0, &u, &err) < 0)
@@ -387,22 +408,412 @@ fail:
         return 1;
 }
 
+/* --- verbs through reflayerd ------------------------------------------------------------ */
+
+static const char *arg_socket;
+static bool arg_json;
+
+/* Exit codes scripts can test, by the daemon's error code. */
+static int exit_code(int r)
+{
+        switch (-r) {
+        case ENOENT:
+                return 3;
+        case EEXIST:
+                return 4;
+        case EBUSY:
+                return 5;
+        case ECONNREFUSED:
+        case EACCES:
+        case ESHUTDOWN:
+        case EIO:
+                return 6;
+        default:
+                return 1;
+        }
+}
+
+static int fail_with(int r, const rl_error *err)
+{
+        fprintf(stderr, "%s: %s\n", prog, err->msg);
+        return exit_code(r);
+}
+
+typedef struct verb_args {
+        rl_label labels[64];
+        size_t n_labels;
+        const char *filters[64];
+        size_t n_filters;
+        const char *fields[64];
+        size_t n_fields;
+        rl_idmap *uids, *gids;
+        char *pos[8];
+        size_t n_pos;
+} verb_args;
+
+static void verb_args_clear(verb_args *a)
+{
+        rl_idmap_free(a->uids);
+        rl_idmap_free(a->gids);
+}
+
+/* --label K=V, --filter E, --field F, --uid-map, --gid-map, and positional arguments. */
+static int parse_verb(int argc, char **argv, verb_args *a)
+{
+        enum { O_LABEL = 256, O_FILTER, O_FIELD, O_UID, O_GID };
+        static const struct option options[] = {
+                { "label", required_argument, NULL, O_LABEL },
+                { "filter", required_argument, NULL, O_FILTER },
+                { "field", required_argument, NULL, O_FIELD },
+                { "uid-map", required_argument, NULL, O_UID },
+                { "gid-map", required_argument, NULL, O_GID },
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        rl_error err = {};
+        int c;
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+                switch (c) {
+                case O_LABEL: {
+                        char *eq = strchr(optarg, '=');
+                        if (!eq || eq == optarg || a->n_labels == 64) {
+                                fprintf(stderr, "%s: --label '%s': expected KEY=VALUE\n", prog,
+                                        optarg);
+                                return -EINVAL;
+                        }
+                        *eq = '\0';
+                        a->labels[a->n_labels++] = (rl_label){ optarg, eq + 1 };
+                        break;
+                }
+                case O_FILTER:
+                        if (a->n_filters == 64)
+                                return -EINVAL;
+                        a->filters[a->n_filters++] = optarg;
+                        break;
+                case O_FIELD:
+                        if (a->n_fields == 64)
+                                return -EINVAL;
+                        a->fields[a->n_fields++] = optarg;
+                        break;
+                case O_UID:
+                case O_GID: {
+                        rl_idmap **m = c == O_UID ? &a->uids : &a->gids;
+                        if ((!*m && rl_idmap_new(m, &err) < 0) ||
+                            rl_idmap_parse(*m, optarg, &err) < 0) {
+                                fprintf(stderr, "%s: %s\n", prog, err.msg);
+                                return -EINVAL;
+                        }
+                        break;
+                }
+                case 'h':
+                        usage(stdout);
+                        exit(0);
+                default:
+                        return -EINVAL;
+                }
+        }
+        for (; optind < argc; optind++) {
+                if (a->n_pos == 8)
+                        return -EINVAL;
+                a->pos[a->n_pos++] = argv[optind];
+        }
+        return 0;
+}
+
+static void time_str(char *buf, size_t size, int64_t ns)
+{
+        time_t t = (time_t)(ns / 1000000000);
+        struct tm tm;
+        localtime_r(&t, &tm);
+        strftime(buf, size, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+static json_t *info_json(const rl_info *i)
+{
+        json_t *l = json_object();
+        for (size_t k = 0; k < i->n_labels; k++)
+                json_object_set_new(l, i->labels[k].key, json_string(i->labels[k].value));
+        json_t *o = json_pack("{s:s, s:s, s:o, s:I, s:I}", "name", i->name, "kind",
+                              rl_kind_to_string(i->kind), "labels", l, "created_ns",
+                              (json_int_t)i->created_ns, "updated_ns", (json_int_t)i->updated_ns);
+        if (o && i->parent)
+                json_object_set_new(o, "parent", json_string(i->parent));
+        return o;
+}
+
+static void print_json(json_t *o)
+{
+        if (o) {
+                json_dumpf(o, stdout, JSON_COMPACT | JSON_ENCODE_ANY);
+                putchar('\n');
+                json_decref(o);
+        }
+}
+
+static void print_mount(const rl_mount *m)
+{
+        if (arg_json) {
+                json_t *opts = json_array();
+                for (size_t i = 0; i < m->n_options; i++)
+                        json_array_append_new(opts, json_string(m->options[i]));
+                print_json(json_pack("{s:s, s:s, s:o}", "type", m->type, "source", m->source,
+                                     "options", opts));
+                return;
+        }
+        printf("mount -t %s %s TARGET -o ", m->type, m->source);
+        for (size_t i = 0; i < m->n_options; i++)
+                printf("%s%s", i ? "," : "", m->options[i]);
+        putchar('\n');
+}
+
+static int cmd_daemon(const char *verb, int argc, char **argv)
+{
+        _cleanup_(rl_client_freep) rl_client *c = NULL;
+        verb_args a = {};
+        rl_error err = {};
+        int r, status = 0;
+
+        if (parse_verb(argc, argv, &a) < 0) {
+                verb_args_clear(&a);
+                return 2;
+        }
+        struct {
+                const char *verb;
+                size_t min, max;
+        } arity[] = { { "prepare", 1, 2 }, { "view", 2, 2 },  { "commit", 2, 2 },
+                      { "rm", 1, 8 },      { "stat", 1, 1 },  { "ls", 0, 0 },
+                      { "tree", 0, 0 },    { "usage", 1, 1 }, { "mounts", 1, 1 },
+                      { "update", 1, 1 },  { "cleanup", 0, 0 }, { "status", 0, 0 } };
+        for (size_t i = 0; i < ELEMENTSOF(arity); i++)
+                if (!strcmp(arity[i].verb, verb) &&
+                    (a.n_pos < arity[i].min || a.n_pos > arity[i].max)) {
+                        fprintf(stderr, "%s %s: wrong number of arguments (see %s help)\n", prog,
+                                verb, prog);
+                        verb_args_clear(&a);
+                        return 2;
+                }
+        r = rl_client_connect(arg_socket, &c, &err);
+        if (r < 0) {
+                verb_args_clear(&a);
+                fprintf(stderr, "%s: %s\n", prog, err.msg);
+                return 6;
+        }
+        if (!strcmp(verb, "prepare") || !strcmp(verb, "view")) {
+                rl_prepare_options o = { .uid_map = a.uids, .gid_map = a.gids };
+                rl_mount m;
+                r = (verb[0] == 'p' ? rl_client_prepare : rl_client_view)(
+                        c, a.pos[0], a.n_pos > 1 ? a.pos[1] : NULL, a.labels, a.n_labels, &o, &m,
+                        &err);
+                if (r == 0) {
+                        print_mount(&m);
+                        rl_mount_clear(&m);
+                }
+        } else if (!strcmp(verb, "commit")) {
+                r = rl_client_commit(c, a.pos[0], a.pos[1], a.labels, a.n_labels, &err);
+        } else if (!strcmp(verb, "rm")) {
+                for (size_t i = 0; i < a.n_pos; i++) {
+                        rl_error e = {};
+                        int q = rl_client_remove(c, a.pos[i], &e);
+                        if (q < 0) {
+                                status = fail_with(q, &e);
+                                r = 0;
+                        }
+                }
+        } else if (!strcmp(verb, "stat")) {
+                rl_info i;
+                r = rl_client_stat(c, a.pos[0], &i, &err);
+                if (r == 0) {
+                        if (arg_json) {
+                                print_json(info_json(&i));
+                        } else {
+                                char t1[64], t2[64];
+                                time_str(t1, sizeof(t1), i.created_ns);
+                                time_str(t2, sizeof(t2), i.updated_ns);
+                                printf("name:    %s\nkind:    %s\nparent:  %s\ncreated: %s\n"
+                                       "updated: %s\n",
+                                       i.name, rl_kind_to_string(i.kind),
+                                       i.parent ? i.parent : "-", t1, t2);
+                                for (size_t k = 0; k < i.n_labels; k++)
+                                        printf("label:   %s=%s\n", i.labels[k].key,
+                                               i.labels[k].value);
+                        }
+                        rl_info_clear(&i);
+                }
+        } else if (!strcmp(verb, "ls") || !strcmp(verb, "tree")) {
+                rl_info *infos = NULL;
+                size_t n = 0;
+                r = rl_client_list(c, a.filters, a.n_filters, &infos, &n, &err);
+                if (r == 0 && arg_json) {
+                        json_t *arr = json_array();
+                        for (size_t i = 0; i < n; i++)
+                                json_array_append_new(arr, info_json(&infos[i]));
+                        print_json(arr);
+                } else if (r == 0 && verb[0] == 'l') {
+                        printf("%-40s %-40s %s\n", "KEY", "PARENT", "KIND");
+                        for (size_t i = 0; i < n; i++)
+                                printf("%-40s %-40s %s\n", infos[i].name,
+                                       infos[i].parent ? infos[i].parent : "",
+                                       rl_kind_to_string(infos[i].kind));
+                } else if (r == 0) {
+                        /* Each snapshot below its parent, roots first. */
+                        for (size_t i = 0; i < n; i++) {
+                                if (infos[i].parent)
+                                        continue;
+                                const char *stack_name[256];
+                                int depth[256], top = 0;
+                                stack_name[top] = infos[i].name;
+                                depth[top++] = 0;
+                                while (top > 0) {
+                                        top--;
+                                        const char *nm = stack_name[top];
+                                        int d = depth[top];
+                                        const rl_info *self = NULL;
+                                        for (size_t k = 0; k < n; k++)
+                                                if (!strcmp(infos[k].name, nm))
+                                                        self = &infos[k];
+                                        printf("%*s%s%s (%s)\n", d * 2, "", d ? "└─ " : "", nm,
+                                               self ? rl_kind_to_string(self->kind) : "?");
+                                        for (size_t k = 0; k < n && top < 256; k++)
+                                                if (infos[k].parent &&
+                                                    !strcmp(infos[k].parent, nm)) {
+                                                        stack_name[top] = infos[k].name;
+                                                        depth[top++] = d + 1;
+                                                }
+                                }
+                        }
+                }
+                rl_info_array_free(infos, n);
+        } else if (!strcmp(verb, "usage")) {
+                rl_usage u;
+                r = rl_client_usage(c, a.pos[0], &u, &err);
+                if (r == 0 && arg_json) {
+                        print_json(json_pack("{s:I, s:I, s:I, s:I}", "inodes",
+                                             (json_int_t)u.inodes, "size", (json_int_t)u.bytes,
+                                             "exclusive", (json_int_t)u.bytes_exclusive, "shared",
+                                             (json_int_t)u.bytes_shared));
+                } else if (r == 0) {
+                        char b[32], e[32], sh[32];
+                        human_bytes(b, sizeof(b), u.bytes);
+                        human_bytes(e, sizeof(e), u.bytes_exclusive);
+                        human_bytes(sh, sizeof(sh), u.bytes_shared);
+                        printf("%s: %" PRIu64 " inodes, %s: %s its own, %s shared\n", a.pos[0],
+                               u.inodes, b, e, sh);
+                }
+        } else if (!strcmp(verb, "mounts")) {
+                rl_mount m;
+                r = rl_client_mounts(c, a.pos[0], &m, &err);
+                if (r == 0) {
+                        print_mount(&m);
+                        rl_mount_clear(&m);
+                }
+        } else if (!strcmp(verb, "update")) {
+                rl_info in = { .name = a.pos[0], .labels = a.labels, .n_labels = a.n_labels };
+                rl_info out;
+                /* Without --field, each --label sets that one label. */
+                const char *fields[64];
+                size_t nf = a.n_fields;
+                for (size_t i = 0; i < nf; i++)
+                        fields[i] = a.fields[i];
+                char names[64][300];
+                for (size_t i = 0; nf == 0 && i < a.n_labels; i++) {
+                        snprintf(names[i], sizeof(names[i]), "labels.%s", a.labels[i].key);
+                        fields[i] = names[i];
+                }
+                if (!nf)
+                        nf = a.n_labels;
+                r = rl_client_update(c, &in, fields, nf, &out, &err);
+                if (r == 0) {
+                        if (arg_json)
+                                print_json(info_json(&out));
+                        rl_info_clear(&out);
+                }
+        } else if (!strcmp(verb, "cleanup")) {
+                r = rl_client_cleanup(c, &err);
+        } else if (!strcmp(verb, "status")) {
+                char *result = NULL;
+                r = rl_client_call(c, "Status", NULL, &result, &err);
+                if (r == 0 && arg_json) {
+                        printf("%s\n", result);
+                } else if (r == 0) {
+                        json_t *o = json_loads(result, 0, NULL);
+                        json_t *fs = json_object_get(o, "filesystem"), *n = json_object_get(o, "snapshots");
+                        printf("reflayerd %s\nstore:      %s\nfilesystem: %s on %s (%s)\n"
+                               "reflink:    %s\nsnapshots:  %" JSON_INTEGER_FORMAT " active, %" JSON_INTEGER_FORMAT
+                               " views, %" JSON_INTEGER_FORMAT " committed\n",
+                               json_string_value(json_object_get(o, "version")),
+                               json_string_value(json_object_get(o, "root")),
+                               json_string_value(json_object_get(fs, "type")),
+                               json_string_value(json_object_get(fs, "mountpoint")),
+                               json_string_value(json_object_get(fs, "source")),
+                               json_string_value(json_object_get(o, "reflink")),
+                               json_integer_value(json_object_get(n, "active")),
+                               json_integer_value(json_object_get(n, "view")),
+                               json_integer_value(json_object_get(n, "committed")));
+                        json_decref(o);
+                }
+                free(result);
+        }
+        verb_args_clear(&a);
+        if (r < 0)
+                return fail_with(r, &err);
+        return status;
+}
+
 int main(int argc, char **argv)
 {
-        if (argc < 2) {
+        static const char *daemon_verbs[] = { "prepare", "view", "commit", "rm", "stat", "ls",
+                                              "tree", "usage", "mounts", "update", "cleanup",
+                                              "status" };
+        int i = 1;
+        /* Global options come before the command. */
+        for (; i < argc && argv[i][0] == '-'; i++) {
+                if (!strcmp(argv[i], "--json")) {
+                        arg_json = true;
+                } else if (!strcmp(argv[i], "--socket") && i + 1 < argc) {
+                        arg_socket = argv[++i];
+                } else if (!strncmp(argv[i], "--socket=", 9)) {
+                        arg_socket = argv[i] + 9;
+                } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+                        usage(stdout);
+                        return 0;
+                } else if (!strcmp(argv[i], "--version")) {
+                        printf("reflayer %s\n", VERSION);
+                        return 0;
+                } else {
+                        fprintf(stderr, "%s: unknown option '%s'\n", prog, argv[i]);
+                        usage(stderr);
+                        return 2;
+                }
+        }
+        if (i >= argc) {
                 usage(stderr);
                 return 2;
         }
-        const char *cmd = argv[1];
+        const char *cmd = argv[i];
+        int sub_argc = argc - i;
+        char **sub_argv = argv + i;
         if (strcmp(cmd, "clone") == 0)
-                return cmd_clone(argc - 1, argv + 1);
-        if (strcmp(cmd, "usage") == 0)
-                return cmd_usage(argc - 1, argv + 1);
-        if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+                return cmd_clone(sub_argc, sub_argv);
+        if (strcmp(cmd, "du") == 0)
+                return cmd_du(sub_argc, sub_argv);
+        for (size_t k = 0; k < ELEMENTSOF(daemon_verbs); k++)
+                if (strcmp(cmd, daemon_verbs[k]) == 0)
+                        return cmd_daemon(cmd, sub_argc, sub_argv);
+        if (strcmp(cmd, "version") == 0) {
                 printf("reflayer %s\n", VERSION);
+                _cleanup_(rl_client_freep) rl_client *c = NULL;
+                char *result = NULL;
+                if (rl_client_connect(arg_socket, &c, NULL) == 0 &&
+                    rl_client_call(c, "Version", NULL, &result, NULL) == 0) {
+                        json_t *o = json_loads(result, 0, NULL);
+                        printf("reflayerd %s\n", json_string_value(json_object_get(o, "version")));
+                        json_decref(o);
+                        free(result);
+                }
                 return 0;
         }
-        if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        if (strcmp(cmd, "help") == 0) {
                 usage(stdout);
                 return 0;
         }

@@ -133,6 +133,17 @@ RL_EXPORT size_t rl_idmap_ranges(const rl_idmap *map)
         return map ? map->n : 0;
 }
 
+RL_EXPORT int rl_idmap_range(const rl_idmap *map, size_t i, uint32_t *ret_container,
+                             uint32_t *ret_host, uint32_t *ret_length)
+{
+        if (!map || i >= map->n)
+                return -ERANGE;
+        *ret_container = map->r[i].container;
+        *ret_host = map->r[i].host;
+        *ret_length = map->r[i].length;
+        return 0;
+}
+
 RL_EXPORT int rl_idmap_map(const rl_idmap *map, uint32_t id, uint32_t *ret_id)
 {
         if (!map) {

@@ -69,42 +69,6 @@ struct rl_store {
         pthread_t trash_thread;
 };
 
-RL_EXPORT const char *rl_kind_to_string(rl_kind kind)
-{
-        switch (kind) {
-        case RL_KIND_ACTIVE:
-                return "active";
-        case RL_KIND_VIEW:
-                return "view";
-        case RL_KIND_COMMITTED:
-                return "committed";
-        }
-        return "unknown";
-}
-
-RL_EXPORT const char *rl_store_error_code(int r)
-{
-        switch (-r) {
-        case 0:
-                return "ok";
-        case ENOENT:
-                return "not_found";
-        case EEXIST:
-                return "already_exists";
-        case EINVAL:
-                return "invalid_argument";
-        case EBUSY:
-                return "failed_precondition";
-        case ESHUTDOWN:
-                return "unavailable";
-        case EACCES:
-        case EPERM:
-                return "permission_denied";
-        default:
-                return "internal";
-        }
-}
-
 static int64_t now_realtime(void)
 {
         struct timespec ts;
@@ -223,20 +187,6 @@ static int fill_info(const snap *n, rl_info *ret)
         }
         *ret = info;
         return 0;
-}
-
-RL_EXPORT void rl_info_clear(rl_info *info)
-{
-        if (!info)
-                return;
-        free(info->name);
-        free(info->parent);
-        for (size_t i = 0; i < info->n_labels; i++) {
-                free(info->labels[i].key);
-                free(info->labels[i].value);
-        }
-        free(info->labels);
-        *info = (rl_info){};
 }
 
 static void meta_of(const snap *n, rl_meta *m)
@@ -1257,18 +1207,6 @@ static int do_usage(rl_store *s, const char *key, rl_usage *ret, rl_error *err)
         pthread_cond_broadcast(&s->idle);
         pthread_mutex_unlock(&s->lock);
         return r;
-}
-
-RL_EXPORT void rl_mount_clear(rl_mount *m)
-{
-        if (!m)
-                return;
-        free(m->type);
-        free(m->source);
-        for (size_t i = 0; i < m->n_options; i++)
-                free(m->options[i]);
-        free(m->options);
-        *m = (rl_mount){};
 }
 
 static int do_mounts(rl_store *s, const char *key, rl_mount *ret, rl_error *err)

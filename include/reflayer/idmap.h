@@ -33,6 +33,10 @@ int rl_idmap_parse(rl_idmap *map, const char *spec, rl_error *err);
 
 size_t rl_idmap_ranges(const rl_idmap *map);
 
+/* Range i (0 ≤ i < rl_idmap_ranges()): -ERANGE past the end. */
+int rl_idmap_range(const rl_idmap *map, size_t i, uint32_t *ret_container, uint32_t *ret_host,
+                   uint32_t *ret_length);
+
 /* Container id → host id. -ERANGE when no range holds id. A NULL map is the identity. */
 int rl_idmap_map(const rl_idmap *map, uint32_t id, uint32_t *ret_id);
 

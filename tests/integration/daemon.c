@@ -559,3 +559,62 @@ Test(daemon, sigterm_during_prepare_publishes_nothing_half)
         rl_store_free(s);
         start_daemon(-1); /* for teardown */
 }
+
+/* The CLI through the daemon: output a person reads, JSON a script reads, exit codes. */
+Test(daemon, cli_verbs)
+{
+        static char out[65536];
+        const char *cli = getenv("RL_CLI");
+        cr_assert(cli, "RL_CLI must name the built reflayer");
+#define RUN(...)                                                                                   \
+        ({                                                                                         \
+                char *argv_[] = { (char *)cli, "--socket", sock, __VA_ARGS__, NULL };              \
+                rlt_run(argv_, out, sizeof(out));                                                  \
+        })
+        int r = RUN("prepare", "k1", "--label", "team=red");
+        cr_assert_eq(r, 0, "prepare: %s", out);
+        cr_expect(strstr(out, "mount -t bind") && strstr(out, "rbind,rw"), "%s", out);
+        char src[PATH_MAX];
+        sscanf(out, "mount -t bind %s", src);
+        char p[PATH_MAX];
+        snprintf(p, sizeof(p), "%s/hello", src);
+        rlt_write_file(p, 1000, 1);
+        cr_assert_eq(RUN("commit", "layer1", "k1"), 0, "%s", out);
+        cr_assert_eq(RUN("prepare", "k2", "layer1", "--uid-map", "0:100000:65536"), 0, "%s", out);
+        cr_assert_eq(RUN("view", "v1", "layer1"), 0, "%s", out);
+        cr_expect(strstr(out, "rbind,ro"), "%s", out);
+
+        cr_assert_eq(RUN("stat", "k2"), 0, "%s", out);
+        cr_expect(strstr(out, "kind:    active") && strstr(out, "parent:  layer1"), "%s", out);
+        cr_assert_eq(RUN("--json", "ls", "--filter", "kind==active"), 0, "%s", out);
+        json_t *arr = json_loads(out, 0, NULL);
+        cr_assert(json_is_array(arr), "%s", out);
+        cr_expect_eq(json_array_size(arr), 1);
+        json_decref(arr);
+        cr_assert_eq(RUN("ls"), 0, "%s", out);
+        cr_expect(strstr(out, "KEY") && strstr(out, "layer1") && strstr(out, "v1"), "%s", out);
+        cr_assert_eq(RUN("tree"), 0, "%s", out);
+        cr_expect(strstr(out, "layer1 (committed)") && strstr(out, "└─ k2 (active)"), "%s", out);
+        cr_assert_eq(RUN("usage", "k2"), 0, "%s", out);
+        cr_expect(strstr(out, "shared"), "%s", out);
+        cr_assert_eq(RUN("update", "layer1", "--label", "team=blue"), 0, "%s", out);
+        cr_assert_eq(RUN("--json", "stat", "layer1"), 0, "%s", out);
+        cr_expect(strstr(out, "\"team\":\"blue\""), "%s", out);
+        cr_assert_eq(RUN("status"), 0, "%s", out);
+        cr_expect(strstr(out, "reflink:    yes") && strstr(out, "1 committed"), "%s", out);
+        cr_assert_eq(RUN("version"), 0, "%s", out);
+        cr_expect(strstr(out, "reflayerd 0.1.0"), "%s", out);
+
+        /* Exit codes a script can test; errors on stderr name the key. */
+        cr_expect_eq(RUN("stat", "nope"), 3, "%s", out);
+        cr_expect(strstr(out, "'nope'"), "%s", out);
+        cr_expect_eq(RUN("prepare", "k2"), 4, "%s", out);
+        cr_expect_eq(RUN("rm", "layer1"), 5, "%s", out);
+        cr_expect_eq(RUN("stat"), 2, "%s", out);
+        cr_assert_eq(RUN("rm", "k2", "v1", "layer1"), 0, "%s", out);
+        cr_assert_eq(RUN("cleanup"), 0, "%s", out);
+        char *nodaemon[] = { (char *)cli, "--socket", "/nonexistent.sock", "ls", NULL };
+        cr_expect_eq(rlt_run(nodaemon, out, sizeof(out)), 6, "%s", out);
+        cr_expect(strstr(out, "is it running"), "%s", out);
+#undef RUN
+}

@@ -106,7 +106,7 @@ Test(cli, usage_splits_shared_and_exclusive)
         snprintf(dst, sizeof(dst), "%s/dst", mnt);
         char *clone[] = { cli(), "clone", src, dst, NULL };
         cr_assert_eq(rlt_run(clone, out, sizeof(out)), 0, "%s", out);
-        char *use[] = { cli(), "usage", "--json", dst, NULL };
+        char *use[] = { cli(), "du", "--json", dst, NULL };
         cr_assert_eq(rlt_run(use, out, sizeof(out)), 0, "%s", out);
         json_error_t jerr;
         json_t *o = json_loads(out, 0, &jerr);
@@ -120,7 +120,7 @@ Test(cli, usage_splits_shared_and_exclusive)
         cr_expect_eq(json_integer_value(json_object_get(o, "inodes")), 36,
                      "inodes (38 entries, 2 of them hardlinks)");
         json_decref(o);
-        char *missing[] = { cli(), "usage", "/nonexistent", NULL };
+        char *missing[] = { cli(), "du", "/nonexistent", NULL };
         cr_expect_eq(rlt_run(missing, out, sizeof(out)), 1);
         cr_expect(strstr(out, "'/nonexistent'") && strstr(out, "No such file"), "%s", out);
 }

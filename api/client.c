@@ -1,0 +1,465 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * client.c owns libreflayer-client: one connection to reflayerd, requests encoded and
+ * responses decoded into the store's own types, error codes turned back into errnos.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <reflayer/client.h>
+
+#include "util.h"
+
+struct rl_client {
+        int fd;
+        int next_id;
+        char *buf; /* bytes read past the last response line */
+        size_t len, cap;
+};
+
+RL_EXPORT int rl_client_connect(const char *socket_path, rl_client **ret, rl_error *err)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        const char *path = socket_path ? socket_path : getenv("REFLAYER_SOCKET");
+        if (!path || !*path)
+                path = RL_DEFAULT_SOCKET;
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return rl_error_set(err, -ENAMETOOLONG, "connect '%s'", path);
+        strcpy(sa.sun_path, path);
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return rl_error_set(err, -errno, "connect '%s'", path);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+                return rl_error_set(err, -errno, "connect to reflayerd at '%s' (is it running?)",
+                                    path);
+        rl_client *c = calloc(1, sizeof(*c));
+        if (!c)
+                return rl_error_set(err, -ENOMEM, "connect");
+        c->fd = TAKE_FD(fd);
+        *ret = c;
+        return 0;
+}
+
+RL_EXPORT rl_client *rl_client_free(rl_client *c)
+{
+        if (!c)
+                return NULL;
+        closep(&c->fd);
+        free(c->buf);
+        free(c);
+        return NULL;
+}
+
+RL_EXPORT void rl_client_freep(rl_client **c)
+{
+        rl_client_free(*c);
+}
+
+static int send_all(int fd, const char *buf, size_t len)
+{
+        while (len > 0) {
+                ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                buf += n;
+                len -= (size_t)n;
+        }
+        return 0;
+}
+
+/* The next response line, parsed. */
+static int read_line(rl_client *c, json_t **ret, rl_error *err)
+{
+        for (;;) {
+                char *nl = c->len ? memchr(c->buf, '\n', c->len) : NULL;
+                if (nl) {
+                        json_error_t jerr;
+                        size_t n = (size_t)(nl - c->buf);
+                        json_t *o = json_loadb(c->buf, n, 0, &jerr);
+                        memmove(c->buf, nl + 1, c->len - n - 1);
+                        c->len -= n + 1;
+                        if (!o)
+                                return rl_error_set(err, -EIO, "reflayerd sent bad JSON: %s",
+                                                    jerr.text);
+                        *ret = o;
+                        return 0;
+                }
+                if (c->len == c->cap) {
+                        size_t cap = c->cap ? c->cap * 2 : 64 * 1024;
+                        char *b = realloc(c->buf, cap);
+                        if (!b)
+                                return rl_error_set(err, -ENOMEM, "read a response");
+                        c->buf = b;
+                        c->cap = cap;
+                }
+                ssize_t k = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0)
+                        return rl_error_set(err, -errno, "read from reflayerd");
+                if (k == 0)
+                        return rl_error_set(err, -EIO, "reflayerd closed the connection");
+                c->len += (size_t)k;
+        }
+}
+
+static int errno_of(const char *code)
+{
+        static const struct {
+                const char *code;
+                int r;
+        } map[] = {
+                { "not_found", -ENOENT },         { "already_exists", -EEXIST },
+                { "failed_precondition", -EBUSY }, { "invalid_argument", -EINVAL },
+                { "permission_denied", -EACCES },  { "unavailable", -ESHUTDOWN },
+        };
+        for (size_t i = 0; code && i < ELEMENTSOF(map); i++)
+                if (strcmp(map[i].code, code) == 0)
+                        return map[i].r;
+        return -EIO;
+}
+
+/* Call method with params (stolen); *ret: the result (owned by the caller). */
+static int call(rl_client *c, const char *method, json_t *params, json_t **ret, rl_error *err)
+{
+        int id = ++c->next_id;
+        json_t *req = json_pack("{s:s, s:i, s:s}", "jsonrpc", "2.0", "id", id, "method", method);
+        if (!req) {
+                json_decref(params);
+                return rl_error_set(err, -ENOMEM, "%s", method);
+        }
+        if (params)
+                json_object_set_new(req, "params", params);
+        char *line = json_dumps(req, JSON_COMPACT);
+        json_decref(req);
+        if (!line)
+                return rl_error_set(err, -ENOMEM, "%s", method);
+        size_t n = strlen(line);
+        int r = send_all(c->fd, line, n);
+        if (r == 0)
+                r = send_all(c->fd, "\n", 1);
+        free(line);
+        if (r < 0)
+                return rl_error_set(err, r, "%s: send to reflayerd", method);
+
+        json_t *resp = NULL;
+        r = read_line(c, &resp, err);
+        if (r < 0)
+                return r;
+        json_t *e = json_object_get(resp, "error");
+        if (e) {
+                const char *msg = json_string_value(json_object_get(e, "message"));
+                const char *code = json_string_value(
+                        json_object_get(json_object_get(e, "data"), "code"));
+                r = errno_of(code);
+                if (err) {
+                        /* The daemon's message already says why; keep it as it is. */
+                        err->code = -r;
+                        snprintf(err->msg, sizeof(err->msg), "%s", msg ? msg : method);
+                }
+                json_decref(resp);
+                return r;
+        }
+        if (json_integer_value(json_object_get(resp, "id")) != id) {
+                json_decref(resp);
+                return rl_error_set(err, -EIO, "%s: reflayerd answered another request", method);
+        }
+        *ret = json_incref(json_object_get(resp, "result"));
+        json_decref(resp);
+        if (!*ret)
+                return rl_error_set(err, -EIO, "%s: reflayerd sent no result", method);
+        return 0;
+}
+
+RL_EXPORT int rl_client_call(rl_client *c, const char *method, const char *params_json,
+                             char **ret_result, rl_error *err)
+{
+        json_t *params = NULL, *result = NULL;
+        if (params_json) {
+                json_error_t jerr;
+                params = json_loads(params_json, 0, &jerr);
+                if (!params)
+                        return rl_error_set(err, -EINVAL, "%s: params: %s", method, jerr.text);
+        }
+        int r = call(c, method, params, &result, err);
+        if (r < 0)
+                return r;
+        *ret_result = json_dumps(result, JSON_COMPACT | JSON_ENCODE_ANY);
+        json_decref(result);
+        return *ret_result ? 0 : rl_error_set(err, -ENOMEM, "%s", method);
+}
+
+/* --- decoding ----------------------------------------------------------------------------- */
+
+static int64_t parse_time(const char *s)
+{
+        struct tm tm = {};
+        long ns = 0;
+        const char *p = s ? strptime(s, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
+        if (!p)
+                return 0;
+        if (*p == '.') {
+                long scale = 100000000;
+                for (p++; *p >= '0' && *p <= '9'; p++, scale /= 10)
+                        ns += (*p - '0') * scale;
+        }
+        return (int64_t)timegm(&tm) * 1000000000 + ns;
+}
+
+static int info_of(json_t *o, rl_info *ret)
+{
+        rl_info i = {};
+        const char *kind = json_string_value(json_object_get(o, "kind"));
+        for (rl_kind k = RL_KIND_ACTIVE; kind && k <= RL_KIND_COMMITTED; k++)
+                if (strcmp(kind, rl_kind_to_string(k)) == 0)
+                        i.kind = k;
+        const char *name = json_string_value(json_object_get(o, "name"));
+        const char *parent = json_string_value(json_object_get(o, "parent"));
+        json_t *labels = json_object_get(o, "labels");
+        if (!name || !i.kind || !json_is_object(labels))
+                return -EIO;
+        i.name = strdup(name);
+        i.parent = parent ? strdup(parent) : NULL;
+        i.id = (uint64_t)json_integer_value(json_object_get(o, "id"));
+        i.created_ns = parse_time(json_string_value(json_object_get(o, "created")));
+        i.updated_ns = parse_time(json_string_value(json_object_get(o, "updated")));
+        i.n_labels = json_object_size(labels);
+        i.labels = calloc(i.n_labels ? i.n_labels : 1, sizeof(*i.labels));
+        size_t k = 0;
+        const char *lk;
+        json_t *lv;
+        json_object_foreach(labels, lk, lv)
+        {
+                if (!i.labels)
+                        break;
+                i.labels[k].key = strdup(lk);
+                i.labels[k].value = strdup(json_string_value(lv) ? json_string_value(lv) : "");
+                k++;
+        }
+        bool oom = !i.name || (parent && !i.parent) || !i.labels;
+        for (size_t j = 0; !oom && j < k; j++)
+                oom = !i.labels[j].key || !i.labels[j].value;
+        if (oom) {
+                i.n_labels = k;
+                rl_info_clear(&i);
+                return -ENOMEM;
+        }
+        *ret = i;
+        return 0;
+}
+
+static int mount_of(json_t *o, rl_mount *ret)
+{
+        rl_mount m = {};
+        json_t *opts = json_object_get(o, "options");
+        const char *type = json_string_value(json_object_get(o, "type"));
+        const char *source = json_string_value(json_object_get(o, "source"));
+        if (!type || !source || !json_is_array(opts))
+                return -EIO;
+        m.type = strdup(type);
+        m.source = strdup(source);
+        m.n_options = json_array_size(opts);
+        m.options = calloc(m.n_options ? m.n_options : 1, sizeof(*m.options));
+        bool oom = !m.type || !m.source || !m.options;
+        for (size_t i = 0; !oom && i < m.n_options; i++)
+                oom = !(m.options[i] = strdup(json_string_value(json_array_get(opts, i)) ?: ""));
+        if (oom) {
+                rl_mount_clear(&m);
+                return -ENOMEM;
+        }
+        *ret = m;
+        return 0;
+}
+
+/* --- encoding ----------------------------------------------------------------------------- */
+
+static json_t *labels_json(const rl_label *labels, size_t n)
+{
+        json_t *o = json_object();
+        for (size_t i = 0; o && i < n; i++)
+                json_object_set_new(o, labels[i].key, json_string(labels[i].value));
+        return o;
+}
+
+static json_t *idmap_json(const rl_idmap *m)
+{
+        json_t *a = json_array();
+        uint32_t c, h, l;
+        for (size_t i = 0; a && rl_idmap_range(m, i, &c, &h, &l) == 0; i++)
+                json_array_append_new(a, json_pack("{s:I, s:I, s:I}", "container_id",
+                                                   (json_int_t)c, "host_id", (json_int_t)h, "size",
+                                                   (json_int_t)l));
+        return a;
+}
+
+static int create(rl_client *c, const char *method, const char *key, const char *parent,
+                  const rl_label *labels, size_t n, const rl_prepare_options *opts,
+                  rl_mount *ret_mount, rl_error *err)
+{
+        json_t *p = json_pack("{s:s, s:o}", "key", key, "labels", labels_json(labels, n));
+        json_t *result = NULL;
+        if (!p)
+                return rl_error_set(err, -EINVAL, "%s: key must be UTF-8", method);
+        if (parent && *parent)
+                json_object_set_new(p, "parent", json_string(parent));
+        if (opts && opts->uid_map)
+                json_object_set_new(p, "uid_map", idmap_json(opts->uid_map));
+        if (opts && opts->gid_map)
+                json_object_set_new(p, "gid_map", idmap_json(opts->gid_map));
+        if (opts && opts->keep_unmapped)
+                json_object_set_new(p, "keep_unmapped", json_true());
+        int r = call(c, method, p, &result, err);
+        if (r < 0)
+                return r;
+        if (ret_mount) {
+                r = mount_of(json_array_get(json_object_get(result, "mounts"), 0), ret_mount);
+                if (r < 0)
+                        rl_error_set(err, r, "%s '%s': the answer has no mount", method, key);
+        }
+        json_decref(result);
+        return r;
+}
+
+RL_EXPORT int rl_client_prepare(rl_client *c, const char *key, const char *parent,
+                                const rl_label *labels, size_t n_labels,
+                                const rl_prepare_options *opts, rl_mount *ret_mount,
+                                rl_error *err)
+{
+        return create(c, "Prepare", key, parent, labels, n_labels, opts, ret_mount, err);
+}
+
+RL_EXPORT int rl_client_view(rl_client *c, const char *key, const char *parent,
+                             const rl_label *labels, size_t n_labels,
+                             const rl_prepare_options *opts, rl_mount *ret_mount, rl_error *err)
+{
+        return create(c, "View", key, parent, labels, n_labels, opts, ret_mount, err);
+}
+
+/* A call whose result carries nothing the caller wants. */
+static int call_void(rl_client *c, const char *method, json_t *params, rl_error *err)
+{
+        json_t *result = NULL;
+        int r = call(c, method, params, &result, err);
+        json_decref(result);
+        return r;
+}
+
+RL_EXPORT int rl_client_commit(rl_client *c, const char *name, const char *key,
+                               const rl_label *labels, size_t n_labels, rl_error *err)
+{
+        return call_void(c, "Commit",
+                         json_pack("{s:s, s:s, s:o}", "name", name, "key", key, "labels",
+                                   labels_json(labels, n_labels)),
+                         err);
+}
+
+RL_EXPORT int rl_client_remove(rl_client *c, const char *key, rl_error *err)
+{
+        return call_void(c, "Remove", json_pack("{s:s}", "key", key), err);
+}
+
+RL_EXPORT int rl_client_cleanup(rl_client *c, rl_error *err)
+{
+        return call_void(c, "Cleanup", NULL, err);
+}
+
+/* A call whose result holds an "info". */
+static int call_info(rl_client *c, const char *method, json_t *params, rl_info *ret,
+                     rl_error *err)
+{
+        json_t *result = NULL;
+        int r = call(c, method, params, &result, err);
+        if (r < 0)
+                return r;
+        r = ret ? info_of(json_object_get(result, "info"), ret) : 0;
+        json_decref(result);
+        return r < 0 ? rl_error_set(err, r, "%s: a bad answer", method) : 0;
+}
+
+RL_EXPORT int rl_client_stat(rl_client *c, const char *key, rl_info *ret, rl_error *err)
+{
+        return call_info(c, "Stat", json_pack("{s:s}", "key", key), ret, err);
+}
+
+RL_EXPORT int rl_client_update(rl_client *c, const rl_info *info, const char *const *fieldpaths,
+                               size_t n_fieldpaths, rl_info *ret, rl_error *err)
+{
+        json_t *paths = json_array();
+        for (size_t i = 0; paths && i < n_fieldpaths; i++)
+                json_array_append_new(paths, json_string(fieldpaths[i]));
+        return call_info(c, "Update",
+                         json_pack("{s:{s:s, s:o}, s:o}", "info", "name", info->name, "labels",
+                                   labels_json(info->labels, info->n_labels), "fieldpaths",
+                                   paths),
+                         ret, err);
+}
+
+RL_EXPORT void rl_info_array_free(rl_info *infos, size_t n)
+{
+        for (size_t i = 0; infos && i < n; i++)
+                rl_info_clear(&infos[i]);
+        free(infos);
+}
+
+RL_EXPORT int rl_client_list(rl_client *c, const char *const *filters, size_t n_filters,
+                             rl_info **ret, size_t *ret_n, rl_error *err)
+{
+        json_t *f = json_array(), *result = NULL;
+        for (size_t i = 0; f && i < n_filters; i++)
+                json_array_append_new(f, json_string(filters[i]));
+        int r = call(c, "List", json_pack("{s:o}", "filters", f), &result, err);
+        if (r < 0)
+                return r;
+        json_t *arr = json_object_get(result, "snapshots");
+        size_t n = json_array_size(arr);
+        rl_info *out = calloc(n ? n : 1, sizeof(*out));
+        for (size_t i = 0; out && i < n && r == 0; i++)
+                r = info_of(json_array_get(arr, i), &out[i]);
+        json_decref(result);
+        if (!out || r < 0) {
+                rl_info_array_free(out, n);
+                return rl_error_set(err, out ? r : -ENOMEM, "List: a bad answer");
+        }
+        *ret = out;
+        *ret_n = n;
+        return 0;
+}
+
+RL_EXPORT int rl_client_usage(rl_client *c, const char *key, rl_usage *ret, rl_error *err)
+{
+        json_t *result = NULL;
+        int r = call(c, "Usage", json_pack("{s:s}", "key", key), &result, err);
+        if (r < 0)
+                return r;
+        *ret = (rl_usage){
+                .inodes = (uint64_t)json_integer_value(json_object_get(result, "inodes")),
+                .bytes = (uint64_t)json_integer_value(json_object_get(result, "size")),
+                .bytes_exclusive = (uint64_t)json_integer_value(json_object_get(result,
+                                                                                "exclusive")),
+                .bytes_shared = (uint64_t)json_integer_value(json_object_get(result, "shared")),
+        };
+        json_decref(result);
+        return 0;
+}
+
+RL_EXPORT int rl_client_mounts(rl_client *c, const char *key, rl_mount *ret, rl_error *err)
+{
+        json_t *result = NULL;
+        int r = call(c, "Mounts", json_pack("{s:s}", "key", key), &result, err);
+        if (r < 0)
+                return r;
+        r = mount_of(json_array_get(json_object_get(result, "mounts"), 0), ret);
+        json_decref(result);
+        return r < 0 ? rl_error_set(err, r, "Mounts '%s': a bad answer", key) : 0;
+}

@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * types.c owns the helpers of the types the store and the client library share (store.h):
+ * kind names, error codes, and freeing what rl_info and rl_mount hold.
+ */
+#include <errno.h>
+#include <stdlib.h>
+
+#include <reflayer/store.h>
+
+#include "util.h"
+
+RL_EXPORT const char *rl_kind_to_string(rl_kind kind)
+{
+        switch (kind) {
+        case RL_KIND_ACTIVE:
+                return "active";
+        case RL_KIND_VIEW:
+                return "view";
+        case RL_KIND_COMMITTED:
+                return "committed";
+        }
+        return "unknown";
+}
+
+RL_EXPORT const char *rl_store_error_code(int r)
+{
+        switch (-r) {
+        case 0:
+                return "ok";
+        case ENOENT:
+                return "not_found";
+        case EEXIST:
+                return "already_exists";
+        case EINVAL:
+                return "invalid_argument";
+        case EBUSY:
+                return "failed_precondition";
+        case ESHUTDOWN:
+                return "unavailable";
+        case EACCES:
+        case EPERM:
+                return "permission_denied";
+        default:
+                return "internal";
+        }
+}
+
+RL_EXPORT void rl_info_clear(rl_info *info)
+{
+        if (!info)
+                return;
+        free(info->name);
+        free(info->parent);
+        for (size_t i = 0; i < info->n_labels; i++) {
+                free(info->labels[i].key);
+                free(info->labels[i].value);
+        }
+        free(info->labels);
+        *info = (rl_info){};
+}
+
+RL_EXPORT void rl_mount_clear(rl_mount *m)
+{
+        if (!m)
+                return;
+        free(m->type);
+        free(m->source);
+        for (size_t i = 0; i < m->n_options; i++)
+                free(m->options[i]);
+        free(m->options);
+        *m = (rl_mount){};
+}

@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * libreflayer-client: talk to reflayerd (api/PROTOCOL.md) from C. Results come in the same
+ * types the store uses (store.h); errors as the same negative errnos (-ENOENT not_found,
+ * -EEXIST already_exists, -EBUSY failed_precondition, -EINVAL invalid_argument, -EACCES
+ * permission_denied, -ESHUTDOWN unavailable, -EIO internal or a broken connection), with the
+ * daemon's message in rl_error.
+ *
+ * A rl_client is one connection; use it from one thread at a time.
+ */
+#pragma once
+
+#include <stddef.h>
+
+#include <reflayer/error.h>
+#include <reflayer/store.h>
+
+#define RL_DEFAULT_SOCKET "/run/reflayer/reflayer.sock"
+
+typedef struct rl_client rl_client;
+
+/* socket_path NULL: $REFLAYER_SOCKET, else RL_DEFAULT_SOCKET. */
+int rl_client_connect(const char *socket_path, rl_client **ret, rl_error *err);
+rl_client *rl_client_free(rl_client *c);
+void rl_client_freep(rl_client **c);
+
+/* Any method: params and result as JSON text (params NULL: none). *ret_result to free. */
+int rl_client_call(rl_client *c, const char *method, const char *params_json, char **ret_result,
+                   rl_error *err);
+
+int rl_client_prepare(rl_client *c, const char *key, const char *parent, const rl_label *labels,
+                      size_t n_labels, const rl_prepare_options *opts, rl_mount *ret_mount,
+                      rl_error *err);
+int rl_client_view(rl_client *c, const char *key, const char *parent, const rl_label *labels,
+                   size_t n_labels, const rl_prepare_options *opts, rl_mount *ret_mount,
+                   rl_error *err);
+int rl_client_commit(rl_client *c, const char *name, const char *key, const rl_label *labels,
+                     size_t n_labels, rl_error *err);
+int rl_client_remove(rl_client *c, const char *key, rl_error *err);
+int rl_client_stat(rl_client *c, const char *key, rl_info *ret, rl_error *err);
+int rl_client_update(rl_client *c, const rl_info *info, const char *const *fieldpaths,
+                     size_t n_fieldpaths, rl_info *ret, rl_error *err);
+/* *ret: an array of *ret_n infos, freed with rl_info_array_free. */
+int rl_client_list(rl_client *c, const char *const *filters, size_t n_filters, rl_info **ret,
+                   size_t *ret_n, rl_error *err);
+void rl_info_array_free(rl_info *infos, size_t n);
+int rl_client_usage(rl_client *c, const char *key, rl_usage *ret, rl_error *err);
+int rl_client_mounts(rl_client *c, const char *key, rl_mount *ret, rl_error *err);
+int rl_client_cleanup(rl_client *c, rl_error *err);
