@@ -12,6 +12,9 @@ PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
+SBINDIR ?= $(PREFIX)/sbin
+DOCDIR ?= $(PREFIX)/share/doc/reflayer
+SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
 
 ifeq ($(SAN),)
 BUILD := build
@@ -139,7 +142,7 @@ headers-check: $(HEADERS)
 # What the project needs from Debian, installed only when missing (quick when all is there).
 DEPS_DEBS := build-essential pkg-config libmount-dev libcap-dev libseccomp-dev libjansson-dev \
              libcriterion-dev libarchive-dev libsystemd-dev xfsprogs btrfs-progs e2fsprogs \
-             acl attr util-linux
+             acl attr util-linux systemd
 deps:
 	$(Q)missing=$$(for p in $(DEPS_DEBS); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
@@ -170,8 +173,15 @@ bench-store: deps all $(STORE_BENCH)
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/reflayer
 	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/reflayer
-	install -d $(DESTDIR)$(PREFIX)/sbin
-	install -m 0755 $(DAEMON) $(DESTDIR)$(PREFIX)/sbin/reflayerd
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(DOCDIR) \
+		$(DESTDIR)$(PREFIX)/lib/sysusers.d $(DESTDIR)$(PREFIX)/lib/tmpfiles.d
+	install -m 0755 $(DAEMON) $(DESTDIR)$(SBINDIR)/reflayerd
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
+		systemd/reflayerd.service.in > $(DESTDIR)$(SYSTEMDDIR)/reflayerd.service
+	install -m 0644 systemd/reflayerd.socket $(DESTDIR)$(SYSTEMDDIR)/
+	install -m 0644 systemd/reflayer.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/reflayer.conf
+	install -m 0644 systemd/reflayer.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/reflayer.conf
+	install -m 0644 api/PROTOCOL.md README.md $(DESTDIR)$(DOCDIR)/
 	install -m 0644 $(LIB) $(CLIENT_LIB) $(DESTDIR)$(LIBDIR)/
 	install -m 0755 $(CLIENT_SO) $(DESTDIR)$(LIBDIR)/
 	ln -sf libreflayer-client.so.0 $(DESTDIR)$(LIBDIR)/libreflayer-client.so
