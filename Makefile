@@ -38,7 +38,7 @@ endif
 CC ?= cc
 PKG_CONFIG ?= pkg-config
 DRIVER_PKGS := mount jansson
-CLI_PKGS := jansson
+CLI_PKGS := jansson mount
 TEST_PKGS := criterion libcap libseccomp jansson
 
 WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes \

@@ -7,6 +7,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <libmount.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +49,9 @@ static void usage(FILE *f)
                 "  update KEY --label K=V... [--field labels.K]...   change labels\n"
                 "  cleanup                  wait until removed trees are deleted\n"
                 "  status                   store, filesystem, reflink, counts\n"
+                "  mount KEY TARGET         bind-mount the snapshot at TARGET (read-only for\n"
+                "                           views and committed snapshots)\n"
+                "  umount TARGET            undo that\n"
                 "\n"
                 "Without a daemon:\n"
                 "  clone [OPTIONS] SRC DST  replicate the tree SRC as the new directory DST,\n"
@@ -408,6 +412,57 @@ fail:
         return 1;
 }
 
+/* --- mount and umount, with libmount ------------------------------------------------------- */
+
+static void mnt_free_contextp(struct libmnt_context **c)
+{
+        mnt_free_context(*c);
+}
+
+/* Perform the mount reflayerd describes for key (bind; rbind and rw/ro options). */
+static int do_mount(const rl_mount *m, const char *target, rl_error *err)
+{
+        _cleanup_(mnt_free_contextp) struct libmnt_context *cxt = mnt_new_context();
+        char opts[256] = "";
+        if (!cxt)
+                return rl_error_set(err, -ENOMEM, "mount");
+        for (size_t i = 0; i < m->n_options; i++) {
+                if (i)
+                        strncat(opts, ",", sizeof(opts) - strlen(opts) - 1);
+                strncat(opts, m->options[i], sizeof(opts) - strlen(opts) - 1);
+        }
+        /* libmount does a read-only bind the two-step way the kernel needs (bind, then
+         * remount,bind,ro), which a lone mount(2) with MS_RDONLY would silently skip. */
+        if (mnt_context_set_source(cxt, m->source) < 0 || mnt_context_set_target(cxt, target) < 0 ||
+            mnt_context_set_options(cxt, opts) < 0)
+                return rl_error_set(err, -EINVAL, "mount '%s'", target);
+        int rc = mnt_context_mount(cxt);
+        if (rc != 0 || mnt_context_get_status(cxt) != 1) {
+                char buf[BUFSIZ] = "";
+                mnt_context_get_excode(cxt, rc, buf, sizeof(buf));
+                return rl_error_set(err, -EIO, "mount %s on '%s': %s", m->source, target,
+                                    buf[0] ? buf : "failed");
+        }
+        return 0;
+}
+
+static int do_umount(const char *target, rl_error *err)
+{
+        _cleanup_(mnt_free_contextp) struct libmnt_context *cxt = mnt_new_context();
+        if (!cxt)
+                return rl_error_set(err, -ENOMEM, "umount");
+        if (mnt_context_set_target(cxt, target) < 0)
+                return rl_error_set(err, -EINVAL, "umount '%s'", target);
+        int rc = mnt_context_umount(cxt);
+        if (rc != 0 || mnt_context_get_status(cxt) != 1) {
+                char buf[BUFSIZ] = "";
+                mnt_context_get_excode(cxt, rc, buf, sizeof(buf));
+                return rl_error_set(err, -EIO, "umount '%s': %s", target,
+                                    buf[0] ? buf : "failed");
+        }
+        return 0;
+}
+
 /* --- verbs through reflayerd ------------------------------------------------------------ */
 
 static const char *arg_socket;
@@ -584,7 +639,8 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
         } arity[] = { { "prepare", 1, 2 }, { "view", 2, 2 },  { "commit", 2, 2 },
                       { "rm", 1, 8 },      { "stat", 1, 1 },  { "ls", 0, 0 },
                       { "tree", 0, 0 },    { "usage", 1, 1 }, { "mounts", 1, 1 },
-                      { "update", 1, 1 },  { "cleanup", 0, 0 }, { "status", 0, 0 } };
+                      { "update", 1, 1 },  { "cleanup", 0, 0 }, { "status", 0, 0 },
+                      { "mount", 2, 2 } };
         for (size_t i = 0; i < ELEMENTSOF(arity); i++)
                 if (!strcmp(arity[i].verb, verb) &&
                     (a.n_pos < arity[i].min || a.n_pos > arity[i].max)) {
@@ -700,6 +756,18 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                         printf("%s: %" PRIu64 " inodes, %s: %s its own, %s shared\n", a.pos[0],
                                u.inodes, b, e, sh);
                 }
+        } else if (!strcmp(verb, "mount")) {
+                rl_mount m;
+                r = rl_client_mounts(c, a.pos[0], &m, &err);
+                if (r == 0) {
+                        r = do_mount(&m, a.pos[1], &err);
+                        rl_mount_clear(&m);
+                        if (r < 0) {
+                                verb_args_clear(&a);
+                                fprintf(stderr, "%s: %s\n", prog, err.msg);
+                                return 1;
+                        }
+                }
         } else if (!strcmp(verb, "mounts")) {
                 rl_mount m;
                 r = rl_client_mounts(c, a.pos[0], &m, &err);
@@ -764,7 +832,7 @@ int main(int argc, char **argv)
 {
         static const char *daemon_verbs[] = { "prepare", "view", "commit", "rm", "stat", "ls",
                                               "tree", "usage", "mounts", "update", "cleanup",
-                                              "status" };
+                                              "status", "mount" };
         int i = 1;
         /* Global options come before the command. */
         for (; i < argc && argv[i][0] == '-'; i++) {
@@ -797,6 +865,18 @@ int main(int argc, char **argv)
                 return cmd_clone(sub_argc, sub_argv);
         if (strcmp(cmd, "du") == 0)
                 return cmd_du(sub_argc, sub_argv);
+        if (strcmp(cmd, "umount") == 0) {
+                rl_error err = {};
+                if (sub_argc != 2) {
+                        fprintf(stderr, "%s umount: expected TARGET\n", prog);
+                        return 2;
+                }
+                if (do_umount(sub_argv[1], &err) < 0) {
+                        fprintf(stderr, "%s: %s\n", prog, err.msg);
+                        return 1;
+                }
+                return 0;
+        }
         for (size_t k = 0; k < ELEMENTSOF(daemon_verbs); k++)
                 if (strcmp(cmd, daemon_verbs[k]) == 0)
                         return cmd_daemon(cmd, sub_argc, sub_argv);

@@ -618,3 +618,52 @@ Test(daemon, cli_verbs)
         cr_expect(strstr(out, "is it running"), "%s", out);
 #undef RUN
 }
+
+/* reflayer mount/umount: a view is mounted read-only, an active snapshot read-write, and
+ * what is written through the mount lands in that snapshot only. */
+Test(daemon, cli_mount_and_umount)
+{
+        static char out[65536];
+        const char *cli = getenv("RL_CLI");
+        cr_assert(cli, "RL_CLI must name the built reflayer");
+#define RUN(...)                                                                                   \
+        ({                                                                                         \
+                char *argv_[] = { (char *)cli, "--socket", sock, __VA_ARGS__, NULL };              \
+                rlt_run(argv_, out, sizeof(out));                                                  \
+        })
+        cr_assert_eq(RUN("prepare", "a"), 0, "%s", out);
+        cr_assert_eq(RUN("commit", "base", "a"), 0, "%s", out);
+        cr_assert_eq(RUN("prepare", "rw", "base"), 0, "%s", out);
+        cr_assert_eq(RUN("view", "ro", "base"), 0, "%s", out);
+        char t1[PATH_MAX], t2[PATH_MAX], p[PATH_MAX];
+        snprintf(t1, sizeof(t1), "%s/mnt-rw", rlt_scratch());
+        snprintf(t2, sizeof(t2), "%s/mnt-ro", rlt_scratch());
+        cr_assert(mkdir(t1, 0755) == 0 && mkdir(t2, 0755) == 0);
+        cr_assert_eq(RUN("mount", "rw", t1), 0, "%s", out);
+        cr_assert_eq(RUN("mount", "ro", t2), 0, "%s", out);
+
+        snprintf(p, sizeof(p), "%s/written", t1);
+        rlt_write_file(p, 10, 1);
+        snprintf(p, sizeof(p), "%s/nope", t2);
+        int fd = open(p, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+        cr_expect(fd < 0 && errno == EROFS, "a write through the view's mount worked");
+        if (fd >= 0)
+                close(fd);
+
+        cr_assert_eq(RUN("umount", t1), 0, "%s", out);
+        cr_assert_eq(RUN("umount", t2), 0, "%s", out);
+        cr_expect_neq(RUN("umount", t2), 0, "a second umount succeeded");
+        cr_expect(strstr(out, t2), "the message names the target: %s", out);
+        /* The write is in the snapshot, and not in its parent. */
+        cr_assert_eq(RUN("mounts", "rw"), 0, "%s", out);
+        char src[PATH_MAX];
+        sscanf(out, "mount -t bind %s", src);
+        snprintf(p, sizeof(p), "%s/written", src);
+        cr_expect(access(p, F_OK) == 0, "the write did not land in the snapshot");
+        cr_assert_eq(RUN("mounts", "base"), 0, "%s", out);
+        sscanf(out, "mount -t bind %s", src);
+        snprintf(p, sizeof(p), "%s/written", src);
+        cr_expect(access(p, F_OK) != 0, "the write reached the parent");
+        cr_expect_eq(RUN("mount", "nope", t1), 3, "%s", out);
+#undef RUN
+}
