@@ -5,6 +5,7 @@
 #   make run        show `reflayer clone` at work on a real tree
 #   make bench-clone   reflayer clone vs cp -a --reflink=always on a Debian rootfs
 #   make bench-store   store: usage of 20 snapshots vs du, prepare latency, open of 1,000
+#   make bench-rpc     reflayerd: Stat calls/s over 1 and 16 connections, Stat during a Prepare
 #   make install [PREFIX=/usr/local] [DESTDIR=]
 #   make format | clean | deps       V=1 shows the commands
 
@@ -81,7 +82,7 @@ DAEMON := $(BUILD)/reflayerd
 UNIT := $(BUILD)/tests/unit
 CRASH_CHILD := $(BUILD)/tests/crash-child
 
-.PHONY: all check tests deps run bench-clone bench-store install format clean headers-check
+.PHONY: all check tests deps run bench-clone bench-store bench-rpc install format clean headers-check
 all: $(LIB) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC) $(CLI) $(DAEMON)
 
 $(BUILD)/obj/driver/%.o: driver/%.c
@@ -169,6 +170,9 @@ $(STORE_BENCH): $(BUILD)/obj/tests/bench/store-bench.o $(LIB)
 
 bench-store: deps all $(STORE_BENCH)
 	$(Q)tests/bench/store.sh $(STORE_BENCH)
+
+bench-rpc: deps all
+	$(Q)tests/bench/rpc.sh
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/reflayer
