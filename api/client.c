@@ -63,21 +63,6 @@ RL_EXPORT void rl_client_freep(rl_client **c)
         rl_client_free(*c);
 }
 
-static int send_all(int fd, const char *buf, size_t len)
-{
-        while (len > 0) {
-                ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                buf += n;
-                len -= (size_t)n;
-        }
-        return 0;
-}
-
 /* The next response line, parsed. */
 static int read_line(rl_client *c, json_t **ret, rl_error *err)
 {
@@ -146,9 +131,8 @@ static int call(rl_client *c, const char *method, json_t *params, json_t **ret, 
         if (!line)
                 return rl_error_set(err, -ENOMEM, "%s", method);
         size_t n = strlen(line);
-        int r = send_all(c->fd, line, n);
-        if (r == 0)
-                r = send_all(c->fd, "\n", 1);
+        line[n] = '\n'; /* json_dumps's NUL: one write for the whole line */
+        int r = rl_write_all(c->fd, line, n + 1);
         free(line);
         if (r < 0)
                 return rl_error_set(err, r, "%s: send to reflayerd", method);

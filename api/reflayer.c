@@ -210,6 +210,17 @@ static void catch_signals(void)
         sigaction(SIGHUP, &sa, NULL);
 }
 
+/* --uid-map / --gid-map: add ranges to *m (made on first use). -EINVAL, said on stderr. */
+static int add_idmap(rl_idmap **m, const char *option, const char *spec)
+{
+        rl_error err = {};
+        if ((!*m && rl_idmap_new(m, &err) < 0) || rl_idmap_parse(*m, spec, &err) < 0) {
+                fprintf(stderr, "%s: --%s: %s\n", prog, option, err.msg);
+                return -EINVAL;
+        }
+        return 0;
+}
+
 /* Deep trees need about two fds per level: use what the hard limit allows. */
 static void raise_nofile(void)
 {
@@ -264,17 +275,11 @@ static int cmd_clone(int argc, char **argv)
                         break;
                 }
                 case OPT_UID_MAP:
-                case OPT_GID_MAP: {
-                        rl_idmap **m = c == OPT_UID_MAP ? &uids : &gids;
-                        if (!*m && rl_idmap_new(m, &err) < 0)
-                                goto fail;
-                        if (rl_idmap_parse(*m, optarg, &err) < 0) {
-                                fprintf(stderr, "%s clone: --%s: %s\n", prog,
-                                        c == OPT_UID_MAP ? "uid-map" : "gid-map", err.msg);
+                case OPT_GID_MAP:
+                        if (add_idmap(c == OPT_UID_MAP ? &uids : &gids,
+                                      c == OPT_UID_MAP ? "uid-map" : "gid-map", optarg) < 0)
                                 return 2;
-                        }
                         break;
-                }
                 case OPT_KEEP:
                         opts.flags |= RL_TREE_KEEP_UNMAPPED;
                         break;
@@ -525,7 +530,6 @@ static int parse_verb(int argc, char **argv, verb_args *a)
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
-        rl_error err = {};
         int c;
         optind = 1;
         while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
@@ -552,15 +556,11 @@ static int parse_verb(int argc, char **argv, verb_args *a)
                         a->fields[a->n_fields++] = optarg;
                         break;
                 case O_UID:
-                case O_GID: {
-                        rl_idmap **m = c == O_UID ? &a->uids : &a->gids;
-                        if ((!*m && rl_idmap_new(m, &err) < 0) ||
-                            rl_idmap_parse(*m, optarg, &err) < 0) {
-                                fprintf(stderr, "%s: %s\n", prog, err.msg);
+                case O_GID:
+                        if (add_idmap(c == O_UID ? &a->uids : &a->gids,
+                                      c == O_UID ? "uid-map" : "gid-map", optarg) < 0)
                                 return -EINVAL;
-                        }
                         break;
-                }
                 case 'h':
                         usage(stdout);
                         exit(0);

@@ -164,21 +164,6 @@ static bool authorised(const struct ucred *cred)
         return false;
 }
 
-static int write_all(int fd, const char *buf, size_t len)
-{
-        while (len > 0) {
-                ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                buf += n;
-                len -= (size_t)n;
-        }
-        return 0;
-}
-
 static void conn_unregister(conn *c)
 {
         pthread_mutex_lock(&conns_lock);
@@ -209,7 +194,7 @@ static void *conn_main(void *arg)
                         memmove(buf, nl + 1, len - line - 1);
                         len -= line + 1;
                         if (out) {
-                                int r = write_all(c->fd, out, strlen(out));
+                                int r = rl_write_all(c->fd, out, strlen(out));
                                 free(out);
                                 if (r < 0)
                                         break; /* the client went away */
@@ -222,7 +207,7 @@ static void *conn_main(void *arg)
                                  arg_max_request);
                         char *out = rpc_error_line(RPC_INVALID_REQUEST, "invalid_argument", msg);
                         if (out)
-                                (void)write_all(c->fd, out, strlen(out));
+                                (void)rl_write_all(c->fd, out, strlen(out));
                         free(out);
                         log_warning("pid %d: %s: connection closed", (int)c->peer.pid, msg);
                         break;
@@ -277,7 +262,7 @@ static void accept_one(rpc_server *srv, int listen_fd)
                                            refusal[0] == 'p' ? "permission_denied" : "unavailable",
                                            refusal);
                 if (out)
-                        (void)write_all(fd, out, strlen(out));
+                        (void)rl_write_all(fd, out, strlen(out));
                 free(out);
                 log_info("refused pid %d uid %u: %s", (int)cred.pid, (unsigned)cred.uid,
                          refusal);

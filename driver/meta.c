@@ -95,21 +95,6 @@ int rl_meta_read(int dir_fd, rl_meta *ret, rl_error *err)
         return 0;
 }
 
-static int write_all(int fd, const char *buf, size_t len)
-{
-        while (len > 0) {
-                ssize_t n = write(fd, buf, len);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                buf += n;
-                len -= (size_t)n;
-        }
-        return 0;
-}
-
 int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err)
 {
         _cleanup_(json_decrefp) json_t *root = NULL;
@@ -134,7 +119,7 @@ int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err)
                     0644);
         if (fd < 0)
                 return rl_error_set(err, -errno, "write %s", META_TMP);
-        r = write_all(fd, text, strlen(text));
+        r = rl_write_all(fd, text, strlen(text));
         if (r < 0)
                 return rl_error_set(err, r, "write %s", META_TMP);
         if (fsync(fd) < 0)

@@ -7,6 +7,7 @@
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -81,6 +82,28 @@ int rl_proc_fd_path(char *buf, size_t size, int dir_fd, const char *name)
         int n = snprintf(buf, size, "/proc/self/fd/%d/%s", dir_fd, name);
         if (n < 0 || (size_t)n >= size)
                 return -ENAMETOOLONG;
+        return 0;
+}
+
+int rl_write_all(int fd, const void *buf, size_t len)
+{
+        const char *p = buf;
+        bool sock = true;
+
+        while (len > 0) {
+                ssize_t n = sock ? send(fd, p, len, MSG_NOSIGNAL) : write(fd, p, len);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == ENOTSOCK && sock) {
+                                sock = false;
+                                continue;
+                        }
+                        return -errno;
+                }
+                p += n;
+                len -= (size_t)n;
+        }
         return 0;
 }
 

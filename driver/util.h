@@ -71,6 +71,12 @@ int rl_openat_beneath(int dir_fd, const char *path, int flags, mode_t mode);
 #define RL_PROC_FD_PATH_MAX (sizeof("/proc/self/fd/") + 12 + 256)
 int rl_proc_fd_path(char *buf, size_t size, int dir_fd, const char *name);
 
+/*
+ * Write all of buf to fd, through EINTR and short writes. On a socket it sends with
+ * MSG_NOSIGNAL: a peer that went away is -EPIPE, not a SIGPIPE that kills a library's user.
+ */
+int rl_write_all(int fd, const void *buf, size_t len);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t rl_now_ns(void);
 
