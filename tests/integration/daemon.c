@@ -26,91 +26,29 @@
 
 #include <reflayer/store.h>
 
+#include "rltest-daemon.h"
 #include "rltest.h"
 
-extern char **environ;
+static char mnt[PATH_MAX];
+static rlt_daemon D = { .pid = -1 };
+static char *const root = D.root, *const sock = D.sock;
 
-static char mnt[PATH_MAX], root[PATH_MAX], sock[PATH_MAX];
-static pid_t daemon_pid = -1;
-
-static const char *daemon_path(void)
-{
-        const char *p = getenv("RL_DAEMON");
-        cr_assert(p && access(p, X_OK) == 0, "RL_DAEMON must name the built reflayerd "
-                                             "(tests/run-unit sets it)");
-        return p;
-}
-
-/* Start reflayerd; listen_fd >= 0 is passed as a systemd socket (LISTEN_FDS=1). Returns once
- * it has said READY=1. */
 static void start_daemon(int listen_fd)
 {
-        char notify[PATH_MAX], env_notify[PATH_MAX + 16];
-        snprintf(notify, sizeof(notify), "%s/notify", rlt_scratch());
-        unlink(notify);
-        int nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", notify);
-        cr_assert(bind(nfd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
-        snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", notify);
-
-        char *envp[] = { env_notify, "LISTEN_FDS=1", NULL, NULL };
-        char *argv[16];
-        int a = 0;
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        if (listen_fd >= 0) {
-                /* LISTEN_PID must be the daemon's own pid: let a shell export it, then exec. */
-                posix_spawn_file_actions_adddup2(&fa, listen_fd, 3);
-                argv[a++] = "sh";
-                argv[a++] = "-c";
-                argv[a++] = "export LISTEN_PID=$$; exec \"$@\"";
-                argv[a++] = "sh";
-        } else {
-                envp[1] = NULL;
-        }
-        argv[a++] = (char *)daemon_path();
-        argv[a++] = "--root";
-        argv[a++] = root;
-        argv[a++] = "--socket";
-        argv[a++] = sock;
-        argv[a++] = "--log-level";
-        argv[a++] = "debug";
-        argv[a++] = NULL;
-        int r = posix_spawnp(&daemon_pid, argv[0], &fa, NULL, argv, envp);
-        posix_spawn_file_actions_destroy(&fa);
-        cr_assert_eq(r, 0, "spawn reflayerd: %s", strerror(r));
-
-        char buf[256];
-        struct pollfd p = { nfd, POLLIN, 0 };
-        for (;;) {
-                cr_assert(poll(&p, 1, 20000) == 1, "reflayerd did not get ready in 20 s");
-                ssize_t n = recv(nfd, buf, sizeof(buf) - 1, 0);
-                cr_assert(n > 0);
-                buf[n] = '\0';
-                if (strstr(buf, "READY=1"))
-                        break;
-        }
-        close(nfd);
+        rlt_daemon_start(&D, listen_fd, NULL);
 }
 
 static int stop_daemon(void)
 {
-        int status = -1;
-        if (daemon_pid > 0) {
-                kill(daemon_pid, SIGTERM);
-                waitpid(daemon_pid, &status, 0);
-                daemon_pid = -1;
-        }
-        return status;
+        return rlt_daemon_stop(&D);
 }
 
 static void setup(void)
 {
         rlt_init();
         snprintf(mnt, sizeof(mnt), "%s", rlt_mkfs(RLT_XFS, 0, "xfs"));
-        snprintf(root, sizeof(root), "%s/store", mnt);
-        snprintf(sock, sizeof(sock), "%s/reflayer.sock", rlt_scratch());
+        snprintf(D.root, sizeof(D.root), "%s/store", mnt);
+        snprintf(D.sock, sizeof(D.sock), "%s/reflayer.sock", rlt_scratch());
         start_daemon(-1);
 }
 
@@ -508,9 +446,9 @@ Test(daemon, socket_activation)
         char other[PATH_MAX];
         /* The daemon is told another path: it must serve the passed socket, not make one. */
         snprintf(other, sizeof(other), "%s", sock);
-        snprintf(sock, sizeof(sock), "%s/not-used.sock", rlt_scratch());
+        snprintf(sock, sizeof(D.sock), "%s/not-used.sock", rlt_scratch());
         start_daemon(lfd);
-        snprintf(sock, sizeof(sock), "%s", other);
+        snprintf(sock, sizeof(D.sock), "%s", other);
         close(lfd);
         still_serving();
         char unused[PATH_MAX];
