@@ -60,7 +60,7 @@ DRIVER_OBJS := $(DRIVER_SRCS:%.c=$(BUILD)/obj/%.o)
 CLI_SRCS := api/reflayer.c
 CLI_OBJS := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
 # libreflayer-client: the client and the shared types it speaks, nothing of the engine.
-CLIENT_SRCS := api/client.c driver/types.c driver/error.c driver/idmap.c driver/util.c
+CLIENT_SRCS := api/client.c driver/codec.c driver/types.c driver/error.c driver/idmap.c driver/util.c
 CLIENT_OBJS := $(CLIENT_SRCS:%.c=$(BUILD)/obj/%.o)
 CLIENT_PIC_OBJS := $(CLIENT_SRCS:%.c=$(BUILD)/pic/%.o)
 DAEMON_PKGS := jansson libsystemd

@@ -16,6 +16,7 @@
 
 #include <reflayer/client.h>
 
+#include "codec.h"
 #include "util.h"
 
 struct rl_client {
@@ -184,88 +185,6 @@ RL_EXPORT int rl_client_call(rl_client *c, const char *method, const char *param
         return *ret_result ? 0 : rl_error_set(err, -ENOMEM, "%s", method);
 }
 
-/* --- decoding ----------------------------------------------------------------------------- */
-
-static int64_t parse_time(const char *s)
-{
-        struct tm tm = {};
-        long ns = 0;
-        const char *p = s ? strptime(s, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
-        if (!p)
-                return 0;
-        if (*p == '.') {
-                long scale = 100000000;
-                for (p++; *p >= '0' && *p <= '9'; p++, scale /= 10)
-                        ns += (*p - '0') * scale;
-        }
-        return (int64_t)timegm(&tm) * 1000000000 + ns;
-}
-
-static int info_of(json_t *o, rl_info *ret)
-{
-        rl_info i = {};
-        const char *kind = json_string_value(json_object_get(o, "kind"));
-        for (rl_kind k = RL_KIND_ACTIVE; kind && k <= RL_KIND_COMMITTED; k++)
-                if (strcmp(kind, rl_kind_to_string(k)) == 0)
-                        i.kind = k;
-        const char *name = json_string_value(json_object_get(o, "name"));
-        const char *parent = json_string_value(json_object_get(o, "parent"));
-        json_t *labels = json_object_get(o, "labels");
-        if (!name || !i.kind || !json_is_object(labels))
-                return -EIO;
-        i.name = strdup(name);
-        i.parent = parent ? strdup(parent) : NULL;
-        i.id = (uint64_t)json_integer_value(json_object_get(o, "id"));
-        i.created_ns = parse_time(json_string_value(json_object_get(o, "created")));
-        i.updated_ns = parse_time(json_string_value(json_object_get(o, "updated")));
-        i.n_labels = json_object_size(labels);
-        i.labels = calloc(i.n_labels ? i.n_labels : 1, sizeof(*i.labels));
-        size_t k = 0;
-        const char *lk;
-        json_t *lv;
-        json_object_foreach(labels, lk, lv)
-        {
-                if (!i.labels)
-                        break;
-                i.labels[k].key = strdup(lk);
-                i.labels[k].value = strdup(json_string_value(lv) ? json_string_value(lv) : "");
-                k++;
-        }
-        bool oom = !i.name || (parent && !i.parent) || !i.labels;
-        for (size_t j = 0; !oom && j < k; j++)
-                oom = !i.labels[j].key || !i.labels[j].value;
-        if (oom) {
-                i.n_labels = k;
-                rl_info_clear(&i);
-                return -ENOMEM;
-        }
-        *ret = i;
-        return 0;
-}
-
-static int mount_of(json_t *o, rl_mount *ret)
-{
-        rl_mount m = {};
-        json_t *opts = json_object_get(o, "options");
-        const char *type = json_string_value(json_object_get(o, "type"));
-        const char *source = json_string_value(json_object_get(o, "source"));
-        if (!type || !source || !json_is_array(opts))
-                return -EIO;
-        m.type = strdup(type);
-        m.source = strdup(source);
-        m.n_options = json_array_size(opts);
-        m.options = calloc(m.n_options ? m.n_options : 1, sizeof(*m.options));
-        bool oom = !m.type || !m.source || !m.options;
-        for (size_t i = 0; !oom && i < m.n_options; i++)
-                oom = !(m.options[i] = strdup(json_string_value(json_array_get(opts, i)) ?: ""));
-        if (oom) {
-                rl_mount_clear(&m);
-                return -ENOMEM;
-        }
-        *ret = m;
-        return 0;
-}
-
 /* --- encoding ----------------------------------------------------------------------------- */
 
 static json_t *labels_json(const rl_label *labels, size_t n)
@@ -307,7 +226,7 @@ static int create(rl_client *c, const char *method, const char *key, const char 
         if (r < 0)
                 return r;
         if (ret_mount) {
-                r = mount_of(json_array_get(json_object_get(result, "mounts"), 0), ret_mount);
+                r = rl_mount_from_json(json_array_get(json_object_get(result, "mounts"), 0), ret_mount);
                 if (r < 0)
                         rl_error_set(err, r, "%s '%s': the answer has no mount", method, key);
         }
@@ -366,7 +285,7 @@ static int call_info(rl_client *c, const char *method, json_t *params, rl_info *
         int r = call(c, method, params, &result, err);
         if (r < 0)
                 return r;
-        r = ret ? info_of(json_object_get(result, "info"), ret) : 0;
+        r = ret ? rl_info_from_json(json_object_get(result, "info"), ret) : 0;
         json_decref(result);
         return r < 0 ? rl_error_set(err, r, "%s: a bad answer", method) : 0;
 }
@@ -409,7 +328,7 @@ RL_EXPORT int rl_client_list(rl_client *c, const char *const *filters, size_t n_
         size_t n = json_array_size(arr);
         rl_info *out = calloc(n ? n : 1, sizeof(*out));
         for (size_t i = 0; out && i < n && r == 0; i++)
-                r = info_of(json_array_get(arr, i), &out[i]);
+                r = rl_info_from_json(json_array_get(arr, i), &out[i]);
         json_decref(result);
         if (!out || r < 0) {
                 rl_info_array_free(out, n);
@@ -426,13 +345,7 @@ RL_EXPORT int rl_client_usage(rl_client *c, const char *key, rl_usage *ret, rl_e
         int r = call(c, "Usage", json_pack("{s:s}", "key", key), &result, err);
         if (r < 0)
                 return r;
-        *ret = (rl_usage){
-                .inodes = (uint64_t)json_integer_value(json_object_get(result, "inodes")),
-                .bytes = (uint64_t)json_integer_value(json_object_get(result, "size")),
-                .bytes_exclusive = (uint64_t)json_integer_value(json_object_get(result,
-                                                                                "exclusive")),
-                .bytes_shared = (uint64_t)json_integer_value(json_object_get(result, "shared")),
-        };
+        rl_usage_from_json(result, ret);
         json_decref(result);
         return 0;
 }
@@ -443,7 +356,7 @@ RL_EXPORT int rl_client_mounts(rl_client *c, const char *key, rl_mount *ret, rl_
         int r = call(c, "Mounts", json_pack("{s:s}", "key", key), &result, err);
         if (r < 0)
                 return r;
-        r = mount_of(json_array_get(json_object_get(result, "mounts"), 0), ret);
+        r = rl_mount_from_json(json_array_get(json_object_get(result, "mounts"), 0), ret);
         json_decref(result);
         return r < 0 ? rl_error_set(err, r, "Mounts '%s': a bad answer", key) : 0;
 }

@@ -23,6 +23,7 @@
 #include <reflayer/tree.h>
 #include <reflayer/usage.h>
 
+#include "codec.h"
 #include "util.h"
 
 #define VERSION "0.1.0"
@@ -118,28 +119,6 @@ static void show_progress(const rl_tree_progress *p, void *userdata)
         s->shown = true;
 }
 
-static json_t *stats_json(const char *src, const char *dst, const rl_tree_stats *st,
-                          const char *fstype, rl_reflink reflink)
-{
-        json_t *methods = json_object();
-        for (int m = 0; m < _RL_CLONE_METHOD_MAX; m++)
-                json_object_set_new(methods, rl_clone_method_to_string(m),
-                                    json_integer((json_int_t)st->methods[m]));
-        return json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-                         "s:I, s:I, s:I, s:o, s:f}",
-                         "source", src, "destination", dst, "filesystem", fstype, "reflink",
-                         rl_reflink_to_string(reflink), "entries", (json_int_t)st->entries,
-                         "dirs", (json_int_t)st->dirs, "regular", (json_int_t)st->regular,
-                         "hardlinks", (json_int_t)st->hardlinks, "symlinks",
-                         (json_int_t)st->symlinks, "fifos", (json_int_t)st->fifos, "sockets",
-                         (json_int_t)st->sockets, "chardevs", (json_int_t)st->chardevs,
-                         "blockdevs", (json_int_t)st->blockdevs, "xattrs",
-                         (json_int_t)st->xattrs, "bytes", (json_int_t)st->bytes,
-                         "bytes_reflinked", (json_int_t)st->bytes_reflinked, "bytes_copied",
-                         (json_int_t)st->bytes_copied, "methods", methods, "seconds",
-                         (double)st->elapsed_ns / 1e9);
-}
-
 static void print_summary(const char *src, const char *dst, const rl_tree_stats *st,
                           const char *fstype)
 {
@@ -160,36 +139,6 @@ static void print_summary(const char *src, const char *dst, const rl_tree_stats 
                st->entries ? secs * 1e6 / (double)st->entries : 0.0,
                st->methods[RL_CLONE_REFLINK], st->methods[RL_CLONE_COPY_RANGE],
                st->methods[RL_CLONE_READ_WRITE], st->methods[RL_CLONE_EMPTY]);
-}
-
-/* Split DST into its directory (opened) and last component, ignoring trailing slashes. */
-static int open_destination(const char *dst, int *ret_dir_fd, char **ret_name)
-{
-        _cleanup_free_ char *copy = strdup(dst);
-        if (!copy)
-                return -ENOMEM;
-        size_t len = strlen(copy);
-        while (len > 1 && copy[len - 1] == '/')
-                copy[--len] = '\0';
-        char *slash = strrchr(copy, '/');
-        const char *dir = ".", *name = copy;
-        if (slash) {
-                *slash = '\0';
-                dir = slash == copy ? "/" : copy;
-                name = slash + 1;
-        }
-        char *n = strdup(name);
-        if (!n)
-                return -ENOMEM;
-        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0) {
-                int r = -errno;
-                free(n);
-                return r;
-        }
-        *ret_dir_fd = fd;
-        *ret_name = n;
-        return 0;
 }
 
 /* Ctrl-C, SIGTERM, SIGHUP: let the clone stop and remove what it built. A second signal
@@ -316,9 +265,9 @@ static int cmd_clone(int argc, char **argv)
                 rl_error_set(&err, -errno, "clone: source '%s'", src);
                 goto fail;
         }
-        r = open_destination(dst, &dst_dir_fd, &dst_name);
+        r = rl_tree_open_destination(dst, &dst_dir_fd, &dst_name, &err);
         if (r < 0) {
-                rl_error_set(&err, r, "clone: destination '%s'", dst);
+                rl_error_prefix(&err, r, "clone");
                 goto fail;
         }
         if (rl_fsinfo_open(dst_dir_fd, &fs, &err) < 0)
@@ -337,8 +286,8 @@ static int cmd_clone(int argc, char **argv)
                 goto fail;
 
         if (json) {
-                json_t *o = stats_json(src, dst, &stats, rl_fsinfo_type(fs),
-                                       rl_fsinfo_reflink(fs));
+                json_t *o = rl_clone_result_to_json(src, dst, rl_fsinfo_type(fs),
+                                                    rl_fsinfo_reflink(fs), &stats);
                 if (!o || json_dumpf(o, stdout, JSON_COMPACT | JSON_REAL_PRECISION(6)) < 0) {
                         json_decref(o);
                         fprintf(stderr, "%s clone: cannot write JSON\n", prog);
@@ -584,19 +533,6 @@ static void time_str(char *buf, size_t size, int64_t ns)
         strftime(buf, size, "%Y-%m-%d %H:%M:%S", &tm);
 }
 
-static json_t *info_json(const rl_info *i)
-{
-        json_t *l = json_object();
-        for (size_t k = 0; k < i->n_labels; k++)
-                json_object_set_new(l, i->labels[k].key, json_string(i->labels[k].value));
-        json_t *o = json_pack("{s:s, s:s, s:o, s:I, s:I}", "name", i->name, "kind",
-                              rl_kind_to_string(i->kind), "labels", l, "created_ns",
-                              (json_int_t)i->created_ns, "updated_ns", (json_int_t)i->updated_ns);
-        if (o && i->parent)
-                json_object_set_new(o, "parent", json_string(i->parent));
-        return o;
-}
-
 static void print_json(json_t *o)
 {
         if (o) {
@@ -609,11 +545,7 @@ static void print_json(json_t *o)
 static void print_mount(const rl_mount *m)
 {
         if (arg_json) {
-                json_t *opts = json_array();
-                for (size_t i = 0; i < m->n_options; i++)
-                        json_array_append_new(opts, json_string(m->options[i]));
-                print_json(json_pack("{s:s, s:s, s:o}", "type", m->type, "source", m->source,
-                                     "options", opts));
+                print_json(rl_mount_to_json(m));
                 return;
         }
         printf("mount -t %s %s TARGET -o ", m->type, m->source);
@@ -681,7 +613,7 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                 r = rl_client_stat(c, a.pos[0], &i, &err);
                 if (r == 0) {
                         if (arg_json) {
-                                print_json(info_json(&i));
+                                print_json(rl_info_to_json(&i));
                         } else {
                                 char t1[64], t2[64];
                                 time_str(t1, sizeof(t1), i.created_ns);
@@ -703,7 +635,7 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                 if (r == 0 && arg_json) {
                         json_t *arr = json_array();
                         for (size_t i = 0; i < n; i++)
-                                json_array_append_new(arr, info_json(&infos[i]));
+                                json_array_append_new(arr, rl_info_to_json(&infos[i]));
                         print_json(arr);
                 } else if (r == 0 && verb[0] == 'l') {
                         printf("%-40s %-40s %s\n", "KEY", "PARENT", "KIND");
@@ -744,10 +676,7 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                 rl_usage u;
                 r = rl_client_usage(c, a.pos[0], &u, &err);
                 if (r == 0 && arg_json) {
-                        print_json(json_pack("{s:I, s:I, s:I, s:I}", "inodes",
-                                             (json_int_t)u.inodes, "size", (json_int_t)u.bytes,
-                                             "exclusive", (json_int_t)u.bytes_exclusive, "shared",
-                                             (json_int_t)u.bytes_shared));
+                        print_json(rl_usage_to_json(&u));
                 } else if (r == 0) {
                         char b[32], e[32], sh[32];
                         human_bytes(b, sizeof(b), u.bytes);
@@ -793,7 +722,7 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                 r = rl_client_update(c, &in, fields, nf, &out, &err);
                 if (r == 0) {
                         if (arg_json)
-                                print_json(info_json(&out));
+                                print_json(rl_info_to_json(&out));
                         rl_info_clear(&out);
                 }
         } else if (!strcmp(verb, "cleanup")) {

@@ -15,6 +15,7 @@
 
 #include <reflayer/tree.h>
 
+#include "codec.h"
 #include "log.h"
 #include "rpc.h"
 #include "util.h"
@@ -28,37 +29,6 @@ typedef struct call {
 } call;
 
 typedef int (*method_fn)(call *c, json_t **ret);
-
-/* JSON strings must be UTF-8; a message may quote a key that is not (the very reason it was
- * refused). Replace what is not with U+FFFD. */
-static json_t *string_lossy(const char *s)
-{
-        json_t *j = json_string(s);
-        if (j)
-                return j;
-        size_t n = strlen(s);
-        _cleanup_free_ char *out = malloc(n * 3 + 1);
-        if (!out)
-                return NULL;
-        size_t o = 0;
-        for (size_t i = 0; i < n;) {
-                unsigned char ch = (unsigned char)s[i];
-                size_t len = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3
-                                                             : (ch >> 3) == 30 ? 4 : 0;
-                json_t *probe = len && i + len <= n ? json_stringn(s + i, len) : NULL;
-                if (probe) {
-                        memcpy(out + o, s + i, len);
-                        o += len;
-                        i += len;
-                        json_decref(probe);
-                } else {
-                        memcpy(out + o, "\xef\xbf\xbd", 3);
-                        o += 3;
-                        i++;
-                }
-        }
-        return json_stringn(out, o);
-}
 
 static int rpc_code_of(int r)
 {
@@ -102,7 +72,7 @@ static char *error_response(json_t *id, int code, const char *data_code, const c
 {
         json_t *o = json_pack("{s:s, s:O, s:{s:i, s:o, s:{s:s}}}", "jsonrpc", "2.0", "id",
                               id ? id : json_null(), "error", "code", code, "message",
-                              string_lossy(message), "data", "code", data_code);
+                              rl_json_string_lossy(message), "data", "code", data_code);
         return o ? dump_line(o) : NULL;
 }
 
@@ -187,47 +157,13 @@ static int idmap_of(call *c, json_t *a, const char *what, rl_idmap **ret)
 
 /* --- results ------------------------------------------------------------------------------ */
 
-static json_t *time_json(int64_t ns)
-{
-        char buf[64];
-        struct tm tm;
-        time_t t = (time_t)(ns / 1000000000);
-        gmtime_r(&t, &tm);
-        size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-        snprintf(buf + n, sizeof(buf) - n, ".%09" PRId64 "Z", ns % 1000000000);
-        return json_string(buf);
-}
-
-static json_t *info_json(const rl_info *i)
-{
-        json_t *labels = json_object();
-        for (size_t k = 0; k < i->n_labels; k++)
-                json_object_set_new(labels, i->labels[k].key, string_lossy(i->labels[k].value));
-        json_t *o = json_pack("{s:o, s:s, s:o, s:o, s:o, s:I}", "name", string_lossy(i->name),
-                              "kind", rl_kind_to_string(i->kind), "labels", labels, "created",
-                              time_json(i->created_ns), "updated", time_json(i->updated_ns), "id",
-                              (json_int_t)i->id);
-        if (o && i->parent)
-                json_object_set_new(o, "parent", string_lossy(i->parent));
-        return o;
-}
-
-static json_t *mount_json(const rl_mount *m)
-{
-        json_t *opts = json_array();
-        for (size_t i = 0; i < m->n_options; i++)
-                json_array_append_new(opts, json_string(m->options[i]));
-        return json_pack("{s:s, s:o, s:o}", "type", m->type, "source", string_lossy(m->source),
-                         "options", opts);
-}
-
 static int mounts_result(call *c, const char *key, json_t **ret)
 {
         rl_mount m;
         int r = rl_store_mounts(c->srv->store, key, &m, &c->err);
         if (r < 0)
                 return r;
-        *ret = json_pack("{s:o, s:[o]}", "key", string_lossy(key), "mounts", mount_json(&m));
+        *ret = json_pack("{s:o, s:[o]}", "key", rl_json_string_lossy(key), "mounts", rl_mount_to_json(&m));
         rl_mount_clear(&m);
         return *ret ? 0 : -ENOMEM;
 }
@@ -315,7 +251,7 @@ static int m_stat(call *c, json_t **ret)
         int r = rl_store_stat(c->srv->store, key, &i, &c->err);
         if (r < 0)
                 return r;
-        *ret = json_pack("{s:o}", "info", info_json(&i));
+        *ret = json_pack("{s:o}", "info", rl_info_to_json(&i));
         rl_info_clear(&i);
         return *ret ? 0 : -ENOMEM;
 }
@@ -354,14 +290,14 @@ static int m_update(call *c, json_t **ret)
         r = rl_store_update(c->srv->store, &in, paths, n_paths, &out, &c->err);
         if (r < 0)
                 return r;
-        *ret = json_pack("{s:o}", "info", info_json(&out));
+        *ret = json_pack("{s:o}", "info", rl_info_to_json(&out));
         rl_info_clear(&out);
         return *ret ? 0 : -ENOMEM;
 }
 
 static int list_one(const rl_info *info, void *userdata)
 {
-        return json_array_append_new(userdata, info_json(info)) < 0 ? -ENOMEM : 0;
+        return json_array_append_new(userdata, rl_info_to_json(info)) < 0 ? -ENOMEM : 0;
 }
 
 static int m_list(call *c, json_t **ret)
@@ -409,9 +345,7 @@ static int m_usage(call *c, json_t **ret)
         int r = rl_store_usage(c->srv->store, key, &u, &c->err);
         if (r < 0)
                 return r;
-        *ret = json_pack("{s:I, s:I, s:I, s:I}", "inodes", (json_int_t)u.inodes, "size",
-                         (json_int_t)u.bytes, "exclusive", (json_int_t)u.bytes_exclusive,
-                         "shared", (json_int_t)u.bytes_shared);
+        *ret = rl_usage_to_json(&u);
         return *ret ? 0 : -ENOMEM;
 }
 

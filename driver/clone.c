@@ -19,23 +19,6 @@
 #define COPY_CHUNK (1ULL << 30)      /* one copy_file_range call; the kernel caps it anyway */
 #define RW_BUFFER_SIZE (256u * 1024) /* read/write fallback */
 
-RL_EXPORT const char *rl_clone_method_to_string(rl_clone_method m)
-{
-        switch (m) {
-        case RL_CLONE_EMPTY:
-                return "empty";
-        case RL_CLONE_REFLINK:
-                return "reflink";
-        case RL_CLONE_COPY_RANGE:
-                return "copy_range";
-        case RL_CLONE_READ_WRITE:
-                return "read_write";
-        case _RL_CLONE_METHOD_MAX:
-                break;
-        }
-        return "unknown";
-}
-
 /* Errors that mean "this method cannot do this copy", as opposed to a failed copy. */
 static bool method_unsupported(int e)
 {

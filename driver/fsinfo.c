@@ -169,19 +169,6 @@ RL_EXPORT rl_reflink rl_fsinfo_reflink(const rl_fsinfo *fs)
         return atomic_load_explicit(&((rl_fsinfo *)fs)->reflink, memory_order_relaxed);
 }
 
-RL_EXPORT const char *rl_reflink_to_string(rl_reflink r)
-{
-        switch (r) {
-        case RL_REFLINK_YES:
-                return "yes";
-        case RL_REFLINK_NO:
-                return "no";
-        case RL_REFLINK_UNKNOWN:
-                break;
-        }
-        return "unknown";
-}
-
 RL_EXPORT bool rl_fsinfo_copy_range(const rl_fsinfo *fs)
 {
         return !atomic_load_explicit(&((rl_fsinfo *)fs)->no_copy_range, memory_order_relaxed);

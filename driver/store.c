@@ -655,6 +655,9 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
                                  (popts && popts->keep_unmapped ? RL_TREE_KEEP_UNMAPPED : 0),
                         .uid_map = popts ? popts->uid_map : NULL,
                         .gid_map = popts ? popts->gid_map : NULL,
+                        .progress = popts ? popts->progress : NULL,
+                        .progress_userdata = popts ? popts->progress_userdata : NULL,
+                        .cancel = popts ? popts->cancel : NULL,
                 };
                 r = rl_tree_clone(src_fd, dir, "fs", &t, NULL, err);
                 if (r < 0)

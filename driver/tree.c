@@ -924,3 +924,33 @@ out_remove_tmp:
         rl_tree_remove(dst_dir_fd, tmp_name, opts->jobs, NULL, NULL);
         return r;
 }
+
+RL_EXPORT int rl_tree_open_destination(const char *dst, int *ret_dir_fd, char **ret_name,
+                                       rl_error *err)
+{
+        _cleanup_free_ char *copy = strdup(dst);
+        if (!copy)
+                return rl_error_set(err, -ENOMEM, "destination '%s'", dst);
+        size_t len = strlen(copy);
+        while (len > 1 && copy[len - 1] == '/')
+                copy[--len] = '\0';
+        char *slash = strrchr(copy, '/');
+        const char *dir = ".", *name = copy;
+        if (slash) {
+                *slash = '\0';
+                dir = slash == copy ? "/" : copy;
+                name = slash + 1;
+        }
+        if (!*name || strcmp(name, ".") == 0 || strcmp(name, "..") == 0 || strcmp(name, "/") == 0)
+                return rl_error_set(err, -EINVAL, "destination '%s': needs a new name at the end",
+                                    dst);
+        _cleanup_free_ char *n = strdup(name);
+        if (!n)
+                return rl_error_set(err, -ENOMEM, "destination '%s'", dst);
+        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return rl_error_set(err, -errno, "destination '%s': directory '%s'", dst, dir);
+        *ret_dir_fd = fd;
+        *ret_name = TAKE_PTR(n);
+        return 0;
+}

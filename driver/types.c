@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * types.c owns the helpers of the types the store and the client library share (store.h):
- * kind names, error codes, and freeing what rl_info and rl_mount hold.
+ * kind, clone method and reflink names, error codes, and freeing what rl_info and rl_mount
+ * hold.
  */
 #include <errno.h>
 #include <stdlib.h>
 
+#include <reflayer/clone.h>
+#include <reflayer/fsinfo.h>
 #include <reflayer/store.h>
 
 #include "util.h"
@@ -70,4 +73,34 @@ RL_EXPORT void rl_mount_clear(rl_mount *m)
                 free(m->options[i]);
         free(m->options);
         *m = (rl_mount){};
+}
+
+RL_EXPORT const char *rl_clone_method_to_string(rl_clone_method m)
+{
+        switch (m) {
+        case RL_CLONE_EMPTY:
+                return "empty";
+        case RL_CLONE_REFLINK:
+                return "reflink";
+        case RL_CLONE_COPY_RANGE:
+                return "copy_range";
+        case RL_CLONE_READ_WRITE:
+                return "read_write";
+        case _RL_CLONE_METHOD_MAX:
+                break;
+        }
+        return "unknown";
+}
+
+RL_EXPORT const char *rl_reflink_to_string(rl_reflink r)
+{
+        switch (r) {
+        case RL_REFLINK_YES:
+                return "yes";
+        case RL_REFLINK_NO:
+                return "no";
+        case RL_REFLINK_UNKNOWN:
+                break;
+        }
+        return "unknown";
 }

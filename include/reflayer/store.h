@@ -23,12 +23,14 @@
  */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include <reflayer/error.h>
 #include <reflayer/idmap.h>
+#include <reflayer/tree.h>
 #include <reflayer/usage.h>
 
 typedef struct rl_store rl_store;
@@ -106,6 +108,12 @@ typedef struct rl_prepare_options {
         const rl_idmap *uid_map; /* shift owners while cloning (NULL: keep) */
         const rl_idmap *gid_map;
         bool keep_unmapped;      /* ids outside the maps stay as they are */
+        /* Called every 100 ms or so while the parent's tree is cloned (NULL: not). */
+        rl_tree_progress_fn progress;
+        void *progress_userdata;
+        /* Set to true to abandon the clone: the call fails with -ECANCELED and nothing is
+         * published. NULL: not cancellable. */
+        const atomic_bool *cancel;
 } rl_prepare_options;
 
 /*

@@ -80,3 +80,11 @@ int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name, const rl_tre
  */
 int rl_tree_remove(int dir_fd, const char *name, unsigned jobs, const atomic_bool *cancel,
                    rl_error *err);
+
+/*
+ * Split the path dst into its directory, opened (O_DIRECTORY, following symlinks as any
+ * path given by a person does), and its last component (to free), ignoring trailing
+ * slashes: what rl_tree_clone wants as dst_dir_fd and dst_name. -EINVAL for an empty
+ * path or one whose last component is "." or "..".
+ */
+int rl_tree_open_destination(const char *dst, int *ret_dir_fd, char **ret_name, rl_error *err);

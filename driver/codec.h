@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The JSON shapes of reflayer's results (api/PROTOCOL.md), in one place: reflayerd encodes
+ * them, libreflayer-client decodes them, and the CLI prints them with --json.
+ */
+#pragma once
+
+#include <jansson.h>
+
+#include <reflayer/fsinfo.h>
+#include <reflayer/store.h>
+#include <reflayer/tree.h>
+
+/* A JSON string of s; what is not UTF-8 becomes U+FFFD (a message may quote a key that was
+ * refused for not being UTF-8). NULL only when out of memory. */
+json_t *rl_json_string_lossy(const char *s);
+
+/* "2026-11-26T15:33:31.123456789Z" <-> nanoseconds since the epoch (0 if unparsable). */
+json_t *rl_json_time(int64_t ns);
+int64_t rl_json_time_parse(const char *s);
+
+/* {name, kind, parent?, labels, created, updated, id} */
+json_t *rl_info_to_json(const rl_info *i);
+int rl_info_from_json(json_t *o, rl_info *ret); /* -EIO bad shape, -ENOMEM */
+
+/* {type, source, options} */
+json_t *rl_mount_to_json(const rl_mount *m);
+int rl_mount_from_json(json_t *o, rl_mount *ret);
+
+/* {inodes, size, exclusive, shared} */
+json_t *rl_usage_to_json(const rl_usage *u);
+void rl_usage_from_json(json_t *o, rl_usage *ret);
+
+/* A finished clone: {source, destination, filesystem, reflink, entries, dirs, ..., methods,
+ * seconds}. */
+json_t *rl_clone_result_to_json(const char *src, const char *dst, const char *fstype,
+                                rl_reflink reflink, const rl_tree_stats *st);
+void rl_tree_stats_from_json(json_t *o, rl_tree_stats *ret);
+
+/* A progress notification's params (without the request id): {entries, bytes, seconds}. */
+json_t *rl_progress_to_json(const rl_tree_progress *p);
+void rl_progress_from_json(json_t *o, rl_tree_progress *ret);
