@@ -6,6 +6,9 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +24,7 @@
 
 struct rl_client {
         int fd;
+        bool broken; /* a call was abandoned midway: its answer may still come */
         int next_id;
         char *buf; /* bytes read past the last response line */
         size_t len, cap;
@@ -64,8 +68,17 @@ RL_EXPORT void rl_client_freep(rl_client **c)
         rl_client_free(*c);
 }
 
-/* The next response line, parsed. */
-static int read_line(rl_client *c, json_t **ret, rl_error *err)
+/* How a caller follows a long call. */
+typedef struct follow {
+        rl_tree_progress_fn progress;
+        void *userdata;
+        const atomic_bool *cancel;
+} follow;
+
+/* The next line from the daemon, parsed. With f->cancel, the wait looks at the flag every
+ * 100 ms; once it is set, the connection is shut down (the daemon sees the hang-up and
+ * abandons the call) and -ECANCELED returned. */
+static int read_line(rl_client *c, const follow *f, json_t **ret, rl_error *err)
 {
         for (;;) {
                 char *nl = c->len ? memchr(c->buf, '\n', c->len) : NULL;
@@ -88,6 +101,19 @@ static int read_line(rl_client *c, json_t **ret, rl_error *err)
                                 return rl_error_set(err, -ENOMEM, "read a response");
                         c->buf = b;
                         c->cap = cap;
+                }
+                if (f && f->cancel) {
+                        struct pollfd p = { .fd = c->fd, .events = POLLIN };
+                        if (atomic_load(f->cancel)) {
+                                shutdown(c->fd, SHUT_RDWR);
+                                c->broken = true;
+                                return rl_error_set(err, -ECANCELED, "cancelled");
+                        }
+                        int n = poll(&p, 1, 100);
+                        if (n < 0 && errno != EINTR)
+                                return rl_error_set(err, -errno, "wait for reflayerd");
+                        if (n <= 0)
+                                continue;
                 }
                 ssize_t k = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
                 if (k < 0 && errno == EINTR)
@@ -116,10 +142,19 @@ static int errno_of(const char *code)
         return -EIO;
 }
 
-/* Call method with params (stolen); *ret: the result (owned by the caller). */
-static int call(rl_client *c, const char *method, json_t *params, json_t **ret, rl_error *err)
+/* Call method with params (stolen); *ret: the result (owned by the caller). f may be NULL;
+ * with f->progress, the daemon is asked for Progress notifications, handed to it. */
+static int call_follow(rl_client *c, const char *method, json_t *params, const follow *f,
+                       json_t **ret, rl_error *err)
 {
+        if (c->broken) {
+                json_decref(params);
+                return rl_error_set(err, -EIO, "%s: the connection was abandoned by an earlier "
+                                    "cancelled call: connect again", method);
+        }
         int id = ++c->next_id;
+        if (params && f && f->progress)
+                json_object_set_new(params, "progress", json_true());
         json_t *req = json_pack("{s:s, s:i, s:s}", "jsonrpc", "2.0", "id", id, "method", method);
         if (!req) {
                 json_decref(params);
@@ -139,9 +174,24 @@ static int call(rl_client *c, const char *method, json_t *params, json_t **ret, 
                 return rl_error_set(err, r, "%s: send to reflayerd", method);
 
         json_t *resp = NULL;
-        r = read_line(c, &resp, err);
-        if (r < 0)
-                return r;
+        for (;;) {
+                r = read_line(c, f, &resp, err);
+                if (r < 0)
+                        return rl_error_prefix(err, r, "%s", method);
+                /* A notification: no id, a method. Progress of this call goes to the caller;
+                 * anything else is not for us (yet) and is dropped. */
+                const char *nm = json_string_value(json_object_get(resp, "method"));
+                if (!nm || json_object_get(resp, "id"))
+                        break;
+                json_t *np = json_object_get(resp, "params");
+                if (f && f->progress && strcmp(nm, "Progress") == 0 &&
+                    json_integer_value(json_object_get(np, "id")) == id) {
+                        rl_tree_progress p;
+                        rl_progress_from_json(np, &p);
+                        f->progress(&p, f->userdata);
+                }
+                json_decref(resp);
+        }
         json_t *e = json_object_get(resp, "error");
         if (e) {
                 const char *msg = json_string_value(json_object_get(e, "message"));
@@ -165,6 +215,11 @@ static int call(rl_client *c, const char *method, json_t *params, json_t **ret, 
         if (!*ret)
                 return rl_error_set(err, -EIO, "%s: reflayerd sent no result", method);
         return 0;
+}
+
+static int call(rl_client *c, const char *method, json_t *params, json_t **ret, rl_error *err)
+{
+        return call_follow(c, method, params, NULL, ret, err);
 }
 
 RL_EXPORT int rl_client_call(rl_client *c, const char *method, const char *params_json,
@@ -222,7 +277,10 @@ static int create(rl_client *c, const char *method, const char *key, const char 
                 json_object_set_new(p, "gid_map", idmap_json(opts->gid_map));
         if (opts && opts->keep_unmapped)
                 json_object_set_new(p, "keep_unmapped", json_true());
-        int r = call(c, method, p, &result, err);
+        follow f = {};
+        if (opts)
+                f = (follow){ opts->progress, opts->progress_userdata, opts->cancel };
+        int r = call_follow(c, method, p, &f, &result, err);
         if (r < 0)
                 return r;
         if (ret_mount) {
@@ -359,4 +417,40 @@ RL_EXPORT int rl_client_mounts(rl_client *c, const char *key, rl_mount *ret, rl_
         r = rl_mount_from_json(json_array_get(json_object_get(result, "mounts"), 0), ret);
         json_decref(result);
         return r < 0 ? rl_error_set(err, r, "Mounts '%s': a bad answer", key) : 0;
+}
+
+RL_EXPORT int rl_client_clone(rl_client *c, const char *src, const char *dst,
+                              const rl_tree_options *opts, rl_client_clone_result *ret,
+                              rl_error *err)
+{
+        json_t *p = json_pack("{s:s, s:s}", "source", src, "destination", dst), *result = NULL;
+        if (!p)
+                return rl_error_set(err, -EINVAL, "Clone: paths must be UTF-8");
+        follow f = {};
+        if (opts) {
+                if (opts->uid_map)
+                        json_object_set_new(p, "uid_map", idmap_json(opts->uid_map));
+                if (opts->gid_map)
+                        json_object_set_new(p, "gid_map", idmap_json(opts->gid_map));
+                if (opts->flags & RL_TREE_KEEP_UNMAPPED)
+                        json_object_set_new(p, "keep_unmapped", json_true());
+                if (opts->flags & RL_TREE_SYNC)
+                        json_object_set_new(p, "sync", json_true());
+                f = (follow){ opts->progress, opts->progress_userdata, opts->cancel };
+        }
+        int r = call_follow(c, "Clone", p, &f, &result, err);
+        if (r < 0)
+                return r;
+        if (ret) {
+                *ret = (rl_client_clone_result){};
+                rl_tree_stats_from_json(result, &ret->stats);
+                snprintf(ret->filesystem, sizeof(ret->filesystem), "%s",
+                         json_string_value(json_object_get(result, "filesystem")) ?: "unknown");
+                const char *rf = json_string_value(json_object_get(result, "reflink"));
+                ret->reflink = rf && strcmp(rf, "yes") == 0  ? RL_REFLINK_YES
+                               : rf && strcmp(rf, "no") == 0 ? RL_REFLINK_NO
+                                                              : RL_REFLINK_UNKNOWN;
+        }
+        json_decref(result);
+        return 0;
 }

@@ -57,6 +57,7 @@ static void usage(FILE *f)
                 "Without a daemon:\n"
                 "  clone [OPTIONS] SRC DST  replicate the tree SRC as the new directory DST,\n"
                 "                           sharing file data by reflink where the filesystem can\n"
+                "                           (--daemon: reflayerd does it, with your permissions)\n"
                 "  du [--json] DIR          disk usage of the tree DIR that understands reflinks:\n"
                 "                           bytes it alone holds vs bytes shared with other files\n"
                 "  version                  the version (and the daemon's, if one answers)\n"
@@ -73,6 +74,8 @@ static void usage(FILE *f)
                 "      --progress           show progress on stderr (default: on a terminal,\n"
                 "                           once the clone has run for a second)\n"
                 "      --no-progress        never show progress\n"
+                "      --daemon             ask reflayerd to clone (paths made absolute; it acts\n"
+                "                           with your uid, gid and groups)\n"
                 "\n"
                 "Exit status: 0 done; 1 failed (the message names the key or path and why);\n"
                 "2 bad usage; 3 not found; 4 already exists; 5 failed precondition;\n"
@@ -141,6 +144,35 @@ static void print_summary(const char *src, const char *dst, const rl_tree_stats 
                st->methods[RL_CLONE_READ_WRITE], st->methods[RL_CLONE_EMPTY]);
 }
 
+static const char *arg_socket;
+static bool arg_json;
+
+/* Exit codes scripts can test, by the daemon's error code. */
+static int exit_code(int r)
+{
+        switch (-r) {
+        case ENOENT:
+                return 3;
+        case EEXIST:
+                return 4;
+        case EBUSY:
+                return 5;
+        case ECONNREFUSED:
+        case EACCES:
+        case ESHUTDOWN:
+        case EIO:
+                return 6;
+        default:
+                return 1;
+        }
+}
+
+static int fail_with(int r, const rl_error *err)
+{
+        fprintf(stderr, "%s: %s\n", prog, err->msg);
+        return exit_code(r);
+}
+
 /* Ctrl-C, SIGTERM, SIGHUP: let the clone stop and remove what it built. A second signal
  * gets the default action (SA_RESETHAND): a way out if removal itself hangs. */
 static atomic_bool interrupted;
@@ -180,10 +212,71 @@ static void raise_nofile(void)
         }
 }
 
+static int print_clone_result(const char *src, const char *dst, const char *fstype,
+                              rl_reflink reflink, const rl_tree_stats *st, bool json)
+{
+        if (json) {
+                json_t *o = rl_clone_result_to_json(src, dst, fstype, reflink, st);
+                if (!o || json_dumpf(o, stdout, JSON_COMPACT | JSON_REAL_PRECISION(6)) < 0) {
+                        json_decref(o);
+                        fprintf(stderr, "%s clone: cannot write JSON\n", prog);
+                        return 1;
+                }
+                json_decref(o);
+                putchar('\n');
+        } else {
+                print_summary(src, dst, st, fstype);
+        }
+        return fflush(stdout) == 0 ? 0 : 1;
+}
+
+/* A path as the daemon must see it: absolute (it does not share our working directory). */
+static char *absolute(const char *path)
+{
+        if (path[0] == '/')
+                return strdup(path);
+        _cleanup_free_ char *cwd = getcwd(NULL, 0);
+        char *out = NULL;
+        if (cwd && asprintf(&out, "%s/%s", cwd, path) < 0)
+                out = NULL;
+        return out;
+}
+
+/* clone --daemon: the same clone, done by reflayerd with our permissions. */
+static int clone_through_daemon(const char *src, const char *dst, rl_tree_options *opts,
+                                bool json)
+{
+        _cleanup_(rl_client_freep) rl_client *c = NULL;
+        _cleanup_free_ char *asrc = absolute(src), *adst = absolute(dst);
+        rl_client_clone_result res;
+        rl_error err = {};
+
+        if (!asrc || !adst) {
+                fprintf(stderr, "%s clone: cannot make the paths absolute: %s\n", prog,
+                        rl_strerror(errno));
+                return 1;
+        }
+        int r = rl_client_connect(arg_socket, &c, &err);
+        if (r < 0) {
+                fprintf(stderr, "%s: %s\n", prog, err.msg);
+                return 6;
+        }
+        progress_state *ps = opts->progress_userdata;
+        if (ps->mode == 0)
+                opts->progress = NULL; /* no notifications nobody will see */
+        catch_signals();
+        r = rl_client_clone(c, asrc, adst, opts, &res, &err);
+        if (ps->shown)
+                fprintf(stderr, "\r\033[K");
+        if (r < 0)
+                return fail_with(r, &err);
+        return print_clone_result(asrc, adst, res.filesystem, res.reflink, &res.stats, json);
+}
+
 static int cmd_clone(int argc, char **argv)
 {
         enum { OPT_UID_MAP = 256, OPT_GID_MAP, OPT_KEEP, OPT_SYNC, OPT_JSON, OPT_PROGRESS,
-               OPT_NO_PROGRESS };
+               OPT_NO_PROGRESS, OPT_DAEMON };
         static const struct option options[] = {
                 { "jobs", required_argument, NULL, 'j' },
                 { "uid-map", required_argument, NULL, OPT_UID_MAP },
@@ -193,6 +286,7 @@ static int cmd_clone(int argc, char **argv)
                 { "json", no_argument, NULL, OPT_JSON },
                 { "progress", no_argument, NULL, OPT_PROGRESS },
                 { "no-progress", no_argument, NULL, OPT_NO_PROGRESS },
+                { "daemon", no_argument, NULL, OPT_DAEMON },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -204,7 +298,7 @@ static int cmd_clone(int argc, char **argv)
         progress_state progress = { .mode = isatty(STDERR_FILENO) ? 2 : 0 };
         rl_tree_options opts = {};
         rl_tree_stats stats;
-        bool json = false;
+        bool json = false, daemon = false;
         rl_error err = {};
         int c, r;
 
@@ -244,6 +338,9 @@ static int cmd_clone(int argc, char **argv)
                 case OPT_NO_PROGRESS:
                         progress.mode = 0;
                         break;
+                case OPT_DAEMON:
+                        daemon = true;
+                        break;
                 case 'h':
                         usage(stdout);
                         return 0;
@@ -258,6 +355,13 @@ static int cmd_clone(int argc, char **argv)
                 return 2;
         }
         const char *src = argv[optind], *dst = argv[optind + 1];
+        opts.uid_map = uids;
+        opts.gid_map = gids;
+        opts.progress = show_progress;
+        opts.progress_userdata = &progress;
+        opts.cancel = &interrupted;
+        if (daemon)
+                return clone_through_daemon(src, dst, &opts, json);
 
         raise_nofile();
         src_fd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -272,11 +376,6 @@ static int cmd_clone(int argc, char **argv)
         }
         if (rl_fsinfo_open(dst_dir_fd, &fs, &err) < 0)
                 goto fail;
-        opts.uid_map = uids;
-        opts.gid_map = gids;
-        opts.progress = show_progress;
-        opts.progress_userdata = &progress;
-        opts.cancel = &interrupted;
         catch_signals();
 
         r = rl_tree_clone(src_fd, dst_dir_fd, dst_name, &opts, &stats, &err);
@@ -285,20 +384,8 @@ static int cmd_clone(int argc, char **argv)
         if (r < 0)
                 goto fail;
 
-        if (json) {
-                json_t *o = rl_clone_result_to_json(src, dst, rl_fsinfo_type(fs),
-                                                    rl_fsinfo_reflink(fs), &stats);
-                if (!o || json_dumpf(o, stdout, JSON_COMPACT | JSON_REAL_PRECISION(6)) < 0) {
-                        json_decref(o);
-                        fprintf(stderr, "%s clone: cannot write JSON\n", prog);
-                        return 1;
-                }
-                json_decref(o);
-                putchar('\n');
-        } else {
-                print_summary(src, dst, &stats, rl_fsinfo_type(fs));
-        }
-        return fflush(stdout) == 0 ? 0 : 1;
+        return print_clone_result(src, dst, rl_fsinfo_type(fs), rl_fsinfo_reflink(fs), &stats,
+                                  json);
 fail:
         fprintf(stderr, "%s: %s\n", prog, err.msg);
         return 1;
@@ -418,35 +505,6 @@ static int do_umount(const char *target, rl_error *err)
 }
 
 /* --- verbs through reflayerd ------------------------------------------------------------ */
-
-static const char *arg_socket;
-static bool arg_json;
-
-/* Exit codes scripts can test, by the daemon's error code. */
-static int exit_code(int r)
-{
-        switch (-r) {
-        case ENOENT:
-                return 3;
-        case EEXIST:
-                return 4;
-        case EBUSY:
-                return 5;
-        case ECONNREFUSED:
-        case EACCES:
-        case ESHUTDOWN:
-        case EIO:
-                return 6;
-        default:
-                return 1;
-        }
-}
-
-static int fail_with(int r, const rl_error *err)
-{
-        fprintf(stderr, "%s: %s\n", prog, err->msg);
-        return exit_code(r);
-}
 
 typedef struct verb_args {
         rl_label labels[64];
@@ -588,11 +646,21 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                 return 6;
         }
         if (!strcmp(verb, "prepare") || !strcmp(verb, "view")) {
-                rl_prepare_options o = { .uid_map = a.uids, .gid_map = a.gids };
+                /* A terminal sees progress once a Prepare has taken a second; Ctrl-C
+                 * abandons it (the daemon publishes nothing). */
+                progress_state ps = { .mode = isatty(STDERR_FILENO) ? 2 : 0 };
+                rl_prepare_options o = { .uid_map = a.uids,
+                                         .gid_map = a.gids,
+                                         .progress = ps.mode ? show_progress : NULL,
+                                         .progress_userdata = &ps,
+                                         .cancel = &interrupted };
                 rl_mount m;
+                catch_signals();
                 r = (verb[0] == 'p' ? rl_client_prepare : rl_client_view)(
                         c, a.pos[0], a.n_pos > 1 ? a.pos[1] : NULL, a.labels, a.n_labels, &o, &m,
                         &err);
+                if (ps.shown)
+                        fprintf(stderr, "\r\033[K");
                 if (r == 0) {
                         print_mount(&m);
                         rl_mount_clear(&m);

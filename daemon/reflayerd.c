@@ -274,7 +274,15 @@ static void accept_one(rpc_server *srv, int listen_fd)
                 close(fd);
                 return;
         }
-        *c = (conn){ .srv = srv, .fd = fd, .peer = { cred.pid, cred.uid, cred.gid } };
+        *c = (conn){ .srv = srv, .fd = fd };
+        c->peer = (rpc_peer){ .pid = cred.pid, .uid = cred.uid, .gid = cred.gid, .fd = fd };
+        /* The groups the client had at connect, for calls that act as the client. */
+        sl = sizeof(c->peer.groups);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, c->peer.groups, &sl) == 0)
+                c->peer.n_groups = (int)(sl / sizeof(gid_t));
+        else
+                log_warning("pid %d: SO_PEERGROUPS: %s: acting with no supplementary group",
+                            (int)cred.pid, rl_strerror(errno));
         pthread_mutex_lock(&conns_lock);
         c->next = conns;
         if (conns)

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include <reflayer/tree.h>
 
 #include "codec.h"
+#include "creds.h"
 #include "log.h"
 #include "rpc.h"
 #include "util.h"
@@ -23,32 +25,32 @@
 typedef struct call {
         rpc_server *srv;
         const rpc_peer *peer;
+        json_t *id;     /* the request's id: progress notifications name it */
         json_t *params; /* an object, never NULL */
+        bool progress;  /* the client asked for Progress notifications */
+        atomic_bool hung_up; /* the client went away: abandon the work */
         rl_error err;
         int code; /* JSON-RPC code, when the failure is not an rl_* errno */
 } call;
 
 typedef int (*method_fn)(call *c, json_t **ret);
 
+/* The JSON-RPC code that goes with an errno's data.code (rl_store_error_code). */
 static int rpc_code_of(int r)
 {
-        switch (-r) {
-        case ENOENT:
-                return -32001;
-        case EEXIST:
-                return -32002;
-        case EBUSY:
-                return -32003;
-        case EACCES:
-        case EPERM:
-                return -32004;
-        case ESHUTDOWN:
-                return -32005;
-        case EINVAL:
-                return RPC_INVALID_PARAMS;
-        default:
-                return RPC_INTERNAL;
-        }
+        static const struct {
+                const char *code;
+                int rpc;
+        } map[] = {
+                { "not_found", -32001 },         { "already_exists", -32002 },
+                { "failed_precondition", -32003 }, { "permission_denied", -32004 },
+                { "unavailable", -32005 },       { "invalid_argument", RPC_INVALID_PARAMS },
+        };
+        const char *code = rl_store_error_code(r);
+        for (size_t i = 0; i < ELEMENTSOF(map); i++)
+                if (strcmp(map[i].code, code) == 0)
+                        return map[i].rpc;
+        return RPC_INTERNAL;
 }
 
 static char *dump_line(json_t *o)
@@ -168,6 +170,38 @@ static int mounts_result(call *c, const char *key, json_t **ret)
         return *ret ? 0 : -ENOMEM;
 }
 
+/*
+ * Called by a tree worker every 200 ms of a long call. A client that has closed its end
+ * (POLLHUP: both directions gone, unlike a half-close after sending) will never read the
+ * answer, so the work is abandoned. Otherwise, if asked, a Progress notification is sent;
+ * the connection's thread is blocked in the call, so this is the only writer.
+ */
+static void on_progress(const rl_tree_progress *p, void *userdata)
+{
+        call *c = userdata;
+        int fd = c->peer->fd;
+        if (fd < 0)
+                return;
+        struct pollfd pfd = { .fd = fd };
+        if (poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR))) {
+                if (!atomic_exchange(&c->hung_up, true))
+                        log_info("pid %d hung up: abandoning its call", (int)c->peer->pid);
+                return;
+        }
+        if (!c->progress)
+                return;
+        json_t *params = rl_progress_to_json(p);
+        if (params)
+                json_object_set(params, "id", c->id);
+        json_t *n = params ? json_pack("{s:s, s:s, s:o}", "jsonrpc", "2.0", "method", "Progress",
+                                       "params", params)
+                           : NULL;
+        char *line = n ? dump_line(n) : NULL;
+        if (line && rl_write_all(fd, line, strlen(line)) < 0)
+                atomic_store(&c->hung_up, true);
+        free(line);
+}
+
 /* --- methods ----------------------------------------------------------------------------- */
 
 static int create(call *c, bool view, json_t **ret)
@@ -177,19 +211,25 @@ static int create(call *c, bool view, json_t **ret)
         _cleanup_free_ rl_label *labels = NULL;
         const char *key, *parent = NULL;
         json_t *lj = NULL, *um = NULL, *gm = NULL;
-        int keep = 0;
+        int keep = 0, progress = 0;
         size_t n;
         json_error_t jerr;
         int r;
 
-        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s, s?s, s?o, s?o, s?o, s?b}", "key",
-                           &key, "parent", &parent, "labels", &lj, "uid_map", &um, "gid_map", &gm,
-                           "keep_unmapped", &keep) < 0)
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s, s?s, s?o, s?o, s?o, s?b, s?b}",
+                           "key", &key, "parent", &parent, "labels", &lj, "uid_map", &um,
+                           "gid_map", &gm, "keep_unmapped", &keep, "progress", &progress) < 0)
                 return bad_params(c, &jerr);
         if ((r = labels_of(c, lj, &labels, &n)) < 0 || (r = idmap_of(c, um, "uid_map", &uids)) < 0 ||
             (r = idmap_of(c, gm, "gid_map", &gids)) < 0)
                 return r;
-        rl_prepare_options o = { .uid_map = uids, .gid_map = gids, .keep_unmapped = keep };
+        c->progress = progress;
+        rl_prepare_options o = { .uid_map = uids,
+                                 .gid_map = gids,
+                                 .keep_unmapped = keep,
+                                 .progress = on_progress,
+                                 .progress_userdata = c,
+                                 .cancel = &c->hung_up };
         r = view ? rl_store_view(c->srv->store, key, parent, labels, n, &o, &c->err)
                  : rl_store_prepare(c->srv->store, key, parent, labels, n, &o, &c->err);
         if (r < 0)
@@ -205,6 +245,68 @@ static int m_prepare(call *c, json_t **ret)
 static int m_view(call *c, json_t **ret)
 {
         return create(c, true, ret);
+}
+
+/*
+ * Clone any directory to a new path. The paths are the client's, so the clone runs with the
+ * client's identity (creds.h): a member of the socket's group can clone what it could copy
+ * itself, no more. They are resolved in the daemon's mount namespace, hence absolute only.
+ */
+static int m_clone(call *c, json_t **ret)
+{
+        _cleanup_(rl_idmap_freep) rl_idmap *uids = NULL;
+        _cleanup_(rl_idmap_freep) rl_idmap *gids = NULL;
+        _cleanup_(rl_fsinfo_freep) rl_fsinfo *fs = NULL;
+        _cleanup_close_ int src_fd = -EBADF, dst_dir_fd = -EBADF;
+        _cleanup_free_ char *dst_name = NULL;
+        const char *src, *dst;
+        json_t *um = NULL, *gm = NULL;
+        int keep = 0, sync = 0, progress = 0;
+        json_error_t jerr;
+        rl_tree_stats st;
+        creds_saved saved;
+        int r;
+
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s, s:s, s?o, s?o, s?b, s?b, s?b}",
+                           "source", &src, "destination", &dst, "uid_map", &um, "gid_map", &gm,
+                           "keep_unmapped", &keep, "sync", &sync, "progress", &progress) < 0)
+                return bad_params(c, &jerr);
+        if (src[0] != '/' || dst[0] != '/')
+                return rl_error_set(&c->err, -EINVAL,
+                                    "clone '%s' to '%s': paths must be absolute (reflayerd "
+                                    "resolves them in its own mount namespace)",
+                                    src, dst);
+        if ((r = idmap_of(c, um, "uid_map", &uids)) < 0 ||
+            (r = idmap_of(c, gm, "gid_map", &gids)) < 0)
+                return r;
+        c->progress = progress;
+        rl_tree_options o = {
+                .jobs = c->srv->jobs,
+                .flags = (keep ? RL_TREE_KEEP_UNMAPPED : 0) | (sync ? RL_TREE_SYNC : 0),
+                .uid_map = uids,
+                .gid_map = gids,
+                .progress = on_progress,
+                .progress_userdata = c,
+                .progress_interval_ns = 200 * 1000000ULL,
+                .cancel = &c->hung_up,
+        };
+
+        r = creds_assume(c->peer, &saved);
+        if (r < 0)
+                return rl_error_set(&c->err, r, "clone: cannot act as uid %u",
+                                    (unsigned)c->peer->uid);
+        src_fd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (src_fd < 0)
+                r = rl_error_set(&c->err, -errno, "clone: source '%s'", src);
+        else if ((r = rl_tree_open_destination(dst, &dst_dir_fd, &dst_name, &c->err)) < 0)
+                rl_error_prefix(&c->err, r, "clone");
+        else if ((r = rl_fsinfo_open(dst_dir_fd, &fs, &c->err)) >= 0)
+                r = rl_tree_clone(src_fd, dst_dir_fd, dst_name, &o, &st, &c->err);
+        creds_restore(&saved);
+        if (r < 0)
+                return r;
+        *ret = rl_clone_result_to_json(src, dst, rl_fsinfo_type(fs), rl_fsinfo_reflink(fs), &st);
+        return *ret ? 0 : -ENOMEM;
 }
 
 static int m_commit(call *c, json_t **ret)
@@ -418,6 +520,7 @@ static const struct {
         { "Remove", m_remove },   { "Stat", m_stat },       { "Update", m_update },
         { "List", m_list },       { "Usage", m_usage },     { "Mounts", m_mounts },
         { "Cleanup", m_cleanup }, { "Status", m_status },   { "Version", m_version },
+        { "Clone", m_clone },
 };
 
 char *rpc_handle(rpc_server *srv, const rpc_peer *peer, const char *line, size_t len)
@@ -465,7 +568,7 @@ char *rpc_handle(rpc_server *srv, const rpc_peer *peer, const char *line, size_t
         }
 
         json_t *empty = json_object();
-        call c = { .srv = srv, .peer = peer, .params = params ? params : empty };
+        call c = { .srv = srv, .peer = peer, .id = id, .params = params ? params : empty };
         json_t *result = NULL;
         int r = fn(&c, &result);
         if (r >= 0 && !result)

@@ -31,10 +31,18 @@ typedef struct rpc_server {
         atomic_uint connections;
 } rpc_server;
 
+#define RPC_MAX_GROUPS 256
+
+/* Who is calling, as the kernel saw it at connect (SO_PEERCRED, SO_PEERGROUPS), and on
+ * which connection: progress notifications go there, and a long call stops early when the
+ * client hangs up. */
 typedef struct rpc_peer {
         pid_t pid;
         uid_t uid;
         gid_t gid;
+        int n_groups; /* supplementary groups */
+        gid_t groups[RPC_MAX_GROUPS];
+        int fd; /* the connection (-1: none) */
 } rpc_peer;
 
 /*

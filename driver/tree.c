@@ -103,8 +103,8 @@ typedef struct clone_ctx {
         rl_fsinfo *dst_fs;
         int dst_root_fd;            /* the temporary root being built */
         uint64_t tmp_dev, tmp_ino;  /* never clone the tree being built into itself */
-        uid_t euid;
-        gid_t egid;
+        uid_t fsuid; /* who new entries belong to: a daemon acting for a client is */
+        gid_t fsgid; /* that client here, not its own euid */
         mode_t umask;               /* the process's, read once: see create_mode() */
         link_map links;
 
@@ -280,7 +280,7 @@ static int apply_meta(clone_worker *wk, const struct statx *st, const ref *src, 
                 return r;
         /* A new entry already belongs to us (our directories get no setgid bit until their
          * own metadata is applied, after their children), so chown only what differs. */
-        if (uid != c->euid || gid != c->egid) {
+        if (uid != c->fsuid || gid != c->fsgid) {
                 r = dst->fd >= 0 ? fchown(dst->fd, uid, gid)
                                  : fchownat(dst->dir_fd, dst->name, uid, gid,
                                             AT_SYMLINK_NOFOLLOW);
@@ -819,7 +819,7 @@ static int make_tmp_root(int dst_dir_fd, char *name, size_t size, rl_error *err)
          * everything we create: its group (a setgid parent, or a filesystem mounted with
          * grpid), its setgid bit, its default ACL. Our entries start out as ours (apply_meta
          * relies on it to skip chown) and carry only the source's ACLs. */
-        if (fchown(fd, geteuid(), getegid()) < 0 || fchmod(fd, 0700) < 0) {
+        if (fchown(fd, rl_fsuid(), rl_fsgid()) < 0 || fchmod(fd, 0700) < 0) {
                 int r = -errno;
                 close(fd);
                 unlinkat(dst_dir_fd, name, AT_REMOVEDIR);
@@ -877,8 +877,8 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
                 .dst_root_fd = tmp_fd,
                 .tmp_dev = tmp_st.st_dev,
                 .tmp_ino = tmp_st.st_ino,
-                .euid = geteuid(),
-                .egid = getegid(),
+                .fsuid = rl_fsuid(),
+                .fsgid = rl_fsgid(),
                 .umask = read_umask(),
                 .links = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER },
                 .stats_lock = PTHREAD_MUTEX_INITIALIZER,

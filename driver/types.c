@@ -36,6 +36,9 @@ RL_EXPORT const char *rl_store_error_code(int r)
         case EEXIST:
                 return "already_exists";
         case EINVAL:
+        case ENOTDIR:      /* a path that should be a directory is not */
+        case ERANGE:       /* an id outside the maps */
+        case ENAMETOOLONG:
                 return "invalid_argument";
         case EBUSY:
                 return "failed_precondition";

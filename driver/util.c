@@ -7,6 +7,7 @@
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -118,4 +119,15 @@ unsigned rl_online_cpus(void)
 {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         return n > 0 ? (unsigned)n : 1;
+}
+
+/* setfsuid(-1) changes nothing (-1 is not a valid id) and returns the current fsuid. */
+uid_t rl_fsuid(void)
+{
+        return (uid_t)setfsuid((uid_t)-1);
+}
+
+gid_t rl_fsgid(void)
+{
+        return (gid_t)setfsgid((gid_t)-1);
 }

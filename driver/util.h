@@ -82,3 +82,8 @@ uint64_t rl_now_ns(void);
 
 /* Number of online CPUs, at least 1. */
 unsigned rl_online_cpus(void);
+
+/* The identity new files get: the fsuid and fsgid (the euid and egid, unless a thread took
+ * on another identity with setfsuid, as reflayerd does when it acts for a client). */
+uid_t rl_fsuid(void);
+gid_t rl_fsgid(void);

@@ -13,7 +13,9 @@
 #include <stddef.h>
 
 #include <reflayer/error.h>
+#include <reflayer/fsinfo.h>
 #include <reflayer/store.h>
+#include <reflayer/tree.h>
 
 #define RL_DEFAULT_SOCKET "/run/reflayer/reflayer.sock"
 
@@ -47,3 +49,26 @@ void rl_info_array_free(rl_info *infos, size_t n);
 int rl_client_usage(rl_client *c, const char *key, rl_usage *ret, rl_error *err);
 int rl_client_mounts(rl_client *c, const char *key, rl_mount *ret, rl_error *err);
 int rl_client_cleanup(rl_client *c, rl_error *err);
+
+/*
+ * Prepare and View above honour opts->progress (the daemon sends Progress notifications,
+ * handed to it on this thread) and opts->cancel (checked every 100 ms while waiting; when
+ * set, the connection is shut down, the daemon abandons the call and publishes nothing,
+ * and the call returns -ECANCELED; the rl_client is then unusable: connect again).
+ */
+
+typedef struct rl_client_clone_result {
+        rl_tree_stats stats;
+        char filesystem[64]; /* the destination's filesystem type */
+        rl_reflink reflink;  /* whether that filesystem reflinks */
+} rl_client_clone_result;
+
+/*
+ * Clone the directory src to the new path dst through reflayerd, with the caller's own
+ * permissions (the daemon acts with the connecting process's uid, gid and groups). Both
+ * paths absolute: the daemon resolves them in its mount namespace. opts (may be NULL):
+ * uid_map, gid_map, RL_TREE_KEEP_UNMAPPED and RL_TREE_SYNC in flags, progress and cancel as
+ * above; jobs is the daemon's. ret may be NULL.
+ */
+int rl_client_clone(rl_client *c, const char *src, const char *dst, const rl_tree_options *opts,
+                    rl_client_clone_result *ret, rl_error *err);

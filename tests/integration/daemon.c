@@ -21,9 +21,11 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/xattr.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <reflayer/client.h>
 #include <reflayer/store.h>
 
 #include "rltest-daemon.h"
@@ -164,6 +166,19 @@ static void fill_layer(int fd, const char *key, int files)
                 rlt_write_file(p, 100, (unsigned)i);
         }
         json_decref(r);
+}
+
+/* A tree of n files of 100 bytes in 100 directories below dir. */
+static void make_tree(const char *dir, int n)
+{
+        char p[PATH_MAX];
+        cr_assert(mkdir(dir, 0755) == 0, "mkdir %s: %s", dir, strerror(errno));
+        for (int i = 0; i < n; i++) {
+                snprintf(p, sizeof(p), "%s/d%d", dir, i % 100);
+                mkdir(p, 0755);
+                snprintf(p, sizeof(p), "%s/d%d/f%d", dir, i % 100, i);
+                rlt_write_file(p, 100, (unsigned)i);
+        }
 }
 
 Test(daemon, methods)
@@ -551,6 +566,16 @@ Test(daemon, cli_verbs)
         cr_expect_eq(RUN("stat"), 2, "%s", out);
         cr_assert_eq(RUN("rm", "k2", "v1", "layer1"), 0, "%s", out);
         cr_assert_eq(RUN("cleanup"), 0, "%s", out);
+        /* clone --daemon: reflayerd clones, the CLI prints the same summary. */
+        char csrc[PATH_MAX], cdst[PATH_MAX];
+        snprintf(csrc, sizeof(csrc), "%s/csrc", mnt);
+        snprintf(cdst, sizeof(cdst), "%s/cdst", mnt);
+        make_tree(csrc, 10);
+        cr_assert_eq(RUN("clone", "--daemon", "--json", csrc, cdst), 0, "%s", out);
+        cr_expect(strstr(out, "\"reflink\":\"yes\"") && strstr(out, "\"entries\":21"), "%s",
+                  out);
+        cr_expect_eq(RUN("clone", "--daemon", csrc, cdst), 4, "%s", out);
+        cr_expect(strstr(out, "cdst"), "%s", out);
         char *nodaemon[] = { (char *)cli, "--socket", "/nonexistent.sock", "ls", NULL };
         cr_expect_eq(rlt_run(nodaemon, out, sizeof(out)), 6, "%s", out);
         cr_expect(strstr(out, "is it running"), "%s", out);
@@ -604,4 +629,252 @@ Test(daemon, cli_mount_and_umount)
         cr_expect(access(p, F_OK) != 0, "the write reached the parent");
         cr_expect_eq(RUN("mount", "nope", t1), 3, "%s", out);
 #undef RUN
+}
+
+/* --- Clone, progress, hang-ups --------------------------------------------------------------- */
+
+static void chown_tree(const char *dir, uid_t uid, gid_t gid)
+{
+        char *argv[] = { "chown", "-R", NULL, (char *)dir, NULL };
+        char ids[32], out[4096];
+        snprintf(ids, sizeof(ids), "%u:%u", (unsigned)uid, (unsigned)gid);
+        argv[2] = ids;
+        cr_assert_eq(rlt_run(argv, out, sizeof(out)), 0, "chown: %s", out);
+}
+
+/* Clone acts with the caller's identity: a member of the socket's group clones what it owns
+ * into a directory it may write, and nothing more; in particular no capability of the daemon
+ * (CAP_DAC_OVERRIDE, CAP_SETFCAP) works for it. */
+Test(daemon, clone_acts_as_the_caller)
+{
+        stop_daemon();
+        const char *extra[] = { "--group", "nogroup", NULL };
+        rlt_daemon_start(&D, -1, extra);
+        chmod(rlt_scratch(), 0755);
+        chmod(mnt, 0755);
+
+        char src[PATH_MAX], mine[PATH_MAX], dst[PATH_MAX], secret[PATH_MAX], p[PATH_MAX];
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(mine, sizeof(mine), "%s/mine", mnt);
+        snprintf(secret, sizeof(secret), "%s/secret", mnt);
+        make_tree(src, 200);
+        chown_tree(src, 65534, 65534);
+        cr_assert(mkdir(mine, 0755) == 0 && chown(mine, 65534, 65534) == 0);
+        cr_assert(mkdir(secret, 0700) == 0);
+
+        pthread_t t;
+        int fd = -1;
+        cr_assert(pthread_create(&t, NULL, connect_as_nobody, &fd) == 0);
+        pthread_join(t, NULL);
+        cr_assert_geq(fd, 0, "connect as nobody: %s", strerror(-fd));
+
+        /* Its own tree into its own directory: done, owned by it, data shared. */
+        snprintf(dst, sizeof(dst), "%s/copy", mine);
+        json_t *r = ok(fd, "Clone", json_pack("{s:s, s:s}", "source", src, "destination", dst));
+        cr_expect_eq(json_integer_value(json_object_get(r, "entries")), 301);
+        cr_expect_str_eq(json_string_value(json_object_get(r, "reflink")), "yes");
+        json_decref(r);
+        struct stat st;
+        snprintf(p, sizeof(p), "%s/d7/f7", dst);
+        cr_assert(lstat(p, &st) == 0 && st.st_uid == 65534 && st.st_gid == 65534);
+        cr_expect(rlt_extents_shared(p), "%s shares no extent with its source", p);
+
+        /* Where it may not write, and what it may not read. */
+        snprintf(dst, sizeof(dst), "%s/copy", mnt);
+        fails(fd, "Clone", json_pack("{s:s, s:s}", "source", src, "destination", dst),
+              "permission_denied");
+        cr_expect(access(dst, F_OK) < 0);
+        snprintf(dst, sizeof(dst), "%s/copy2", mine);
+        fails(fd, "Clone", json_pack("{s:s, s:s}", "source", secret, "destination", dst),
+              "permission_denied");
+        /* A file capability may only be set with CAP_SETFCAP: the daemon has it, nobody not. */
+        snprintf(p, sizeof(p), "%s/d0/f0", src);
+        const uint32_t cap[5] = { 0x02000001, 1u << 13, 0, 0, 0 }; /* v2, cap_net_raw+ep */
+        cr_assert(setxattr(p, "security.capability", cap, sizeof(cap), 0) == 0, "%s",
+                  strerror(errno));
+        fails(fd, "Clone", json_pack("{s:s, s:s}", "source", src, "destination", dst),
+              "permission_denied");
+        cr_expect(access(dst, F_OK) < 0, "a failed clone left its destination");
+        cr_expect(rlt_dir_has_prefix(mine, ".rl-clone-") == false, "a temporary was left");
+        close(fd);
+
+        /* The daemon's own identity is back for everyone else. */
+        fd = connect_daemon();
+        snprintf(dst, sizeof(dst), "%s/rootcopy", mnt);
+        json_decref(ok(fd, "Clone", json_pack("{s:s, s:s}", "source", src, "destination", dst)));
+        cr_expect(getxattr(p, "security.capability", NULL, 0) > 0);
+        snprintf(p, sizeof(p), "%s/d0/f0", dst);
+        cr_expect(getxattr(p, "security.capability", NULL, 0) > 0,
+                  "root's clone lost the capability");
+        /* Relative paths mean nothing to the daemon. */
+        fails(fd, "Clone", json_pack("{s:s, s:s}", "source", "src", "destination", "/x"),
+              "invalid_argument");
+        close(fd);
+}
+
+/* With "progress": true, Progress notifications naming the call come before its answer. */
+Test(daemon, clone_sends_progress)
+{
+        char src[PATH_MAX], dst[PATH_MAX];
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        make_tree(src, 6000);
+        int fd = connect_daemon();
+        char req[3 * PATH_MAX];
+        snprintf(req, sizeof(req),
+                 "{\"jsonrpc\":\"2.0\",\"id\":\"c1\",\"method\":\"Clone\",\"params\":"
+                 "{\"source\":\"%s\",\"destination\":\"%s\",\"progress\":true,"
+                 "\"sync\":true}}\n",
+                 src, dst);
+        send_raw(fd, req, strlen(req));
+        int notes = 0;
+        json_int_t last = -1;
+        for (;;) {
+                json_t *m = read_response(fd);
+                cr_assert(m, "the connection closed before the answer");
+                if (json_object_get(m, "id")) {
+                        cr_assert_str_eq(json_string_value(json_object_get(m, "id")), "c1");
+                        cr_assert(json_object_get(m, "result"), "Clone failed");
+                        cr_expect_eq(json_integer_value(
+                                             json_object_get(json_object_get(m, "result"),
+                                                             "entries")),
+                                     6101);
+                        json_decref(m);
+                        break;
+                }
+                json_t *params = json_object_get(m, "params");
+                cr_expect_str_eq(json_string_value(json_object_get(m, "method")), "Progress");
+                cr_expect_str_eq(json_string_value(json_object_get(params, "id")), "c1");
+                json_int_t e = json_integer_value(json_object_get(params, "entries"));
+                cr_expect_geq(e, last, "progress went backwards");
+                last = e;
+                notes++;
+                json_decref(m);
+        }
+        cr_expect_gt(notes, 0, "a clone of 6,100 entries sent no progress");
+        close(fd);
+}
+
+static bool has_temporary(const char *dir)
+{
+        return rlt_dir_has_prefix(dir, ".rl-clone-");
+}
+
+/* A client that hangs up during a long call: the daemon abandons the work, leaves nothing
+ * behind, and keeps serving. Both for Clone and for Prepare (nothing published). */
+Test(daemon, hang_up_abandons_the_call)
+{
+        char src[PATH_MAX], dst[PATH_MAX], tmp[PATH_MAX], req[3 * PATH_MAX];
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        make_tree(src, 12000);
+
+        int fd = connect_daemon();
+        snprintf(req, sizeof(req),
+                 "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Clone\",\"params\":"
+                 "{\"source\":\"%s\",\"destination\":\"%s\"}}\n",
+                 src, dst);
+        send_raw(fd, req, strlen(req));
+        for (int i = 0; !has_temporary(mnt) && i < 20000; i++)
+                usleep(500);
+        cr_assert(has_temporary(mnt), "the clone did not start");
+        close(fd);
+        for (int i = 0; has_temporary(mnt) && i < 200; i++)
+                usleep(50000);
+        cr_expect(!has_temporary(mnt), "the abandoned clone left its temporary");
+        cr_expect(access(dst, F_OK) < 0, "the clone finished although its client had gone");
+
+        /* Prepare: the same through the store; nothing is published. */
+        fd = connect_daemon();
+        fill_layer(fd, "a", 12000);
+        json_decref(ok(fd, "Commit", json_pack("{s:s, s:s}", "name", "base", "key", "a")));
+        close(fd);
+        fd = connect_daemon();
+        const char *prep = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Prepare\",\"params\":"
+                           "{\"key\":\"gone\",\"parent\":\"base\"}}\n";
+        send_raw(fd, prep, strlen(prep));
+        snprintf(tmp, sizeof(tmp), "%s/tmp", root);
+        for (int i = 0; rlt_dir_is_empty(tmp) && i < 20000; i++)
+                usleep(500);
+        cr_assert(!rlt_dir_is_empty(tmp), "the Prepare did not start");
+        close(fd);
+        for (int i = 0; !rlt_dir_is_empty(tmp) && i < 200; i++)
+                usleep(50000);
+        cr_expect(rlt_dir_is_empty(tmp), "the abandoned Prepare left tmp/ behind");
+        fd = connect_daemon();
+        fails(fd, "Stat", json_pack("{s:s}", "key", "gone"), "not_found");
+        close(fd);
+        still_serving();
+}
+
+typedef struct follow_state {
+        int calls;
+        uint64_t last_entries;
+        atomic_bool cancel;
+        bool cancel_at_first;
+} follow_state;
+
+static void count_progress(const rl_tree_progress *p, void *userdata)
+{
+        follow_state *f = userdata;
+        f->calls++;
+        f->last_entries = p->entries;
+        if (f->cancel_at_first)
+                atomic_store(&f->cancel, true);
+}
+
+/* The client library: Clone with progress, and a cancelled Clone and Prepare. */
+Test(daemon, client_clone_progress_and_cancel)
+{
+        char src[PATH_MAX], dst[PATH_MAX];
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        make_tree(src, 8000);
+        rl_client *c = NULL;
+        rl_error err = {};
+        cr_assert_eq(rl_client_connect(sock, &c, &err), 0, "%s", err.msg);
+
+        follow_state f = {};
+        rl_tree_options o = { .progress = count_progress, .progress_userdata = &f,
+                              .cancel = &f.cancel, .flags = RL_TREE_SYNC };
+        rl_client_clone_result res;
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        cr_assert_eq(rl_client_clone(c, src, dst, &o, &res, &err), 0, "%s", err.msg);
+        cr_expect_eq(res.stats.entries, 8101);
+        cr_expect_eq(res.stats.methods[RL_CLONE_REFLINK], 8000);
+        cr_expect_str_eq(res.filesystem, "xfs");
+        cr_expect_eq(res.reflink, RL_REFLINK_YES);
+        cr_expect_gt(f.calls, 0, "no progress reached the caller");
+
+        /* Cancelled at the first progress: -ECANCELED, nothing left, connection unusable. */
+        f = (follow_state){ .cancel_at_first = true };
+        snprintf(dst, sizeof(dst), "%s/dst2", mnt);
+        cr_expect_eq(rl_client_clone(c, src, dst, &o, &res, &err), -ECANCELED, "%s", err.msg);
+        cr_expect_eq(rl_client_stat(c, "x", NULL, &err), -EIO);
+        rl_client_free(c);
+        for (int i = 0; has_temporary(mnt) && i < 200; i++)
+                usleep(50000);
+        cr_expect(!has_temporary(mnt) && access(dst, F_OK) < 0, "the cancelled clone left %s",
+                  dst);
+
+        cr_assert_eq(rl_client_connect(sock, &c, &err), 0, "%s", err.msg);
+        int fd = connect_daemon();
+        fill_layer(fd, "a", 8000);
+        close(fd);
+        cr_assert_eq(rl_client_commit(c, "base", "a", NULL, 0, &err), 0, "%s", err.msg);
+        f = (follow_state){ .cancel_at_first = true };
+        rl_prepare_options po = { .progress = count_progress, .progress_userdata = &f,
+                                  .cancel = &f.cancel };
+        cr_expect_eq(rl_client_prepare(c, "p", "base", NULL, 0, &po, NULL, &err), -ECANCELED,
+                     "%s", err.msg);
+        rl_client_free(c);
+        cr_assert_eq(rl_client_connect(sock, &c, &err), 0, "%s", err.msg);
+        rl_info info;
+        int r = 0;
+        for (int i = 0; i < 100 && (r = rl_client_stat(c, "p", &info, &err)) != -ENOENT; i++) {
+                if (r == 0)
+                        break; /* published: wrong */
+                usleep(50000);
+        }
+        cr_expect_eq(r, -ENOENT, "a cancelled Prepare was published");
+        rl_client_free(c);
 }
