@@ -143,7 +143,7 @@ headers-check: $(HEADERS)
 # What the project needs from Debian, installed only when missing (quick when all is there).
 DEPS_DEBS := build-essential pkg-config libmount-dev libcap-dev libseccomp-dev libjansson-dev \
              libcriterion-dev libarchive-dev libsystemd-dev xfsprogs btrfs-progs e2fsprogs \
-             acl attr util-linux systemd
+             acl attr util-linux systemd runc debootstrap
 deps:
 	$(Q)missing=$$(for p in $(DEPS_DEBS); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
