@@ -16,6 +16,7 @@ INCLUDEDIR ?= $(PREFIX)/include
 SBINDIR ?= $(PREFIX)/sbin
 DOCDIR ?= $(PREFIX)/share/doc/reflayer
 SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
+MANDIR ?= $(PREFIX)/share/man
 
 ifeq ($(SAN),)
 BUILD := build
@@ -144,6 +145,9 @@ headers-check: $(HEADERS)
 DEPS_DEBS := build-essential pkg-config libmount-dev libcap-dev libseccomp-dev libjansson-dev \
              libcriterion-dev libarchive-dev libsystemd-dev xfsprogs btrfs-progs e2fsprogs \
              acl attr util-linux systemd runc debootstrap
+# groff (tests/unit/manpages.c renders the man pages): priority important, so most systems
+# have it, but minimal ones (debootstrap minbase, the debian:bookworm image) do not.
+DEPS_DEBS += groff-base
 deps:
 	$(Q)missing=$$(for p in $(DEPS_DEBS); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
@@ -174,7 +178,7 @@ bench-store: deps all $(STORE_BENCH)
 bench-rpc: deps all
 	$(Q)tests/bench/rpc.sh
 
-install: all
+install: all install-man
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/reflayer
 	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/reflayer
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(DOCDIR) \
@@ -192,6 +196,13 @@ install: all
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig
 	install -m 0644 $(CLIENT_PC) $(DESTDIR)$(LIBDIR)/pkgconfig/
 	install -m 0644 $(HEADERS) $(DESTDIR)$(INCLUDEDIR)/reflayer/
+
+# The man pages need nothing built (tests/unit/manpages.c installs them alone).
+.PHONY: install-man
+install-man:
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
+	install -m 0644 api/reflayer.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 daemon/reflayerd.8 $(DESTDIR)$(MANDIR)/man8/
 
 format:
 	clang-format -i driver/*.c driver/*.h include/reflayer/*.h api/*.c tests/unit/*.c tests/lib/*.[ch]
