@@ -242,12 +242,39 @@ RL_EXPORT int rl_client_call(rl_client *c, const char *method, const char *param
 
 /* --- encoding ----------------------------------------------------------------------------- */
 
+/* JSON carries only UTF-8: a string that is not cannot be sent. The encoders below then give
+ * NULL, and so does a json_pack given that NULL; the call is refused, never sent without the
+ * member (a Prepare without its parent, a List without its filter, an Update without its
+ * field path: each would do something else). */
+static int not_utf8(const char *method, const char *key, rl_error *err)
+{
+        if (!key)
+                return rl_error_set(err, -EINVAL, "%s: filters must be UTF-8", method);
+        return rl_error_set(err, -EINVAL,
+                            "%s '%.64s': keys, names, labels and field paths must be UTF-8",
+                            method, key);
+}
+
 static json_t *labels_json(const rl_label *labels, size_t n)
 {
         json_t *o = json_object();
         for (size_t i = 0; o && i < n; i++)
-                json_object_set_new(o, labels[i].key, json_string(labels[i].value));
+                if (json_object_set_new(o, labels[i].key, json_string(labels[i].value)) < 0) {
+                        json_decref(o);
+                        return NULL;
+                }
         return o;
+}
+
+static json_t *strings_json(const char *const *v, size_t n)
+{
+        json_t *a = json_array();
+        for (size_t i = 0; a && i < n; i++)
+                if (json_array_append_new(a, json_string(v[i])) < 0) {
+                        json_decref(a);
+                        return NULL;
+                }
+        return a;
 }
 
 static json_t *idmap_json(const rl_idmap *m)
@@ -268,9 +295,11 @@ static int create(rl_client *c, const char *method, const char *key, const char 
         json_t *p = json_pack("{s:s, s:o}", "key", key, "labels", labels_json(labels, n));
         json_t *result = NULL;
         if (!p)
-                return rl_error_set(err, -EINVAL, "%s: key must be UTF-8", method);
-        if (parent && *parent)
-                json_object_set_new(p, "parent", json_string(parent));
+                return not_utf8(method, key, err);
+        if (parent && *parent && json_object_set_new(p, "parent", json_string(parent)) < 0) {
+                json_decref(p);
+                return not_utf8(method, key, err);
+        }
         if (opts && opts->uid_map)
                 json_object_set_new(p, "uid_map", idmap_json(opts->uid_map));
         if (opts && opts->gid_map)
@@ -319,15 +348,15 @@ static int call_void(rl_client *c, const char *method, json_t *params, rl_error 
 RL_EXPORT int rl_client_commit(rl_client *c, const char *name, const char *key,
                                const rl_label *labels, size_t n_labels, rl_error *err)
 {
-        return call_void(c, "Commit",
-                         json_pack("{s:s, s:s, s:o}", "name", name, "key", key, "labels",
-                                   labels_json(labels, n_labels)),
-                         err);
+        json_t *p = json_pack("{s:s, s:s, s:o}", "name", name, "key", key, "labels",
+                              labels_json(labels, n_labels));
+        return p ? call_void(c, "Commit", p, err) : not_utf8("Commit", key, err);
 }
 
 RL_EXPORT int rl_client_remove(rl_client *c, const char *key, rl_error *err)
 {
-        return call_void(c, "Remove", json_pack("{s:s}", "key", key), err);
+        json_t *p = json_pack("{s:s}", "key", key);
+        return p ? call_void(c, "Remove", p, err) : not_utf8("Remove", key, err);
 }
 
 RL_EXPORT int rl_client_cleanup(rl_client *c, rl_error *err)
@@ -350,20 +379,17 @@ static int call_info(rl_client *c, const char *method, json_t *params, rl_info *
 
 RL_EXPORT int rl_client_stat(rl_client *c, const char *key, rl_info *ret, rl_error *err)
 {
-        return call_info(c, "Stat", json_pack("{s:s}", "key", key), ret, err);
+        json_t *p = json_pack("{s:s}", "key", key);
+        return p ? call_info(c, "Stat", p, ret, err) : not_utf8("Stat", key, err);
 }
 
 RL_EXPORT int rl_client_update(rl_client *c, const rl_info *info, const char *const *fieldpaths,
                                size_t n_fieldpaths, rl_info *ret, rl_error *err)
 {
-        json_t *paths = json_array();
-        for (size_t i = 0; paths && i < n_fieldpaths; i++)
-                json_array_append_new(paths, json_string(fieldpaths[i]));
-        return call_info(c, "Update",
-                         json_pack("{s:{s:s, s:o}, s:o}", "info", "name", info->name, "labels",
-                                   labels_json(info->labels, info->n_labels), "fieldpaths",
-                                   paths),
-                         ret, err);
+        json_t *p = json_pack("{s:{s:s, s:o}, s:o}", "info", "name", info->name, "labels",
+                              labels_json(info->labels, info->n_labels), "fieldpaths",
+                              strings_json(fieldpaths, n_fieldpaths));
+        return p ? call_info(c, "Update", p, ret, err) : not_utf8("Update", info->name, err);
 }
 
 RL_EXPORT void rl_info_array_free(rl_info *infos, size_t n)
@@ -376,10 +402,10 @@ RL_EXPORT void rl_info_array_free(rl_info *infos, size_t n)
 RL_EXPORT int rl_client_list(rl_client *c, const char *const *filters, size_t n_filters,
                              rl_info **ret, size_t *ret_n, rl_error *err)
 {
-        json_t *f = json_array(), *result = NULL;
-        for (size_t i = 0; f && i < n_filters; i++)
-                json_array_append_new(f, json_string(filters[i]));
-        int r = call(c, "List", json_pack("{s:o}", "filters", f), &result, err);
+        json_t *p = json_pack("{s:o}", "filters", strings_json(filters, n_filters)), *result = NULL;
+        if (!p)
+                return not_utf8("List", NULL, err);
+        int r = call(c, "List", p, &result, err);
         if (r < 0)
                 return r;
         json_t *arr = json_object_get(result, "snapshots");
@@ -400,7 +426,10 @@ RL_EXPORT int rl_client_list(rl_client *c, const char *const *filters, size_t n_
 RL_EXPORT int rl_client_usage(rl_client *c, const char *key, rl_usage *ret, rl_error *err)
 {
         json_t *result = NULL;
-        int r = call(c, "Usage", json_pack("{s:s}", "key", key), &result, err);
+        json_t *p = json_pack("{s:s}", "key", key);
+        if (!p)
+                return not_utf8("Usage", key, err);
+        int r = call(c, "Usage", p, &result, err);
         if (r < 0)
                 return r;
         rl_usage_from_json(result, ret);
@@ -411,7 +440,10 @@ RL_EXPORT int rl_client_usage(rl_client *c, const char *key, rl_usage *ret, rl_e
 RL_EXPORT int rl_client_mounts(rl_client *c, const char *key, rl_mount *ret, rl_error *err)
 {
         json_t *result = NULL;
-        int r = call(c, "Mounts", json_pack("{s:s}", "key", key), &result, err);
+        json_t *p = json_pack("{s:s}", "key", key);
+        if (!p)
+                return not_utf8("Mounts", key, err);
+        int r = call(c, "Mounts", p, &result, err);
         if (r < 0)
                 return r;
         r = rl_mount_from_json(json_array_get(json_object_get(result, "mounts"), 0), ret);
