@@ -740,6 +740,60 @@ STORE_TEST(keys_are_validated)
         expect_error(st_prepare("l", NULL, bl, 1, NULL, &err), -EINVAL, &err, "invalid_argument");
 }
 
+/* Bytes that are not UTF-8, wherever a string goes in, are refused, never dropped: over the
+ * wire a key, parent or label that JSON cannot carry must not vanish on the way and leave
+ * the call to go on without it. */
+STORE_TEST(not_utf8_is_refused_not_dropped)
+{
+        char bad[] = "bad\xff", one[] = "1", key[] = "k";
+        rl_label lk[] = { { bad, one } }, lv[] = { { key, bad } }, keep[] = { { key, one } };
+        rl_error err = {};
+        prepare("a", NULL);
+        commit("c", "a");
+        cr_assert_eq(st_prepare("k", NULL, keep, 1, NULL, &err), 0, "%s", err.msg);
+
+        expect_error(st_prepare("p", bad, NULL, 0, NULL, &err), -EINVAL, &err,
+                     "invalid_argument");
+        expect_error(st_view("v", bad, NULL, 0, NULL, &err), -EINVAL, &err, "invalid_argument");
+        expect_error(st_prepare("p", "c", lk, 1, NULL, &err), -EINVAL, &err, "invalid_argument");
+        expect_error(st_prepare("p", "c", lv, 1, NULL, &err), -EINVAL, &err, "invalid_argument");
+        expect_error(st_view("v", "c", lv, 1, NULL, &err), -EINVAL, &err, "invalid_argument");
+        expect_error(st_commit(bad, "k", NULL, 0, &err), -EINVAL, &err, "invalid_argument");
+        expect_error(st_commit("c2", "k", lv, 1, &err), -EINVAL, &err, "invalid_argument");
+        rl_info i;
+        rl_usage u;
+        rl_mount m;
+        expect_error(st_stat(bad, &i, &err), -EINVAL, &err, "invalid_argument");
+        expect_error(st_remove(bad, &err), -EINVAL, &err, "invalid_argument");
+        expect_error(st_usage(bad, &u, &err), -EINVAL, &err, "invalid_argument");
+        expect_error(st_mounts(bad, &m, &err), -EINVAL, &err, "invalid_argument");
+        rl_info in = { .name = "k", .labels = lv, .n_labels = 1 };
+        expect_error(st_update(&in, NULL, 0, NULL, &err), -EINVAL, &err, "invalid_argument");
+        in.name = bad;
+        expect_error(st_update(&in, NULL, 0, NULL, &err), -EINVAL, &err, "invalid_argument");
+
+        /* A label key that cannot exist: the driver deletes nothing, the wire cannot send it;
+         * either way the labels that are there stay (dropping the path would mean "all"). */
+        const char *paths[] = { "labels.bad\xff" };
+        rl_info none = { .name = "k" };
+        int r = st_update(&none, paths, 1, NULL, &err);
+        cr_expect(r == 0 || r == -EINVAL, "update of labels.bad\\xff: %d %s", r, err.msg);
+        /* A filter that cannot match: nothing listed (dropping it would list everything). */
+        const char *f[] = { "name==bad\xff" };
+        names got = {};
+        r = st_walk(f, 1, collect, &got, &err);
+        cr_expect(r == 0 || r == -EINVAL, "walk name==bad\\xff: %d %s", r, err.msg);
+        cr_expect_eq(got.n, 0, "walk name==bad\\xff listed: %s", got.list);
+
+        /* Nothing was made or changed. */
+        cr_expect_str_eq(walk(NULL, 0), "c k");
+        i = stat_key("k");
+        cr_expect_eq(i.kind, RL_KIND_ACTIVE);
+        cr_expect(i.n_labels == 1 && strcmp(i.labels[0].value, "1") == 0,
+                  "the labels of k changed: %zu", i.n_labels);
+        rl_info_clear(&i);
+}
+
 STORE_TEST(keys_unique_across_kinds)
 {
         rl_error err = {};
