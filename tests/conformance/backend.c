@@ -105,7 +105,7 @@ static int refusal(int status, const char *log, rl_error *err)
         cr_assert(last, "reflayerd exited %d without an error line: %s", WEXITSTATUS(status),
                   buf);
         int r = -EIO;
-        for (int e = 1; e < 134; e++) {
+        for (int e = 1; e < 256; e++) { /* past the last errno Linux has */
                 const char *why = strerrordesc_np(e);
                 size_t lw = why ? strlen(why) : 0, ll = strlen(last);
                 if (lw && ll > lw + 2 && strcmp(last + ll - lw, why) == 0 &&
