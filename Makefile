@@ -39,9 +39,9 @@ endif
 
 CC ?= cc
 PKG_CONFIG ?= pkg-config
-DRIVER_PKGS := mount jansson
+DRIVER_PKGS := mount jansson libarchive libcrypto
 CLI_PKGS := jansson mount
-TEST_PKGS := criterion libcap libseccomp jansson
+TEST_PKGS := criterion libcap libseccomp jansson libarchive
 
 WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes \
         -Wswitch-enum -Wundef -Wno-missing-field-initializers
@@ -143,7 +143,7 @@ headers-check: $(HEADERS)
 
 # What the project needs from Debian, installed only when missing (quick when all is there).
 DEPS_DEBS := build-essential pkg-config libmount-dev libcap-dev libseccomp-dev libjansson-dev \
-             libcriterion-dev libarchive-dev libsystemd-dev xfsprogs btrfs-progs e2fsprogs \
+             libcriterion-dev libarchive-dev libssl-dev libsystemd-dev xfsprogs btrfs-progs e2fsprogs \
              acl attr util-linux systemd runc debootstrap
 # groff (tests/unit/manpages.c renders the man pages): priority important, so most systems
 # have it, but minimal ones (debootstrap minbase, the debian:bookworm image) do not.
