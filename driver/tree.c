@@ -21,6 +21,7 @@
 #include <reflayer/fsinfo.h>
 #include <reflayer/tree.h>
 
+#include "entry.h"
 #include "util.h"
 #include "walk.h"
 
@@ -129,13 +130,7 @@ typedef struct clone_dir {
         struct statx st;
 } clone_dir;
 
-/* Where metadata goes or comes from: an open fd, or (dir fd, name) for entries that must
- * not be opened (symlinks, devices, fifos, sockets). */
-typedef struct ref {
-        int fd;
-        int dir_fd;
-        const char *name;
-} ref;
+typedef rl_ref ref;
 
 static void entry_path(char *buf, size_t size, const rl_walk_dir *d, const char *name)
 {
@@ -148,72 +143,9 @@ static void entry_path(char *buf, size_t size, const rl_walk_dir *d, const char 
 static int map_ids(const clone_ctx *c, const struct statx *st, const char *path, uid_t *uid,
                    gid_t *gid, rl_error *err)
 {
-        bool keep = c->opts->flags & RL_TREE_KEEP_UNMAPPED;
-        uint32_t u, g;
-
-        if (rl_idmap_map(c->opts->uid_map, st->stx_uid, &u) < 0) {
-                if (!keep)
-                        return rl_error_set(err, -ERANGE, "'%s': uid %u is outside the uid map",
-                                            path, st->stx_uid);
-                u = st->stx_uid;
-        }
-        if (rl_idmap_map(c->opts->gid_map, st->stx_gid, &g) < 0) {
-                if (!keep)
-                        return rl_error_set(err, -ERANGE, "'%s': gid %u is outside the gid map",
-                                            path, st->stx_gid);
-                g = st->stx_gid;
-        }
-        *uid = u;
-        *gid = g;
-        return 0;
-}
-
-static ssize_t ref_listxattr(const ref *r, char *buf, size_t size)
-{
-        char p[RL_PROC_FD_PATH_MAX];
-        if (r->fd >= 0)
-                return flistxattr(r->fd, buf, size);
-        if (rl_proc_fd_path(p, sizeof(p), r->dir_fd, r->name) < 0) {
-                errno = ENAMETOOLONG;
-                return -1;
-        }
-        return llistxattr(p, buf, size);
-}
-
-static ssize_t ref_getxattr(const ref *r, const char *name, void *buf, size_t size)
-{
-        char p[RL_PROC_FD_PATH_MAX];
-        if (r->fd >= 0)
-                return fgetxattr(r->fd, name, buf, size);
-        if (rl_proc_fd_path(p, sizeof(p), r->dir_fd, r->name) < 0) {
-                errno = ENAMETOOLONG;
-                return -1;
-        }
-        return lgetxattr(p, name, buf, size);
-}
-
-static int ref_setxattr(const ref *r, const char *name, const void *buf, size_t size)
-{
-        char p[RL_PROC_FD_PATH_MAX];
-        if (r->fd >= 0)
-                return fsetxattr(r->fd, name, buf, size, 0);
-        if (rl_proc_fd_path(p, sizeof(p), r->dir_fd, r->name) < 0) {
-                errno = ENAMETOOLONG;
-                return -1;
-        }
-        return lsetxattr(p, name, buf, size, 0);
-}
-
-/*
- * XFS also lists its on-disk ACLs as trusted.SGI_ACL_FILE / trusted.SGI_ACL_DEFAULT (to
- * CAP_SYS_ADMIN): the same ACLs as system.posix_acl_*, in XFS's own big-endian layout. Copying
- * them would set each ACL twice, the second time with unshifted ids, and plant XFS's layout on
- * other filesystems. libattr's xattr.conf skips them for the same reason.
- */
-static bool xattr_is_alias(const char *name)
-{
-        return strcmp(name, "trusted.SGI_ACL_FILE") == 0 ||
-               strcmp(name, "trusted.SGI_ACL_DEFAULT") == 0;
+        return rl_map_owner(c->opts->uid_map, c->opts->gid_map,
+                            c->opts->flags & RL_TREE_KEEP_UNMAPPED, st->stx_uid, st->stx_gid,
+                            path, uid, gid, err);
 }
 
 /* Copy every xattr of src to dst, shifting the ids inside ACLs and capabilities. */
@@ -230,16 +162,16 @@ static int copy_xattrs(clone_worker *wk, const ref *src, const ref *dst, const c
                 if (!wk->names || !wk->value)
                         return rl_error_set(err, -ENOMEM, "'%s': xattrs", path);
         }
-        ssize_t len = ref_listxattr(src, wk->names, XATTR_LIST_BUF);
+        ssize_t len = rl_ref_listxattr(src, wk->names, XATTR_LIST_BUF);
         if (len < 0) {
                 if (errno == EOPNOTSUPP)
                         return 0; /* the source has none to give */
                 return rl_error_set(err, -errno, "'%s': list xattrs", path);
         }
         for (const char *n = wk->names; n < wk->names + len; n += strlen(n) + 1) {
-                if (xattr_is_alias(n))
+                if (rl_xattr_is_alias(n))
                         continue;
-                ssize_t vlen = ref_getxattr(src, n, wk->value, XATTR_VALUE_BUF - 64);
+                ssize_t vlen = rl_ref_getxattr(src, n, wk->value, XATTR_VALUE_BUF - 64);
                 if (vlen < 0) {
                         if (errno == ENODATA)
                                 continue; /* removed since it was listed */
@@ -254,7 +186,7 @@ static int copy_xattrs(clone_worker *wk, const ref *src, const ref *dst, const c
                                 return rl_error_set(err, r, "'%s': shift ids in xattr '%s'",
                                                     path, n);
                 }
-                if (ref_setxattr(dst, n, wk->value, size) < 0)
+                if (rl_ref_setxattr(dst, n, wk->value, size) < 0)
                         return rl_error_set(err, -errno, "'%s': write xattr '%s'", path, n);
                 wk->stats.xattrs++;
         }
@@ -280,32 +212,18 @@ static int apply_meta(clone_worker *wk, const struct statx *st, const ref *src, 
                 return r;
         /* A new entry already belongs to us (our directories get no setgid bit until their
          * own metadata is applied, after their children), so chown only what differs. */
-        if (uid != c->fsuid || gid != c->fsgid) {
-                r = dst->fd >= 0 ? fchown(dst->fd, uid, gid)
-                                 : fchownat(dst->dir_fd, dst->name, uid, gid,
-                                            AT_SYMLINK_NOFOLLOW);
-                if (r < 0)
-                        return rl_error_set(err, -errno, "'%s': chown to %u:%u", path, uid, gid);
-        }
+        if ((uid != c->fsuid || gid != c->fsgid) && (r = rl_ref_chown(dst, uid, gid, path, err)) < 0)
+                return r;
         r = copy_xattrs(wk, src, dst, path, err);
         if (r < 0)
                 return r;
-        if (!is_link && !mode_done) {
-                mode_t mode = st->stx_mode & 07777;
-                r = dst->fd >= 0 ? fchmod(dst->fd, mode)
-                                 : fchmodat(dst->dir_fd, dst->name, mode, AT_SYMLINK_NOFOLLOW);
-                if (r < 0)
-                        return rl_error_set(err, -errno, "'%s': chmod %04o", path, mode);
-        }
+        if (!is_link && !mode_done && (r = rl_ref_chmod(dst, st->stx_mode & 07777, path, err)) < 0)
+                return r;
         struct timespec ts[2] = {
                 { st->stx_atime.tv_sec, st->stx_atime.tv_nsec },
                 { st->stx_mtime.tv_sec, st->stx_mtime.tv_nsec },
         };
-        r = dst->fd >= 0 ? futimens(dst->fd, ts)
-                         : utimensat(dst->dir_fd, dst->name, ts, AT_SYMLINK_NOFOLLOW);
-        if (r < 0)
-                return rl_error_set(err, -errno, "'%s': set times", path);
-        return 0;
+        return rl_ref_utimens(dst, ts, path, err);
 }
 
 static int open_source_file(int dir_fd, const char *name, const struct statx *st,
