@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <reflayer/layer.h>
 #include <reflayer/store.h>
 #include <reflayer/tree.h>
 
@@ -623,9 +624,18 @@ static int closed_error(const rl_store *s, rl_error *err)
 
 /* --- prepare and view ------------------------------------------------------------------- */
 
-/* Build tmp/ID (fs/ and info.json), then publish it as snapshots/ID. */
+/* A layer to apply onto a new snapshot's tree before it is published. */
+typedef struct layer_fill {
+        int tar_fd;
+        const rl_apply_options *opts;
+        rl_layer_stats *stats;
+} layer_fill;
+
+/* Build tmp/ID (fs/ and info.json), with fill's layer applied if there is one, then publish
+ * it as snapshots/ID. */
 static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
-                             const rl_prepare_options *popts, rl_error *err)
+                             const rl_prepare_options *popts, const layer_fill *fill,
+                             rl_error *err)
 {
         char idname[24];
         _cleanup_close_ int dir = -EBADF;
@@ -651,7 +661,8 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
                 }
                 rl_tree_options t = {
                         .jobs = s->opts.jobs,
-                        .flags = (s->opts.no_sync ? 0 : RL_TREE_SYNC) |
+                        /* With a layer to come, one syncfs after it does for both. */
+                        .flags = (s->opts.no_sync || fill ? 0 : RL_TREE_SYNC) |
                                  (popts && popts->keep_unmapped ? RL_TREE_KEEP_UNMAPPED : 0),
                         .uid_map = popts ? popts->uid_map : NULL,
                         .gid_map = popts ? popts->gid_map : NULL,
@@ -681,6 +692,16 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
                         }
                 }
         }
+        if (fill) {
+                _cleanup_close_ int fs = openat(dir, "fs", O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+                                                                   O_CLOEXEC);
+                r = fs < 0 ? rl_error_set(err, -errno, "open the tree")
+                           : rl_layer_apply(fs, fill->tar_fd, fill->opts, fill->stats, err);
+                if (r == 0 && !s->opts.no_sync && syncfs(fs) < 0)
+                        r = rl_error_set(err, -errno, "syncfs");
+                if (r < 0)
+                        goto out_remove_tmp;
+        }
         meta_of(n, &m);
         r = rl_meta_write(dir, &m, err);
         if (r < 0)
@@ -706,9 +727,12 @@ out_remove_tmp:
 
 static int create_snapshot(rl_store *s, rl_kind kind, const char *key, const char *parent_key,
                            const rl_label *labels, size_t n_labels,
-                           const rl_prepare_options *popts, rl_error *err)
+                           const rl_prepare_options *popts, const layer_fill *fill,
+                           rl_error *err)
 {
-        const char *verb = kind == RL_KIND_VIEW ? "view" : "prepare";
+        const char *verb = kind == RL_KIND_VIEW        ? "view"
+                           : kind == RL_KIND_COMMITTED ? "commit layer"
+                                                       : "prepare";
         json_t *lj = NULL;
         snap *n = NULL, *parent = NULL;
         int r;
@@ -775,7 +799,7 @@ static int create_snapshot(rl_store *s, rl_kind kind, const char *key, const cha
         pthread_mutex_unlock(&s->lock);
 
         /* The long part, outside the lock: other keys go on meanwhile. */
-        r = build_and_publish(s, n, parent, popts, err);
+        r = build_and_publish(s, n, parent, popts, fill, err);
 
         pthread_mutex_lock(&s->lock);
         if (parent)
@@ -807,14 +831,24 @@ static int do_prepare(rl_store *s, const char *key, const char *parent,
                                const rl_label *labels, size_t n_labels,
                                const rl_prepare_options *opts, rl_error *err)
 {
-        return create_snapshot(s, RL_KIND_ACTIVE, key, parent, labels, n_labels, opts, err);
+        return create_snapshot(s, RL_KIND_ACTIVE, key, parent, labels, n_labels, opts, NULL, err);
 }
 
 static int do_view(rl_store *s, const char *key, const char *parent,
                             const rl_label *labels, size_t n_labels,
                             const rl_prepare_options *opts, rl_error *err)
 {
-        return create_snapshot(s, RL_KIND_VIEW, key, parent, labels, n_labels, opts, err);
+        return create_snapshot(s, RL_KIND_VIEW, key, parent, labels, n_labels, opts, NULL, err);
+}
+
+static int do_commit_layer(rl_store *s, const char *name, const char *parent,
+                           const rl_label *labels, size_t n_labels, int tar_fd,
+                           const rl_apply_options *opts, rl_layer_stats *ret, rl_error *err)
+{
+        rl_layer_stats st;
+        layer_fill fill = { tar_fd, opts, ret ? ret : &st };
+        return create_snapshot(s, RL_KIND_COMMITTED, name, parent, labels, n_labels, NULL, &fill,
+                               err);
 }
 
 /* --- commit, update, remove ------------------------------------------------------------- */
@@ -990,6 +1024,78 @@ static int do_remove(rl_store *s, const char *key, rl_error *err)
         return r;
 
 out_unlock:
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+/*
+ * A layer onto an active snapshot: into a clone of its tree, which then takes the tree's
+ * place in one rename (RENAME_EXCHANGE), so a failed apply changes nothing. The snapshot is
+ * busy meanwhile: a commit or remove of it waits.
+ */
+static int do_apply(rl_store *s, const char *key, int tar_fd, const rl_apply_options *opts,
+                    rl_layer_stats *ret, rl_error *err)
+{
+        char fs[48], tmpname[48], trashname[64];
+        _cleanup_close_ int src = -EBADF, tree = -EBADF, dir = -EBADF;
+        rl_layer_stats st;
+        snap *n;
+        int r;
+
+        if ((r = check_key("key", key, err)) < 0)
+                return rl_error_prefix(err, r, "apply");
+        pthread_mutex_lock(&s->lock);
+        n = s->closed ? NULL : find_idle(s, key);
+        if (s->closed || !n || n->kind != RL_KIND_ACTIVE) {
+                r = s->closed ? closed_error(s, err)
+                    : !n      ? rl_error_set(err, -ENOENT, "apply onto '%s': not found", key)
+                              : rl_error_set(err, -EBUSY,
+                                             "apply onto '%s': it is %s; a layer goes onto an "
+                                             "active snapshot",
+                                             key, rl_kind_to_string(n->kind));
+                pthread_mutex_unlock(&s->lock);
+                return r;
+        }
+        n->busy = true;
+        pthread_mutex_unlock(&s->lock);
+
+        snprintf(fs, sizeof(fs), "%" PRIu64 "/fs", n->id);
+        snprintf(tmpname, sizeof(tmpname), "%" PRIu64 "-apply", n->id);
+        src = rl_openat_beneath(s->snaps_fd, fs, O_RDONLY | O_DIRECTORY, 0);
+        if (src < 0) {
+                r = rl_error_set(err, src, "open snapshots/%s", fs);
+                goto out;
+        }
+        rl_tree_options t = { .jobs = s->opts.jobs, .cancel = opts ? opts->cancel : NULL };
+        r = rl_tree_clone(src, s->tmp_fd, tmpname, &t, NULL, err);
+        if (r < 0)
+                goto out;
+        tree = openat(s->tmp_fd, tmpname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (tree < 0)
+                r = rl_error_set(err, -errno, "open tmp/%s", tmpname);
+        else
+                r = rl_layer_apply(tree, tar_fd, opts, ret ? ret : &st, err);
+        if (r == 0 && !s->opts.no_sync && syncfs(tree) < 0)
+                r = rl_error_set(err, -errno, "syncfs");
+        if (r == 0 && (dir = open_snapdir(s, n->id, err)) < 0)
+                r = dir;
+        if (r == 0 && renameat2(s->tmp_fd, tmpname, dir, "fs", RENAME_EXCHANGE) < 0)
+                r = rl_error_set(err, -errno, "replace snapshots/%s", fs);
+        if (r < 0) {
+                rl_tree_remove(s->tmp_fd, tmpname, s->opts.jobs, NULL, NULL);
+                goto out;
+        }
+        (void)fsync(dir);
+        /* The old tree is in tmp/ now: the trash thread deletes it. */
+        snprintf(trashname, sizeof(trashname), "%" PRIu64 "-replaced-%" PRIu64, n->id,
+                 rl_now_ns());
+        if (renameat(s->tmp_fd, tmpname, s->trash_fd, trashname) == 0)
+                trash_kick(s);
+out:
+        if (r < 0)
+                rl_error_prefix(err, r, "apply onto '%s'", key);
+        pthread_mutex_lock(&s->lock);
+        release(s, n);
         pthread_mutex_unlock(&s->lock);
         return r;
 }
@@ -1346,6 +1452,21 @@ RL_EXPORT int rl_store_usage(rl_store *s, const char *key, rl_usage *ret, rl_err
 RL_EXPORT int rl_store_mounts(rl_store *s, const char *key, rl_mount *ret, rl_error *err)
 {
         return CALL(s, err, do_mounts(s, key, ret, err));
+}
+
+RL_EXPORT int rl_store_apply(rl_store *s, const char *key, int tar_fd,
+                             const rl_apply_options *opts, rl_layer_stats *ret, rl_error *err)
+{
+        return CALL(s, err, do_apply(s, key, tar_fd, opts, ret, err));
+}
+
+RL_EXPORT int rl_store_commit_layer(rl_store *s, const char *name, const char *parent,
+                                    const rl_label *labels, size_t n_labels, int tar_fd,
+                                    const rl_apply_options *opts, rl_layer_stats *ret,
+                                    rl_error *err)
+{
+        return CALL(s, err,
+                    do_commit_layer(s, name, parent, labels, n_labels, tar_fd, opts, ret, err));
 }
 
 RL_EXPORT int rl_store_cleanup(rl_store *s, rl_error *err)

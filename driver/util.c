@@ -55,12 +55,13 @@ static int openat_by_component(int dir_fd, const char *path, int flags, mode_t m
         }
 }
 
-int rl_openat_beneath(int dir_fd, const char *path, int flags, mode_t mode)
+static int openat_resolve(int dir_fd, const char *path, int flags, mode_t mode,
+                          uint64_t resolve)
 {
         struct open_how how = {
                 .flags = (uint64_t)(flags | O_CLOEXEC),
                 .mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
-                .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+                .resolve = resolve,
         };
 
         if (path[0] == '/' || path[0] == '\0')
@@ -74,6 +75,18 @@ int rl_openat_beneath(int dir_fd, const char *path, int flags, mode_t mode)
         if (errno != ENOSYS && errno != ENAMETOOLONG)
                 return -errno;
         return openat_by_component(dir_fd, path, flags, mode);
+}
+
+int rl_openat_beneath(int dir_fd, const char *path, int flags, mode_t mode)
+{
+        return openat_resolve(dir_fd, path, flags, mode,
+                              RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+}
+
+int rl_openat_beneath_follow(int dir_fd, const char *path, int flags, mode_t mode)
+{
+        return openat_resolve(dir_fd, path, flags, mode,
+                              RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV);
 }
 
 int rl_proc_fd_path(char *buf, size_t size, int dir_fd, const char *name)

@@ -64,6 +64,12 @@ const char *rl_strerror(int errnum);
  */
 int rl_openat_beneath(int dir_fd, const char *path, int flags, mode_t mode);
 
+/* As rl_openat_beneath, but a symlink that stays beneath dir_fd is followed, as a layer's
+ * paths may go through one (lib -> usr/lib); one that leads out (or is absolute) fails with
+ * -EXDEV, and so does a mount crossing. Where openat2 is missing, the strict walk above
+ * refuses every symlink instead (-ELOOP). */
+int rl_openat_beneath_follow(int dir_fd, const char *path, int flags, mode_t mode);
+
 /*
  * "/proc/self/fd/DIRFD/NAME", for the calls that have no fd form and must not follow
  * NAME (l*xattr on a symlink or a device node). NAME must be one component.

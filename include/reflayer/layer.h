@@ -16,6 +16,7 @@
 
 #include <reflayer/error.h>
 #include <reflayer/idmap.h>
+#include <reflayer/tree.h>
 
 typedef enum rl_compression {
         RL_COMPRESSION_NONE,
@@ -49,6 +50,8 @@ typedef struct rl_apply_options {
         const char *expect_digest;
         const char *expect_diff_id;
         const atomic_bool *cancel; /* set: stop with -ECANCELED */
+        rl_tree_progress_fn progress; /* entries and file bytes so far, every 100 ms or so */
+        void *progress_userdata;
 } rl_apply_options;
 
 /*

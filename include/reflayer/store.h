@@ -30,6 +30,7 @@
 
 #include <reflayer/error.h>
 #include <reflayer/idmap.h>
+#include <reflayer/layer.h>
 #include <reflayer/tree.h>
 #include <reflayer/usage.h>
 
@@ -176,3 +177,22 @@ int rl_store_cleanup(rl_store *s, rl_error *err);
 
 /* The store's root (absolute) and numbers for Status. */
 const char *rl_store_root(const rl_store *s);
+
+/*
+ * Apply the OCI layer read from tar_fd (tar, plain, gzip or zstd; layer.h) onto the active
+ * snapshot key. The layer goes into a clone of the snapshot's tree, which replaces the tree
+ * in one rename once the whole layer is in: on failure the snapshot is as it was. A bind
+ * mount of the snapshot made before keeps showing the tree it had (mount again). ret may be
+ * NULL. Errors: -ENOENT, -EBUSY (not active), rl_layer_apply's.
+ */
+int rl_store_apply(rl_store *s, const char *key, int tar_fd, const rl_apply_options *opts,
+                   rl_layer_stats *ret, rl_error *err);
+
+/*
+ * The committed snapshot name: committed parent (NULL: empty) plus the layer read from
+ * tar_fd, made and published whole in one step (what unpacking an image layer needs: no
+ * active snapshot in between, nothing left by a failure). ret may be NULL.
+ */
+int rl_store_commit_layer(rl_store *s, const char *name, const char *parent,
+                          const rl_label *labels, size_t n_labels, int tar_fd,
+                          const rl_apply_options *opts, rl_layer_stats *ret, rl_error *err);
