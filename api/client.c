@@ -73,7 +73,39 @@ typedef struct follow {
         rl_tree_progress_fn progress;
         void *userdata;
         const atomic_bool *cancel;
+        const int *fds; /* sent with the request line (SCM_RIGHTS) */
+        unsigned n_fds;
 } follow;
+
+/* The request line, with fds attached to its first byte: they belong to this request. */
+static int send_line(int fd, const char *line, size_t len, const int *fds, unsigned n_fds)
+{
+        if (!n_fds)
+                return rl_write_all(fd, line, len);
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int) * 8)];
+        } control = {};
+        if (n_fds > 8)
+                return -EINVAL;
+        struct iovec iov = { (void *)line, len };
+        struct msghdr msg = { .msg_iov = &iov,
+                              .msg_iovlen = 1,
+                              .msg_control = control.buf,
+                              .msg_controllen = CMSG_SPACE(sizeof(int) * n_fds) };
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * n_fds);
+        ssize_t n;
+        do
+                n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+                return -errno;
+        return rl_write_all(fd, line + n, len - (size_t)n);
+}
 
 /* The next line from the daemon, parsed. With f->cancel, the wait looks at the flag every
  * 100 ms; once it is set, the connection is shut down (the daemon sees the hang-up and
@@ -168,7 +200,7 @@ static int call_follow(rl_client *c, const char *method, json_t *params, const f
                 return rl_error_set(err, -ENOMEM, "%s", method);
         size_t n = strlen(line);
         line[n] = '\n'; /* json_dumps's NUL: one write for the whole line */
-        int r = rl_write_all(c->fd, line, n + 1);
+        int r = send_line(c->fd, line, n + 1, f ? f->fds : NULL, f ? f->n_fds : 0);
         free(line);
         if (r < 0)
                 return rl_error_set(err, r, "%s: send to reflayerd", method);
@@ -483,6 +515,66 @@ RL_EXPORT int rl_client_clone(rl_client *c, const char *src, const char *dst,
                                : rf && strcmp(rf, "no") == 0 ? RL_REFLINK_NO
                                                               : RL_REFLINK_UNKNOWN;
         }
+        json_decref(result);
+        return 0;
+}
+
+RL_EXPORT int rl_client_apply(rl_client *c, const char *key, int tar_fd,
+                              const rl_apply_options *opts, rl_layer_stats *ret, rl_error *err)
+{
+        json_t *p = json_pack("{s:s, s:i}", "key", key, "fd", 0), *result = NULL;
+        if (!p)
+                return rl_error_set(err, -EINVAL, "Apply: the key must be UTF-8");
+        follow f = { .fds = &tar_fd, .n_fds = 1 };
+        if (opts) {
+                if (opts->uid_map)
+                        json_object_set_new(p, "uid_map", idmap_json(opts->uid_map));
+                if (opts->gid_map)
+                        json_object_set_new(p, "gid_map", idmap_json(opts->gid_map));
+                if (opts->keep_unmapped)
+                        json_object_set_new(p, "keep_unmapped", json_true());
+                if (opts->expect_digest)
+                        json_object_set_new(p, "digest", json_string(opts->expect_digest));
+                if (opts->expect_diff_id)
+                        json_object_set_new(p, "diff_id", json_string(opts->expect_diff_id));
+                f.progress = opts->progress;
+                f.userdata = opts->progress_userdata;
+                f.cancel = opts->cancel;
+        }
+        int r = call_follow(c, "Apply", p, &f, &result, err);
+        if (r < 0)
+                return r;
+        if (ret)
+                rl_layer_stats_from_json(result, ret);
+        json_decref(result);
+        return 0;
+}
+
+RL_EXPORT int rl_client_import(rl_client *c, int layout_fd, const rl_import_options *opts,
+                               rl_import_result *ret, rl_error *err)
+{
+        json_t *p = json_pack("{s:i}", "fd", 0), *result = NULL;
+        follow f = { .fds = &layout_fd, .n_fds = 1 };
+        if (!p)
+                return rl_error_set(err, -ENOMEM, "Import");
+        if (opts) {
+                if (opts->ref) {
+                        json_t *ref = json_string(opts->ref);
+                        if (!ref) {
+                                json_decref(p);
+                                return rl_error_set(err, -EINVAL, "Import: the ref must be UTF-8");
+                        }
+                        json_object_set_new(p, "ref", ref);
+                }
+                f.progress = opts->progress;
+                f.userdata = opts->progress_userdata;
+                f.cancel = opts->cancel;
+        }
+        int r = call_follow(c, "Import", p, &f, &result, err);
+        if (r < 0)
+                return r;
+        if (ret)
+                rl_import_result_from_json(result, ret);
         json_decref(result);
         return 0;
 }

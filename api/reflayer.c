@@ -53,6 +53,10 @@ static void usage(FILE *f)
                 "  mount KEY TARGET         bind-mount the snapshot at TARGET (read-only for\n"
                 "                           views and committed snapshots)\n"
                 "  umount TARGET            undo that\n"
+                "  apply KEY [FILE|-]       apply an OCI layer tar (plain, gzip, zstd) onto the\n"
+                "                           active KEY, all or nothing (default: stdin)\n"
+                "  import DIR [--ref NAME]  import an OCI image layout: each layer a committed\n"
+                "                           snapshot named by its chain ID\n"
                 "\n"
                 "Without a daemon:\n"
                 "  clone [OPTIONS] SRC DST  replicate the tree SRC as the new directory DST,\n"
@@ -514,6 +518,9 @@ typedef struct verb_args {
         const char *fields[64];
         size_t n_fields;
         rl_idmap *uids, *gids;
+        const char *ref;         /* import --ref */
+        const char *output;      /* export -o */
+        const char *compression; /* export --compression */
         char *pos[8];
         size_t n_pos;
 } verb_args;
@@ -527,8 +534,11 @@ static void verb_args_clear(verb_args *a)
 /* --label K=V, --filter E, --field F, --uid-map, --gid-map, and positional arguments. */
 static int parse_verb(int argc, char **argv, verb_args *a)
 {
-        enum { O_LABEL = 256, O_FILTER, O_FIELD, O_UID, O_GID };
+        enum { O_LABEL = 256, O_FILTER, O_FIELD, O_UID, O_GID, O_REF, O_COMPRESSION };
         static const struct option options[] = {
+                { "ref", required_argument, NULL, O_REF },
+                { "compression", required_argument, NULL, O_COMPRESSION },
+                { "output", required_argument, NULL, 'o' },
                 { "label", required_argument, NULL, O_LABEL },
                 { "filter", required_argument, NULL, O_FILTER },
                 { "field", required_argument, NULL, O_FIELD },
@@ -539,8 +549,17 @@ static int parse_verb(int argc, char **argv, verb_args *a)
         };
         int c;
         optind = 1;
-        while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "ho:", options, NULL)) != -1) {
                 switch (c) {
+                case O_REF:
+                        a->ref = optarg;
+                        break;
+                case O_COMPRESSION:
+                        a->compression = optarg;
+                        break;
+                case 'o':
+                        a->output = optarg;
+                        break;
                 case O_LABEL: {
                         char *eq = strchr(optarg, '=');
                         if (!eq || eq == optarg || a->n_labels == 64) {
@@ -612,6 +631,72 @@ static void print_mount(const rl_mount *m)
         putchar('\n');
 }
 
+/* apply KEY [FILE]: the layer from FILE, or from stdin ("-" or none). */
+static int verb_apply(rl_client *c, const verb_args *a, rl_error *err)
+{
+        const char *file = a->n_pos > 1 ? a->pos[1] : "-";
+        _cleanup_close_ int fd = strcmp(file, "-") ? open(file, O_RDONLY | O_CLOEXEC)
+                                                   : fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return rl_error_set(err, -errno, "apply: open '%s'", file);
+        progress_state ps = { .mode = isatty(STDERR_FILENO) ? 2 : 0 };
+        rl_apply_options o = { .uid_map = a->uids,
+                               .gid_map = a->gids,
+                               .progress = ps.mode ? show_progress : NULL,
+                               .progress_userdata = &ps,
+                               .cancel = &interrupted };
+        rl_layer_stats st;
+        catch_signals();
+        int r = rl_client_apply(c, a->pos[0], fd, &o, &st, err);
+        if (ps.shown)
+                fprintf(stderr, "\r\033[K");
+        if (r < 0)
+                return r;
+        if (arg_json) {
+                print_json(rl_layer_stats_to_json(&st));
+        } else {
+                char b[32];
+                human_bytes(b, sizeof(b), st.bytes);
+                printf("applied %s onto %s: %" PRIu64 " entries, %" PRIu64 " whiteouts, %" PRIu64
+                       " opaque dirs, %s of data; diff_id %s; %.3f s\n",
+                       file, a->pos[0], st.entries, st.whiteouts, st.opaques, b, st.diff_id,
+                       (double)st.elapsed_ns / 1e9);
+        }
+        return 0;
+}
+
+/* import DIR [--ref NAME]: an OCI image layout, each layer a committed snapshot. */
+static int verb_import(rl_client *c, const verb_args *a, rl_error *err)
+{
+        _cleanup_close_ int fd = open(a->pos[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return rl_error_set(err, -errno, "import: open '%s'", a->pos[0]);
+        progress_state ps = { .mode = isatty(STDERR_FILENO) ? 2 : 0 };
+        rl_import_options o = { .ref = a->ref,
+                                .progress = ps.mode ? show_progress : NULL,
+                                .progress_userdata = &ps,
+                                .cancel = &interrupted };
+        rl_import_result res;
+        catch_signals();
+        int r = rl_client_import(c, fd, &o, &res, err);
+        if (ps.shown)
+                fprintf(stderr, "\r\033[K");
+        if (r < 0)
+                return r;
+        if (arg_json) {
+                print_json(rl_import_result_to_json(&res));
+        } else {
+                char b[32];
+                human_bytes(b, sizeof(b), res.bytes);
+                printf("imported %s%s%s: %u layers, %u new (%s read), %u already stored; "
+                       "%.3f s\ntop: %s\n",
+                       a->pos[0], a->ref ? ":" : "", a->ref ? a->ref : "", res.layers,
+                       res.layers_new, b, res.layers - res.layers_new,
+                       (double)res.elapsed_ns / 1e9, res.top[0] ? res.top : "(no layers)");
+        }
+        return 0;
+}
+
 static int cmd_daemon(const char *verb, int argc, char **argv)
 {
         _cleanup_(rl_client_freep) rl_client *c = NULL;
@@ -630,7 +715,7 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                       { "rm", 1, 8 },      { "stat", 1, 1 },  { "ls", 0, 0 },
                       { "tree", 0, 0 },    { "usage", 1, 1 }, { "mounts", 1, 1 },
                       { "update", 1, 1 },  { "cleanup", 0, 0 }, { "status", 0, 0 },
-                      { "mount", 2, 2 } };
+                      { "mount", 2, 2 },     { "apply", 1, 2 },  { "import", 1, 1 } };
         for (size_t i = 0; i < ELEMENTSOF(arity); i++)
                 if (!strcmp(arity[i].verb, verb) &&
                     (a.n_pos < arity[i].min || a.n_pos > arity[i].max)) {
@@ -665,6 +750,10 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                         print_mount(&m);
                         rl_mount_clear(&m);
                 }
+        } else if (!strcmp(verb, "apply")) {
+                r = verb_apply(c, &a, &err);
+        } else if (!strcmp(verb, "import")) {
+                r = verb_import(c, &a, &err);
         } else if (!strcmp(verb, "commit")) {
                 r = rl_client_commit(c, a.pos[0], a.pos[1], a.labels, a.n_labels, &err);
         } else if (!strcmp(verb, "rm")) {
@@ -827,9 +916,10 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-        static const char *daemon_verbs[] = { "prepare", "view", "commit", "rm", "stat", "ls",
-                                              "tree", "usage", "mounts", "update", "cleanup",
-                                              "status", "mount" };
+        static const char *daemon_verbs[] = { "prepare", "view",   "commit",  "rm",
+                                              "stat",    "ls",     "tree",    "usage",
+                                              "mounts",  "update", "cleanup", "status",
+                                              "mount",   "apply",  "import" };
         int i = 1;
         /* Global options come before the command. */
         for (; i < argc && argv[i][0] == '-'; i++) {

@@ -178,6 +178,45 @@ static void conn_unregister(conn *c)
         pthread_mutex_unlock(&conns_lock);
 }
 
+/* recv, keeping the file descriptors that come along (SCM_RIGHTS) in fds. More than
+ * RPC_MAX_FDS for one request, or a truncated set, ends the connection (-1, EBADMSG):
+ * nothing after it can be trusted to belong where it seems to. */
+static ssize_t recv_with_fds(int fd, char *buf, size_t size, rpc_fds *fds)
+{
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int) * RPC_MAX_FDS)];
+        } control;
+        struct iovec iov = { buf, size };
+        struct msghdr msg = { .msg_iov = &iov,
+                              .msg_iovlen = 1,
+                              .msg_control = control.buf,
+                              .msg_controllen = sizeof(control.buf) };
+        ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+        if (n < 0)
+                return n;
+        bool bad = msg.msg_flags & MSG_CTRUNC;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+                if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                        continue;
+                size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                int *in = (int *)CMSG_DATA(cm);
+                for (size_t i = 0; i < k; i++) {
+                        if (fds->n < RPC_MAX_FDS)
+                                fds->fd[fds->n++] = in[i];
+                        else {
+                                close(in[i]);
+                                bad = true;
+                        }
+                }
+        }
+        if (bad) {
+                errno = EBADMSG;
+                return -1;
+        }
+        return n;
+}
+
 /* One connection: read lines, answer each. A line past the limit gets an error, and the
  * connection is closed (what follows cannot be trusted to be a line boundary). */
 static void *conn_main(void *arg)
@@ -186,11 +225,16 @@ static void *conn_main(void *arg)
         size_t cap = 64 * 1024, len = 0;
         char *buf = malloc(cap);
 
+        rpc_fds fds = {};
         while (buf) {
                 char *nl = memchr(buf, '\n', len);
                 if (nl) {
                         size_t line = (size_t)(nl - buf);
-                        char *out = line ? rpc_handle(c->srv, &c->peer, buf, line) : NULL;
+                        char *out = line ? rpc_handle(c->srv, &c->peer, &fds, buf, line) : NULL;
+                        /* What the request did not use goes: fds belong to one request. */
+                        for (unsigned i = 0; i < fds.n; i++)
+                                closep(&fds.fd[i]);
+                        fds.n = 0;
                         memmove(buf, nl + 1, len - line - 1);
                         len -= line + 1;
                         if (out) {
@@ -220,13 +264,15 @@ static void *conn_main(void *arg)
                         buf = nb;
                         cap = ncap;
                 }
-                ssize_t n = recv(c->fd, buf + len, cap - len, 0);
+                ssize_t n = recv_with_fds(c->fd, buf + len, cap - len, &fds);
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n <= 0)
-                        break; /* closed, or shut down for exit */
+                        break; /* closed, shut down for exit, or too many fds */
                 len += (size_t)n;
         }
+        for (unsigned i = 0; i < fds.n; i++)
+                closep(&fds.fd[i]);
         free(buf);
         close(c->fd);
         atomic_fetch_sub(&c->srv->connections, 1);

@@ -11,9 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <reflayer/image.h>
 #include <reflayer/tree.h>
 
 #include "codec.h"
@@ -25,6 +27,7 @@
 typedef struct call {
         rpc_server *srv;
         const rpc_peer *peer;
+        rpc_fds *fds;   /* what came with the request */
         json_t *id;     /* the request's id: progress notifications name it */
         json_t *params; /* an object, never NULL */
         bool progress;  /* the client asked for Progress notifications */
@@ -155,6 +158,59 @@ static int idmap_of(call *c, json_t *a, const char *what, rl_idmap **ret)
                         return r;
                 }
         }
+        return 0;
+}
+
+/* The fd passed with the request at index (a params member "fd"); taken: the caller closes
+ * it. kind: S_IFDIR for a directory; access: O_RDONLY or O_WRONLY. */
+static int take_fd(call *c, json_int_t index, mode_t kind, int access)
+{
+        if (index < 0 || index >= (json_int_t)c->fds->n || c->fds->fd[index] < 0)
+                return rl_error_set(&c->err, -EINVAL,
+                                    "params: fd %lld was not passed with the request "
+                                    "(SCM_RIGHTS on its line)",
+                                    (long long)index);
+        int fd = c->fds->fd[index];
+        struct stat st;
+        int fl = fcntl(fd, F_GETFL);
+        if (fstat(fd, &st) < 0 || fl < 0)
+                return rl_error_set(&c->err, -errno, "params: fd %lld", (long long)index);
+        if (kind == S_IFDIR && !S_ISDIR(st.st_mode))
+                return rl_error_set(&c->err, -EINVAL, "params: fd %lld must be a directory",
+                                    (long long)index);
+        if (kind != S_IFDIR && S_ISDIR(st.st_mode))
+                return rl_error_set(&c->err, -EINVAL, "params: fd %lld is a directory",
+                                    (long long)index);
+        int mode = fl & O_ACCMODE;
+        if ((access == O_RDONLY && mode == O_WRONLY) || (access == O_WRONLY && mode == O_RDONLY))
+                return rl_error_set(&c->err, -EINVAL, "params: fd %lld is not open for %s",
+                                    (long long)index,
+                                    access == O_RDONLY ? "reading" : "writing");
+        c->fds->fd[index] = -1;
+        return fd;
+}
+
+/*
+ * May the peer read the file open at fd? The daemon reads what a client passes beneath a
+ * directory it passed (an image layout) with its own rights; a client that is not root
+ * must not learn, through the store, what it could not read itself. The mode bits decide
+ * (an ACL that would grant more is not looked at: refusing is the safe side).
+ */
+static int peer_may_read(int fd, const char *what, void *userdata, rl_error *err)
+{
+        const rpc_peer *p = userdata;
+        struct stat st;
+        if (p->uid == 0)
+                return 0;
+        if (fstat(fd, &st) < 0)
+                return rl_error_set(err, -errno, "%s", what);
+        bool member = st.st_gid == p->gid;
+        for (int i = 0; !member && i < p->n_groups; i++)
+                member = st.st_gid == p->groups[i];
+        mode_t bit = st.st_uid == p->uid ? S_IRUSR : member ? S_IRGRP : S_IROTH;
+        if (!(st.st_mode & bit))
+                return rl_error_set(err, -EACCES, "%s: uid %u may not read it", what,
+                                    (unsigned)p->uid);
         return 0;
 }
 
@@ -311,6 +367,78 @@ static int m_clone(call *c, json_t **ret)
         if (r < 0)
                 return r;
         *ret = rl_clone_result_to_json(src, dst, rl_fsinfo_type(fs), rl_fsinfo_reflink(fs), &st);
+        return *ret ? 0 : -ENOMEM;
+}
+
+/* A layer tar (passed as an fd) onto an active snapshot. */
+static int m_apply(call *c, json_t **ret)
+{
+        _cleanup_(rl_idmap_freep) rl_idmap *uids = NULL;
+        _cleanup_(rl_idmap_freep) rl_idmap *gids = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        const char *key, *digest = NULL, *diff_id = NULL;
+        json_t *um = NULL, *gm = NULL;
+        json_int_t index;
+        int keep = 0, progress = 0;
+        json_error_t jerr;
+        rl_layer_stats st;
+        int r;
+
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT,
+                           "{s:s, s:I, s?o, s?o, s?b, s?s, s?s, s?b}", "key", &key, "fd", &index,
+                           "uid_map", &um, "gid_map", &gm, "keep_unmapped", &keep, "digest",
+                           &digest, "diff_id", &diff_id, "progress", &progress) < 0)
+                return bad_params(c, &jerr);
+        if ((r = idmap_of(c, um, "uid_map", &uids)) < 0 ||
+            (r = idmap_of(c, gm, "gid_map", &gids)) < 0)
+                return r;
+        fd = take_fd(c, index, S_IFREG, O_RDONLY);
+        if (fd < 0)
+                return fd;
+        c->progress = progress;
+        rl_apply_options o = { .uid_map = uids,
+                               .gid_map = gids,
+                               .keep_unmapped = keep,
+                               .expect_digest = digest,
+                               .expect_diff_id = diff_id,
+                               .cancel = &c->hung_up,
+                               .progress = on_progress,
+                               .progress_userdata = c };
+        r = rl_store_apply(c->srv->store, key, fd, &o, &st, &c->err);
+        if (r < 0)
+                return r;
+        *ret = rl_layer_stats_to_json(&st);
+        return *ret ? 0 : -ENOMEM;
+}
+
+/* An OCI image layout (a directory passed as an fd) into the store. */
+static int m_import(call *c, json_t **ret)
+{
+        _cleanup_close_ int fd = -EBADF;
+        const char *ref = NULL;
+        json_int_t index;
+        int progress = 0;
+        json_error_t jerr;
+        rl_import_result res;
+        int r;
+
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:I, s?s, s?b}", "fd", &index, "ref",
+                           &ref, "progress", &progress) < 0)
+                return bad_params(c, &jerr);
+        fd = take_fd(c, index, S_IFDIR, O_RDONLY);
+        if (fd < 0)
+                return fd;
+        c->progress = progress;
+        rl_import_options o = { .ref = ref,
+                                .may_read = peer_may_read,
+                                .may_read_userdata = (void *)c->peer,
+                                .progress = on_progress,
+                                .progress_userdata = c,
+                                .cancel = &c->hung_up };
+        r = rl_store_import(c->srv->store, fd, &o, &res, &c->err);
+        if (r < 0)
+                return r;
+        *ret = rl_import_result_to_json(&res);
         return *ret ? 0 : -ENOMEM;
 }
 
@@ -525,10 +653,11 @@ static const struct {
         { "Remove", m_remove },   { "Stat", m_stat },       { "Update", m_update },
         { "List", m_list },       { "Usage", m_usage },     { "Mounts", m_mounts },
         { "Cleanup", m_cleanup }, { "Status", m_status },   { "Version", m_version },
-        { "Clone", m_clone },
+        { "Clone", m_clone },     { "Apply", m_apply },     { "Import", m_import },
 };
 
-char *rpc_handle(rpc_server *srv, const rpc_peer *peer, const char *line, size_t len)
+char *rpc_handle(rpc_server *srv, const rpc_peer *peer, rpc_fds *fds, const char *line,
+                 size_t len)
 {
         json_error_t jerr;
         json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -573,7 +702,11 @@ char *rpc_handle(rpc_server *srv, const rpc_peer *peer, const char *line, size_t
         }
 
         json_t *empty = json_object();
-        call c = { .srv = srv, .peer = peer, .id = id, .params = params ? params : empty };
+        call c = { .srv = srv,
+                   .peer = peer,
+                   .fds = fds,
+                   .id = id,
+                   .params = params ? params : empty };
         json_t *result = NULL;
         int r = fn(&c, &result);
         if (r >= 0 && !result)

@@ -45,11 +45,20 @@ typedef struct rpc_peer {
         int fd; /* the connection (-1: none) */
 } rpc_peer;
 
+/* File descriptors that came with a request (SCM_RIGHTS), referred to by index in its
+ * params. A method takes what it uses (the slot becomes -1); the rest are closed after. */
+#define RPC_MAX_FDS 8
+typedef struct rpc_fds {
+        int fd[RPC_MAX_FDS];
+        unsigned n;
+} rpc_fds;
+
 /*
  * Handle one request (a line without its newline). Returns the response line, newline
  * included, to free; or NULL for a notification (a request without an id), which gets none.
  */
-char *rpc_handle(rpc_server *srv, const rpc_peer *peer, const char *line, size_t len);
+char *rpc_handle(rpc_server *srv, const rpc_peer *peer, rpc_fds *fds, const char *line,
+                 size_t len);
 
 /* A ready-made error line (for a request too large to parse, a refused peer). */
 char *rpc_error_line(int code, const char *data_code, const char *message);

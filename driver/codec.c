@@ -238,3 +238,52 @@ void rl_progress_from_json(json_t *o, rl_tree_progress *ret)
                 .elapsed_ns = secs > 0 ? (uint64_t)(secs * 1e9) : 0,
         };
 }
+
+static void copy_string(json_t *o, const char *key, char *out, size_t size)
+{
+        snprintf(out, size, "%s", json_string_value(json_object_get(o, key)) ?: "");
+}
+
+json_t *rl_layer_stats_to_json(const rl_layer_stats *st)
+{
+        return json_pack("{s:I, s:I, s:I, s:I, s:I, s:s, s:s, s:f}", "entries",
+                         (json_int_t)st->entries, "whiteouts", (json_int_t)st->whiteouts,
+                         "opaques", (json_int_t)st->opaques, "bytes", (json_int_t)st->bytes,
+                         "size", (json_int_t)st->size, "digest", st->digest, "diff_id",
+                         st->diff_id, "seconds", (double)st->elapsed_ns / 1e9);
+}
+
+void rl_layer_stats_from_json(json_t *o, rl_layer_stats *ret)
+{
+        double secs = json_number_value(json_object_get(o, "seconds"));
+        *ret = (rl_layer_stats){
+                .entries = u64_of(o, "entries"),
+                .whiteouts = u64_of(o, "whiteouts"),
+                .opaques = u64_of(o, "opaques"),
+                .bytes = u64_of(o, "bytes"),
+                .size = u64_of(o, "size"),
+                .elapsed_ns = secs > 0 ? (uint64_t)(secs * 1e9) : 0,
+        };
+        copy_string(o, "digest", ret->digest, sizeof(ret->digest));
+        copy_string(o, "diff_id", ret->diff_id, sizeof(ret->diff_id));
+}
+
+json_t *rl_import_result_to_json(const rl_import_result *r)
+{
+        return json_pack("{s:s, s:s, s:i, s:i, s:I, s:f}", "manifest", r->manifest, "top",
+                         r->top, "layers", (int)r->layers, "layers_new", (int)r->layers_new,
+                         "bytes", (json_int_t)r->bytes, "seconds", (double)r->elapsed_ns / 1e9);
+}
+
+void rl_import_result_from_json(json_t *o, rl_import_result *ret)
+{
+        double secs = json_number_value(json_object_get(o, "seconds"));
+        *ret = (rl_import_result){
+                .layers = (unsigned)u64_of(o, "layers"),
+                .layers_new = (unsigned)u64_of(o, "layers_new"),
+                .bytes = u64_of(o, "bytes"),
+                .elapsed_ns = secs > 0 ? (uint64_t)(secs * 1e9) : 0,
+        };
+        copy_string(o, "manifest", ret->manifest, sizeof(ret->manifest));
+        copy_string(o, "top", ret->top, sizeof(ret->top));
+}

@@ -8,6 +8,8 @@
 #include <jansson.h>
 
 #include <reflayer/fsinfo.h>
+#include <reflayer/image.h>
+#include <reflayer/layer.h>
 #include <reflayer/store.h>
 #include <reflayer/tree.h>
 
@@ -40,3 +42,12 @@ void rl_tree_stats_from_json(json_t *o, rl_tree_stats *ret);
 /* A progress notification's params (without the request id): {entries, bytes, seconds}. */
 json_t *rl_progress_to_json(const rl_tree_progress *p);
 void rl_progress_from_json(json_t *o, rl_tree_progress *ret);
+
+/* A layer read or written: {entries, whiteouts, opaques, bytes, size, digest, diff_id,
+ * seconds}. */
+json_t *rl_layer_stats_to_json(const rl_layer_stats *st);
+void rl_layer_stats_from_json(json_t *o, rl_layer_stats *ret);
+
+/* An import: {manifest, top, layers, layers_new, bytes, seconds}. */
+json_t *rl_import_result_to_json(const rl_import_result *r);
+void rl_import_result_from_json(json_t *o, rl_import_result *ret);

@@ -40,7 +40,12 @@
 
 /* A whiteout applies to the lower layers only, and an opaque directory keeps what its own
  * layer put in it: both need to know which paths this layer made. An open-addressing set. */
-typedef enum mark { MARK_NONE, MARK_CREATED, MARK_REUSED_DIR } mark;
+typedef enum mark {
+        MARK_NONE,
+        MARK_CREATED,    /* an entry of this layer */
+        MARK_REUSED_DIR, /* an entry of this layer, a directory the lower already had */
+        MARK_PRESERVED,  /* a lower directory whose entries change: its times are kept */
+} mark;
 
 typedef struct pathset {
         char **keys;
@@ -181,6 +186,42 @@ typedef struct apply {
         uint64_t start_ns, last_progress_ns;
 } apply;
 
+static int add_dirtime(apply *a, const char *path, const struct timespec ts[2])
+{
+        if (a->n_dirs == a->cap_dirs) {
+                size_t cap = a->cap_dirs ? a->cap_dirs * 2 : 256;
+                dirtime *d = realloc(a->dirs, cap * sizeof(*d));
+                if (!d)
+                        return -ENOMEM;
+                a->dirs = d;
+                a->cap_dirs = cap;
+        }
+        if (!(a->dirs[a->n_dirs].path = strdup(path)))
+                return -ENOMEM;
+        memcpy(a->dirs[a->n_dirs++].ts, ts, 2 * sizeof(*ts));
+        return 0;
+}
+
+/*
+ * A lower directory whose entries this layer changes, without an entry of its own: it keeps
+ * its times (the layer says nothing about them), so the result does not depend on when the
+ * layer was applied. Recorded once, before the first change; an entry for it later in the
+ * layer wins (directory times are set in order).
+ */
+static int preserve_dir(apply *a, const char *dir, int fd, rl_error *err)
+{
+        if (pathset_get(&a->marks, dir) != MARK_NONE)
+                return 0;
+        struct stat st;
+        if (fstat(fd, &st) < 0)
+                return rl_error_set(err, -errno, "layer: stat '%s'", dir[0] ? dir : ".");
+        struct timespec ts[2] = { st.st_atim, st.st_mtim };
+        int r = add_dirtime(a, dir, ts);
+        if (r == 0)
+                r = pathset_put(&a->marks, dir, MARK_PRESERVED);
+        return r < 0 ? rl_error_set(err, r, "layer: '%s'", dir) : 0;
+}
+
 static void drop_cache(apply *a)
 {
         closep(&a->cached_fd);
@@ -283,7 +324,7 @@ static int open_dir(apply *a, const char *dir, bool create, const char *entry, i
 {
         if (!dir[0]) {
                 *ret_fd = a->root_fd;
-                return 0;
+                return preserve_dir(a, dir, a->root_fd, err);
         }
         if (a->cached_dir && strcmp(a->cached_dir, dir) == 0) {
                 *ret_fd = a->cached_fd;
@@ -350,7 +391,7 @@ static int open_dir(apply *a, const char *dir, bool create, const char *entry, i
         }
         a->cached_fd = fd;
         *ret_fd = fd;
-        return 0;
+        return preserve_dir(a, dir, fd, err);
 }
 
 /* Remove name (a whole tree if it is a directory) from dir_fd, if it is there. */
@@ -422,7 +463,7 @@ static int make_opaque(apply *a, int dir_fd, const char *dir, rl_error *err)
                 }
                 mark m = pathset_get(&a->marks, path);
                 if (m == MARK_CREATED)
-                        continue;
+                        continue; /* MARK_PRESERVED: a lower directory, hidden too */
                 if (m == MARK_REUSED_DIR) {
                         _cleanup_close_ int sub = openat(dirfd(d), names[i],
                                                          O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
@@ -466,7 +507,8 @@ static int whiteout(apply *a, const char *entry, const char *dir, const char *ba
                 return rl_error_set(err, -EINVAL, "layer entry '%s': too long", entry);
         a->st->whiteouts++;
         /* Whiteouts hide the lower layers only: what this same layer wrote stays. */
-        if (pathset_get(&a->marks, path) != MARK_NONE)
+        mark m = pathset_get(&a->marks, path);
+        if (m == MARK_CREATED || m == MARK_REUSED_DIR)
                 return 0;
         r = remove_entry(a, dfd, target, path, err);
         return r < 0 ? r : 0;
@@ -542,18 +584,8 @@ static int set_meta(apply *a, struct archive_entry *e, const rl_ref *ref, const 
                 r = rl_ref_utimens(ref, ts, path, err);
                 return r < 0 ? rl_error_prefix(err, r, "layer entry") : 0;
         }
-        if (a->n_dirs == a->cap_dirs) {
-                size_t cap = a->cap_dirs ? a->cap_dirs * 2 : 256;
-                dirtime *d = realloc(a->dirs, cap * sizeof(*d));
-                if (!d)
-                        return rl_error_set(err, -ENOMEM, "layer entry '%s'", path);
-                a->dirs = d;
-                a->cap_dirs = cap;
-        }
-        if (!(a->dirs[a->n_dirs].path = strdup(path)))
-                return rl_error_set(err, -ENOMEM, "layer entry '%s'", path);
-        memcpy(a->dirs[a->n_dirs++].ts, ts, sizeof(ts));
-        return 0;
+        r = add_dirtime(a, path, ts);
+        return r < 0 ? rl_error_set(err, r, "layer entry '%s'", path) : 0;
 }
 
 static int write_data(apply *a, int fd, struct archive_entry *e, const char *path,
@@ -639,6 +671,9 @@ static int apply_entry(apply *a, struct archive_entry *e, rl_error *err)
                         return rl_error_set(err, -EINVAL,
                                             "layer entry '%s': the root must be a directory",
                                             archive_entry_pathname(e));
+                r = pathset_put(&a->marks, "", MARK_REUSED_DIR);
+                if (r < 0)
+                        return rl_error_set(err, r, "layer entry '.'");
                 return set_meta(a, e, &(rl_ref){ .fd = a->root_fd }, "", true, err);
         }
 
@@ -699,9 +734,10 @@ static int apply_entry(apply *a, struct archive_entry *e, rl_error *err)
         return set_meta(a, e, &ref, path, reuse, err);
 }
 
+/* In order: where a directory was recorded twice (kept, then an entry), the entry wins. */
 static int set_dir_times(apply *a, rl_error *err)
 {
-        for (size_t i = a->n_dirs; i-- > 0;) {
+        for (size_t i = 0; i < a->n_dirs; i++) {
                 const dirtime *d = &a->dirs[i];
                 _cleanup_close_ int fd =
                         d->path[0] ? rl_openat_beneath_follow(a->root_fd, d->path,

@@ -14,6 +14,8 @@
 
 #include <reflayer/error.h>
 #include <reflayer/fsinfo.h>
+#include <reflayer/image.h>
+#include <reflayer/layer.h>
 #include <reflayer/store.h>
 #include <reflayer/tree.h>
 
@@ -72,3 +74,19 @@ typedef struct rl_client_clone_result {
  */
 int rl_client_clone(rl_client *c, const char *src, const char *dst, const rl_tree_options *opts,
                     rl_client_clone_result *ret, rl_error *err);
+
+/*
+ * Apply the layer read from tar_fd (a file or a pipe, passed to the daemon over the socket)
+ * onto the active snapshot key (store.h, rl_store_apply). opts: maps, expected digests,
+ * progress and cancel as above. ret may be NULL.
+ */
+int rl_client_apply(rl_client *c, const char *key, int tar_fd, const rl_apply_options *opts,
+                    rl_layer_stats *ret, rl_error *err);
+
+/*
+ * Import the OCI image layout directory layout_fd (passed to the daemon over the socket;
+ * image.h, rl_store_import). opts: ref, progress and cancel (may_read is the daemon's).
+ * A caller that is not root can only import blobs it could read itself.
+ */
+int rl_client_import(rl_client *c, int layout_fd, const rl_import_options *opts,
+                     rl_import_result *ret, rl_error *err);

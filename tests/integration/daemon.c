@@ -513,17 +513,25 @@ Test(daemon, sigterm_during_prepare_publishes_nothing_half)
         start_daemon(-1); /* for teardown */
 }
 
-/* The CLI through the daemon: output a person reads, JSON a script reads, exit codes. */
-Test(daemon, cli_verbs)
+static const char *cli_path(void)
 {
-        static char out[65536];
         const char *cli = getenv("RL_CLI");
         cr_assert(cli, "RL_CLI must name the built reflayer");
+        return cli;
+}
+
+/* Run the CLI against the test's daemon; its output (stdout and stderr) in `out`. */
 #define RUN(...)                                                                                   \
         ({                                                                                         \
                 char *argv_[] = { (char *)cli, "--socket", sock, __VA_ARGS__, NULL };              \
                 rlt_run(argv_, out, sizeof(out));                                                  \
         })
+
+/* The CLI through the daemon: output a person reads, JSON a script reads, exit codes. */
+Test(daemon, cli_verbs)
+{
+        static char out[65536];
+        const char *cli = cli_path();
         int r = RUN("prepare", "k1", "--label", "team=red");
         cr_assert_eq(r, 0, "prepare: %s", out);
         cr_expect(strstr(out, "mount -t bind") && strstr(out, "rbind,rw"), "%s", out);
@@ -579,7 +587,6 @@ Test(daemon, cli_verbs)
         char *nodaemon[] = { (char *)cli, "--socket", "/nonexistent.sock", "ls", NULL };
         cr_expect_eq(rlt_run(nodaemon, out, sizeof(out)), 6, "%s", out);
         cr_expect(strstr(out, "is it running"), "%s", out);
-#undef RUN
 }
 
 /* reflayer mount/umount: a view is mounted read-only, an active snapshot read-write, and
@@ -587,13 +594,7 @@ Test(daemon, cli_verbs)
 Test(daemon, cli_mount_and_umount)
 {
         static char out[65536];
-        const char *cli = getenv("RL_CLI");
-        cr_assert(cli, "RL_CLI must name the built reflayer");
-#define RUN(...)                                                                                   \
-        ({                                                                                         \
-                char *argv_[] = { (char *)cli, "--socket", sock, __VA_ARGS__, NULL };              \
-                rlt_run(argv_, out, sizeof(out));                                                  \
-        })
+        const char *cli = cli_path();
         cr_assert_eq(RUN("prepare", "a"), 0, "%s", out);
         cr_assert_eq(RUN("commit", "base", "a"), 0, "%s", out);
         cr_assert_eq(RUN("prepare", "rw", "base"), 0, "%s", out);
@@ -628,7 +629,6 @@ Test(daemon, cli_mount_and_umount)
         snprintf(p, sizeof(p), "%s/written", src);
         cr_expect(access(p, F_OK) != 0, "the write reached the parent");
         cr_expect_eq(RUN("mount", "nope", t1), 3, "%s", out);
-#undef RUN
 }
 
 /* --- Clone, progress, hang-ups --------------------------------------------------------------- */
@@ -878,4 +878,148 @@ Test(daemon, client_clone_progress_and_cancel)
         }
         cr_expect_eq(r, -ENOENT, "a cancelled Prepare was published");
         rl_client_free(c);
+}
+
+/* --- layers over the wire: Apply and Import, fds passed with the request ------------------ */
+
+static void sh(const char *script)
+{
+        char out[8192];
+        char *argv[] = { "sh", "-ec", (char *)script, NULL };
+        cr_assert_eq(rlt_run(argv, out, sizeof(out)), 0, "%s: %s", script, out);
+}
+
+/* A two-layer OCI layout at DIR/img (tag t1) made by umoci, Debian's independent tool. */
+static void make_layout(const char *dir)
+{
+        char script[4 * PATH_MAX];
+        snprintf(script, sizeof(script),
+                 "command -v umoci >/dev/null || { echo 'umoci is missing (make deps installs "
+                 "it)'; exit 1; }\n"
+                 "cd %s && umoci init --layout img && umoci new --image img:t1\n"
+                 "umoci unpack --image img:t1 b >/dev/null\n"
+                 "mkdir -p b/rootfs/etc b/rootfs/usr/bin && echo hi > b/rootfs/etc/hello\n"
+                 "echo bin > b/rootfs/usr/bin/tool && ln -s tool b/rootfs/usr/bin/alias\n"
+                 "umoci repack --image img:t1 b && rm -rf b\n"
+                 "umoci unpack --image img:t1 b >/dev/null && rm b/rootfs/etc/hello\n"
+                 "echo two > b/rootfs/usr/bin/tool && umoci repack --image img:t1 b\n"
+                 "umoci unpack --image img:t1 ref >/dev/null\n",
+                 dir);
+        sh(script);
+}
+
+Test(daemon, cli_apply_and_import)
+{
+        static char out[65536];
+        const char *cli = cli_path();
+        char dir[PATH_MAX], layout[PATH_MAX + 8], p[PATH_MAX + 64];
+        snprintf(dir, sizeof(dir), "%s/oci", mnt);
+        cr_assert(mkdir(dir, 0755) == 0);
+        make_layout(dir);
+        snprintf(layout, sizeof(layout), "%s/img", dir);
+
+        cr_assert_eq(RUN("import", layout, "--ref", "t1"), 0, "%s", out);
+        cr_expect(strstr(out, "2 layers, 2 new"), "%s", out);
+        char top[128] = "";
+        const char *t = strstr(out, "top: ");
+        cr_assert(t, "%s", out);
+        sscanf(t + 5, "%127s", top);
+        /* Again: nothing to do. */
+        cr_assert_eq(RUN("import", layout, "--ref", "t1"), 0, "%s", out);
+        cr_expect(strstr(out, "0 new"), "%s", out);
+        cr_expect_eq(RUN("import", layout, "--ref", "nope"), 1, "%s", out);
+        cr_expect(strstr(out, "'nope'"), "%s", out);
+
+        /* The top layer is what umoci itself unpacks. */
+        cr_assert_eq(RUN("view", "v", top), 0, "%s", out);
+        char src[PATH_MAX], why[1024] = "";
+        sscanf(out, "mount -t bind %s", src);
+        snprintf(p, sizeof(p), "%s/ref/rootfs", dir);
+        cr_expect(rlt_tree_equal_but_atime(p, src, why, sizeof(why)), "import != umoci: %s", why);
+        cr_assert_eq(RUN("--json", "stat", top), 0, "%s", out);
+        cr_expect(strstr(out, "reflayer.io/image/t1"), "%s", out);
+
+        /* Apply: from a file, and from a pipe (the fd itself goes to the daemon). */
+        cr_assert_eq(RUN("prepare", "k", top), 0, "%s", out);
+        char tar[PATH_MAX], script[3 * PATH_MAX];
+        snprintf(tar, sizeof(tar), "%s/layer.tar.gz", dir);
+        snprintf(script, sizeof(script),
+                 "mkdir %s/l && echo new > %s/l/new && touch %s/l/.wh.usr && "
+                 "tar -C %s/l -czf %s .",
+                 dir, dir, dir, dir, tar);
+        sh(script);
+        cr_assert_eq(RUN("apply", "k", tar), 0, "%s", out);
+        cr_expect(strstr(out, "1 whiteouts"), "%s", out);
+        cr_assert_eq(RUN("mounts", "k"), 0, "%s", out);
+        sscanf(out, "mount -t bind %s", src);
+        snprintf(p, sizeof(p), "%s/usr", src);
+        cr_expect(access(p, F_OK) < 0, "the whiteout left usr/");
+        snprintf(script, sizeof(script), "%s --socket %s --json apply k < %s", cli, sock, tar);
+        sh(script);
+        /* Bad input: a committed snapshot, a missing key, a tar leading out. */
+        cr_expect_eq(RUN("apply", top, tar), 5, "%s", out);
+        cr_expect_eq(RUN("apply", "nope", tar), 3, "%s", out);
+        snprintf(script, sizeof(script),
+                 "cd %s && ln -s / out && tar -cf evil.tar out && mkdir -p x && echo x > x/f && "
+                 "tar -rf evil.tar --transform s,x/f,out/evil, x/f",
+                 dir);
+        sh(script);
+        snprintf(tar, sizeof(tar), "%s/evil.tar", dir);
+        cr_expect_eq(RUN("apply", "k", tar), 1, "%s", out);
+        cr_expect(strstr(out, "out/evil") && strstr(out, "leads out"), "%s", out);
+        cr_expect(access("/evil", F_OK) < 0, "a layer wrote outside the tree");
+}
+
+/* A client that is not root imports only what it could read itself. */
+Test(daemon, import_reads_only_what_the_caller_may)
+{
+        stop_daemon();
+        const char *extra[] = { "--group", "nogroup", NULL };
+        rlt_daemon_start(&D, -1, extra);
+        chmod(rlt_scratch(), 0755);
+        chmod(mnt, 0755);
+        char dir[PATH_MAX], layout[PATH_MAX + 8], script[3 * PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s/oci", mnt);
+        cr_assert(mkdir(dir, 0755) == 0);
+        make_layout(dir);
+        snprintf(layout, sizeof(layout), "%s/img", dir);
+        /* One layer blob only root may read. */
+        snprintf(script, sizeof(script),
+                 "cd %s/blobs/sha256 && chmod -R a+rX %s && f=$(ls -S | head -1) && chmod 600 $f",
+                 layout, layout);
+        sh(script);
+
+        pthread_t t;
+        int fd = -1;
+        cr_assert(pthread_create(&t, NULL, connect_as_nobody, &fd) == 0);
+        pthread_join(t, NULL);
+        cr_assert_geq(fd, 0, "connect as nobody: %s", strerror(-fd));
+        int lfd = open(layout, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cr_assert(lfd >= 0);
+        char line[256];
+        snprintf(line, sizeof(line),
+                 "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Import\",\"params\":{\"fd\":0}}\n");
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } control = {};
+        struct iovec iov = { line, strlen(line) };
+        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                              .msg_controllen = sizeof(control.buf) };
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &lfd, sizeof(int));
+        cr_assert(sendmsg(fd, &msg, MSG_NOSIGNAL) == (ssize_t)strlen(line));
+        close(lfd);
+        json_t *resp = read_response(fd);
+        cr_assert(resp);
+        const char *code = json_string_value(
+                json_object_get(json_object_get(json_object_get(resp, "error"), "data"), "code"));
+        cr_expect_str_eq(code, "permission_denied", "a blob nobody may read was imported");
+        json_decref(resp);
+        /* A request naming an fd it did not pass. */
+        fails(fd, "Import", json_pack("{s:i}", "fd", 0), "invalid_argument");
+        close(fd);
 }

@@ -55,6 +55,10 @@ void rlt_write_file(const char *path, uint64_t size, unsigned seed);
 bool rlt_tree_equal(const char *a, const char *b, const rl_idmap *uids, const rl_idmap *gids,
                     char *why, size_t why_size);
 
+/* The same, atimes aside: for trees another tool made (umoci's unpack reads what it makes,
+ * and tar archives need not carry atimes). */
+bool rlt_tree_equal_but_atime(const char *a, const char *b, char *why, size_t why_size);
+
 /* Do all extents of the file at path carry FIEMAP_EXTENT_SHARED (and is there at least one)? */
 bool rlt_extents_shared(const char *path);
 
