@@ -39,6 +39,7 @@ RL_EXPORT const char *rl_store_error_code(int r)
         case ENOTDIR:      /* a path that should be a directory is not */
         case ERANGE:       /* an id outside the maps */
         case ENAMETOOLONG:
+        case EBADMSG: /* a digest or size that does not match */
                 return "invalid_argument";
         case EBUSY:
                 return "failed_precondition";
