@@ -383,7 +383,9 @@ static int open_dir(apply *a, const char *dir, bool create, const char *entry, i
                 fd = rl_openat_beneath_follow(a->root_fd, dir, O_RDONLY | O_DIRECTORY, 0);
         }
         if (fd < 0)
-                return fd == -ENOENT ? fd : resolve_error(fd, entry, dir, err);
+                return fd == -ENOENT || (fd == -ENOTDIR && !create)
+                               ? fd
+                               : resolve_error(fd, entry, dir, err);
         a->cached_dir = strdup(dir);
         if (!a->cached_dir) {
                 close(fd);
@@ -487,8 +489,9 @@ static int whiteout(apply *a, const char *entry, const char *dir, const char *ba
                     rl_error *err)
 {
         int dfd, r = open_dir(a, dir, false, entry, &dfd, err);
-        if (r == -ENOENT)
-                return 0; /* nothing below to hide */
+        if (r == -ENOENT || r == -ENOTDIR)
+                return 0; /* nothing below to hide (umoci writes DIR/.wh.X after replacing
+                           * DIR by a file) */
         if (r < 0)
                 return r;
         if (strcmp(base, OPAQUE) == 0) {
