@@ -148,6 +148,12 @@ DEPS_DEBS := build-essential pkg-config libmount-dev libcap-dev libseccomp-dev l
 # groff (tests/unit/manpages.c renders the man pages): priority important, so most systems
 # have it, but minimal ones (debootstrap minbase, the debian:bookworm image) do not.
 DEPS_DEBS += groff-base
+# umoci: an independent OCI image tool; tests/lib/oci-fixture builds image layouts with it and
+# its unpack is the reference tree the layer apply is compared with (tests/unit/oci.c).
+DEPS_DEBS += umoci
+# zstd, libcap2-bin: tests/unit/layer.c decompresses zstd layers with the zstd CLI to check
+# diff_ids independently; oci-fixture sets a file capability with setcap.
+DEPS_DEBS += zstd libcap2-bin
 deps:
 	$(Q)missing=$$(for p in $(DEPS_DEBS); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \

@@ -429,7 +429,7 @@ void rlt_make_rich_tree(const char *dir, const char *name)
 
 typedef struct cmp {
         const rl_idmap *uids, *gids;
-        bool ignore_atime;
+        unsigned flags;
         char *why;
         size_t why_size;
         struct {
@@ -550,7 +550,7 @@ static bool same_entry(cmp *c, int adir, int bdir, const char *name, const char 
         if (a.st_mtim.tv_sec != b.st_mtim.tv_sec || a.st_mtim.tv_nsec != b.st_mtim.tv_nsec)
                 return differ(c, path, "mtime %ld.%09ld vs %ld.%09ld", a.st_mtim.tv_sec,
                               a.st_mtim.tv_nsec, b.st_mtim.tv_sec, b.st_mtim.tv_nsec);
-        if (!c->ignore_atime &&
+        if (!(c->flags & RLT_CMP_NO_ATIME) &&
             (a.st_atim.tv_sec != b.st_atim.tv_sec || a.st_atim.tv_nsec != b.st_atim.tv_nsec))
                 return differ(c, path, "atime %ld.%09ld vs %ld.%09ld", a.st_atim.tv_sec,
                               a.st_atim.tv_nsec, b.st_atim.tv_sec, b.st_atim.tv_nsec);
@@ -613,15 +613,18 @@ static bool same_entry(cmp *c, int adir, int bdir, const char *name, const char 
         return true;
 }
 
-static bool tree_equal(const char *a, const char *b, const rl_idmap *uids,
-                       const rl_idmap *gids, bool ignore_atime, char *why, size_t why_size)
+bool rlt_tree_equal(const char *a, const char *b, const rl_idmap *uids, const rl_idmap *gids,
+                    char *why, size_t why_size)
+{
+        return rlt_tree_equal_flags(a, b, uids, gids, 0, why, why_size);
+}
+
+bool rlt_tree_equal_flags(const char *a, const char *b, const rl_idmap *uids,
+                          const rl_idmap *gids, unsigned flags, char *why, size_t why_size)
 {
         cmp *c = calloc(1, sizeof(*c));
         cr_assert(c);
-        *c = (cmp){ .uids = uids,
-                    .gids = gids,
-                    .ignore_atime = ignore_atime,
-                    .why = why,
+        *c = (cmp){ .uids = uids, .gids = gids, .flags = flags, .why = why,
                     .why_size = why_size };
         why[0] = '\0';
         /* The roots may differ in name: compare each as "." of itself. */
@@ -693,15 +696,4 @@ void rlt_block_reflink(bool also_copy_range)
                                            0) == 0);
         cr_assert(seccomp_load(ctx) == 0, "seccomp_load");
         seccomp_release(ctx);
-}
-
-bool rlt_tree_equal(const char *a, const char *b, const rl_idmap *uids, const rl_idmap *gids,
-                    char *why, size_t why_size)
-{
-        return tree_equal(a, b, uids, gids, false, why, why_size);
-}
-
-bool rlt_tree_equal_but_atime(const char *a, const char *b, char *why, size_t why_size)
-{
-        return tree_equal(a, b, NULL, NULL, true, why, why_size);
 }

@@ -55,9 +55,15 @@ void rlt_write_file(const char *path, uint64_t size, unsigned seed);
 bool rlt_tree_equal(const char *a, const char *b, const rl_idmap *uids, const rl_idmap *gids,
                     char *why, size_t why_size);
 
-/* The same, atimes aside: for trees another tool made (umoci's unpack reads what it makes,
- * and tar archives need not carry atimes). */
-bool rlt_tree_equal_but_atime(const char *a, const char *b, char *why, size_t why_size);
+typedef enum rlt_cmp_flags {
+        /* Leave atimes out: a tree from a tool that sets them to the time of its own run
+         * (umoci unpack) against one that keeps what the source said. */
+        RLT_CMP_NO_ATIME = 1 << 0,
+} rlt_cmp_flags;
+
+/* rlt_tree_equal, with the comparison narrowed by flags (rlt_cmp_flags). */
+bool rlt_tree_equal_flags(const char *a, const char *b, const rl_idmap *uids,
+                          const rl_idmap *gids, unsigned flags, char *why, size_t why_size);
 
 /* Do all extents of the file at path carry FIEMAP_EXTENT_SHARED (and is there at least one)? */
 bool rlt_extents_shared(const char *path);
