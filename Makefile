@@ -144,7 +144,7 @@ headers-check: $(HEADERS)
 # What the project needs from Debian, installed only when missing (quick when all is there).
 DEPS_DEBS := build-essential pkg-config libmount-dev libcap-dev libseccomp-dev libjansson-dev \
              libcriterion-dev libarchive-dev libssl-dev libsystemd-dev xfsprogs btrfs-progs e2fsprogs \
-             acl attr util-linux systemd runc debootstrap umoci
+             acl attr util-linux systemd runc debootstrap
 # groff (tests/unit/manpages.c renders the man pages): priority important, so most systems
 # have it, but minimal ones (debootstrap minbase, the debian:bookworm image) do not.
 DEPS_DEBS += groff-base
