@@ -6,6 +6,7 @@
 #   make bench-clone   reflayer clone vs cp -a --reflink=always on a Debian rootfs
 #   make bench-store   store: usage of 20 snapshots vs du, prepare latency, open of 1,000
 #   make bench-rpc     reflayerd: Stat calls/s over 1 and 16 connections, Stat during a Prepare
+#   make bench-import  reflayer import of a Debian image vs umoci unpack and tar -xzf
 #   make install [PREFIX=/usr/local] [DESTDIR=]
 #   make format | clean | deps       V=1 shows the commands
 
@@ -83,7 +84,7 @@ DAEMON := $(BUILD)/reflayerd
 UNIT := $(BUILD)/tests/unit
 CRASH_CHILD := $(BUILD)/tests/crash-child
 
-.PHONY: all check tests deps run bench-clone bench-store bench-rpc install format clean headers-check
+.PHONY: all check tests deps run bench-clone bench-store bench-rpc bench-import install format clean headers-check
 all: $(LIB) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC) $(CLI) $(DAEMON)
 
 $(BUILD)/obj/driver/%.o: driver/%.c
@@ -183,6 +184,9 @@ bench-store: deps all $(STORE_BENCH)
 
 bench-rpc: deps all
 	$(Q)tests/bench/rpc.sh
+
+bench-import: deps all
+	$(Q)tests/bench/import.sh $(CLI) $(DAEMON)
 
 install: all install-man
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/reflayer
