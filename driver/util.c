@@ -121,6 +121,14 @@ int rl_write_all(int fd, const void *buf, size_t len)
         return 0;
 }
 
+int rl_open_noatime(int dir_fd, const char *name, int flags)
+{
+        int fd = openat(dir_fd, name, flags | O_CLOEXEC | O_NOATIME);
+        if (fd < 0 && errno == EPERM)
+                fd = openat(dir_fd, name, flags | O_CLOEXEC);
+        return fd < 0 ? -errno : fd;
+}
+
 uint64_t rl_now_ns(void)
 {
         struct timespec ts;

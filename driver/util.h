@@ -83,6 +83,14 @@ int rl_proc_fd_path(char *buf, size_t size, int dir_fd, const char *name);
  */
 int rl_write_all(int fd, const void *buf, size_t len);
 
+/*
+ * openat(dir_fd, name, flags | O_CLOEXEC) with O_NOATIME, so that reading a tree does not
+ * change it (under relatime a read refreshes an atime older than a day). Only the owner or
+ * CAP_FOWNER may ask for O_NOATIME; anyone else opens the ordinary way. Returns the fd or a
+ * negative errno.
+ */
+int rl_open_noatime(int dir_fd, const char *name, int flags);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t rl_now_ns(void);
 
