@@ -58,12 +58,9 @@ static int64_t read_write_segment(int src, int dst, uint64_t off, uint64_t end, 
 
         while (pos < end) {
                 size_t len = end - pos > RW_BUFFER_SIZE ? RW_BUFFER_SIZE : (size_t)(end - pos);
-                ssize_t n = pread(src, buf, len, (off_t)pos);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
+                ssize_t n = rl_pread_all(src, buf, len, pos);
+                if (n < 0)
+                        return n;
                 if (n == 0)
                         break;
                 for (ssize_t w = 0; w < n;) {

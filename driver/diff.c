@@ -105,24 +105,8 @@ static int by_name(const void *a, const void *b, void *buf)
 
 static int listing_add(listing *l, const char *name, size_t len)
 {
-        if (l->used + len + 1 > l->cap) {
-                size_t cap = l->cap ? l->cap * 2 : 4096;
-                while (cap < l->used + len + 1)
-                        cap *= 2;
-                char *b = realloc(l->buf, cap);
-                if (!b)
-                        return -ENOMEM;
-                l->buf = b;
-                l->cap = cap;
-        }
-        if (l->n == l->cap_off) {
-                size_t cap = l->cap_off ? l->cap_off * 2 : 64;
-                size_t *o = realloc(l->off, cap * sizeof(*o));
-                if (!o)
-                        return -ENOMEM;
-                l->off = o;
-                l->cap_off = cap;
-        }
+        if (!RL_GROW(l->buf, l->cap, l->used + len + 1) || !RL_GROW(l->off, l->cap_off, l->n + 1))
+                return -ENOMEM;
         l->off[l->n++] = l->used;
         memcpy(l->buf + l->used, name, len + 1);
         l->used += len + 1;
@@ -200,14 +184,8 @@ static int open_checked(int dir_fd, const char *name, int flags, const struct st
 static int set_path(diff *d, const frame *f, const char *name)
 {
         size_t plen = f->pub.depth ? strlen(f->path) : 0, nlen = strlen(name);
-        if (plen + nlen + 2 > d->path_cap) {
-                size_t cap = (plen + nlen + 2) * 2;
-                char *p = realloc(d->path, cap);
-                if (!p)
-                        return -ENOMEM;
-                d->path = p;
-                d->path_cap = cap;
-        }
+        if (!RL_GROW(d->path, d->path_cap, plen + nlen + 2))
+                return -ENOMEM;
         if (plen) {
                 memcpy(d->path, f->path, plen);
                 d->path[plen++] = '/';
@@ -242,16 +220,8 @@ static int push_frame(diff *d, frame *parent, int lower_dir, int upper_dir, cons
         if (depth > RL_WALK_DEPTH_MAX)
                 return rl_error_set(err, -ELOOP, "diff: '%s': deeper than %d levels", path,
                                     RL_WALK_DEPTH_MAX);
-        if (d->depth == d->cap) {
-                size_t cap = d->cap ? d->cap * 2 : 64;
-                frame **s = realloc(d->stack, cap * sizeof(*s));
-                if (!s)
-                        return rl_error_set(err, -ENOMEM, "diff: '%s'", path);
-                d->stack = s;
-                d->cap = cap;
-        }
-        frame *f = calloc(1, sizeof(*f));
-        if (!f)
+        frame *f = NULL;
+        if (!RL_GROW(d->stack, d->cap, d->depth + 1) || !(f = calloc(1, sizeof(*f))))
                 return rl_error_set(err, -ENOMEM, "diff: '%s'", path);
         f->pub = (rl_diff_dir){ parent ? &parent->pub : NULL, -EBADF, -EBADF, NULL, depth, false };
         /* On the stack at once: from here on, an error is cleaned up with the stack. */
@@ -261,23 +231,23 @@ static int push_frame(diff *d, frame *parent, int lower_dir, int upper_dir, cons
                 return rl_error_set(err, -ENOMEM, "diff: '%s'", path);
         f->pub.path = f->path;
 
-        int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
-        r = open_checked(upper_dir, name, flags, up, path, 1, err);
-        if (r < 0)
-                return r;
-        f->pub.upper_fd = r;
-        r = list_dir(d, f->pub.upper_fd, &f->upper, path, 1, err);
-        if (r < 0)
-                return r;
-        if (lower_dir < 0)
-                return 0;
-        r = open_checked(lower_dir, name, flags, lo, path, 0, err);
-        if (r < 0)
-                return r;
-        f->pub.lower_fd = r;
-        r = list_dir(d, f->pub.lower_fd, &f->lower, path, 0, err);
-        if (r < 0)
-                return r;
+        const int dirs[2] = { lower_dir, upper_dir };
+        const struct statx *sts[2] = { lo, up };
+        int *fds[2] = { &f->pub.lower_fd, &f->pub.upper_fd };
+        listing *lists[2] = { &f->lower, &f->upper };
+        for (int side = 1; side >= 0; side--) {
+                if (dirs[side] < 0)
+                        return 0; /* a directory lower does not have */
+                r = open_checked(dirs[side], name,
+                                 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
+                                 sts[side], path, side, err);
+                if (r < 0)
+                        return r;
+                *fds[side] = r;
+                r = list_dir(d, r, lists[side], path, side, err);
+                if (r < 0)
+                        return r;
+        }
 
         bool common = false;
         for (size_t i = 0, j = 0; i < f->lower.n && j < f->upper.n && !common;) {
@@ -386,23 +356,6 @@ static int same_extents(diff *d, int lower_fd, int upper_fd)
         }
 }
 
-static int read_full(int fd, char *buf, size_t size, uint64_t off)
-{
-        size_t done = 0;
-        while (done < size) {
-                ssize_t n = pread(fd, buf + done, size - done, (off_t)(off + done));
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (n == 0)
-                        break;
-                done += (size_t)n;
-        }
-        return (int)done;
-}
-
 /* Do two regular files of the same size hold the same bytes? 1 yes, 0 no, -errno. */
 static int same_data(diff *d, int lower_fd, int upper_fd, const struct statx *lo,
                      const struct statx *up, const char *path, rl_error *err)
@@ -426,12 +379,14 @@ static int same_data(diff *d, int lower_fd, int upper_fd, const struct statx *lo
                 if (!d->data[s] && !(d->data[s] = malloc(READ_CHUNK)))
                         return rl_error_set(err, -ENOMEM, "diff: '%s'", path);
         for (uint64_t off = 0;; off += READ_CHUNK) {
-                int na = read_full(lower_fd, d->data[0], READ_CHUNK, off);
+                ssize_t na = rl_pread_all(lower_fd, d->data[0], READ_CHUNK, off);
                 if (na < 0)
-                        return rl_error_set(err, na, "diff: read '%s' in the lower tree", path);
-                int nb = read_full(upper_fd, d->data[1], READ_CHUNK, off);
+                        return rl_error_set(err, (int)na, "diff: read '%s' in the lower tree",
+                                            path);
+                ssize_t nb = rl_pread_all(upper_fd, d->data[1], READ_CHUNK, off);
                 if (nb < 0)
-                        return rl_error_set(err, nb, "diff: read '%s' in the upper tree", path);
+                        return rl_error_set(err, (int)nb, "diff: read '%s' in the upper tree",
+                                            path);
                 d->stats.bytes_read += (uint64_t)na + (uint64_t)nb;
                 if (na != nb || memcmp(d->data[0], d->data[1], (size_t)na) != 0)
                         return 0;
@@ -586,7 +541,7 @@ static int in_both(diff *d, frame *f, const char *name, rl_error *err)
         _cleanup_close_ int lfd = -EBADF, ufd = -EBADF;
         r = CHANGED_DATA;
         if (same_type && S_ISREG(up.stx_mode)) {
-                int flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
+                int flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
                 lfd = open_checked(f->pub.lower_fd, name, flags, &lo, d->path, 0, err);
                 if (lfd < 0)
                         return lfd;

@@ -148,17 +148,25 @@ static int set_level(struct archive *a, const rl_export_options *o, rl_error *er
         return 0;
 }
 
+static int new_writer(struct archive **ret, int (*set_format)(struct archive *), rl_error *err)
+{
+        *ret = archive_write_new();
+        if (!*ret)
+                return rl_error_set(err, -ENOMEM, "export");
+        if (set_format(*ret) != ARCHIVE_OK)
+                return rl_error_set(err, -EIO, "export: %s", archive_error_string(*ret));
+        return 0;
+}
+
 /* The compressor: one raw entry whose data is the tar, through gzip or zstd. */
 static int open_compressor(export *x, rl_error *err)
 {
         const rl_export_options *o = x->opts;
         int r;
 
-        x->zip = archive_write_new();
-        if (!x->zip)
-                return rl_error_set(err, -ENOMEM, "export");
-        if (archive_write_set_format_raw(x->zip) != ARCHIVE_OK)
-                return rl_error_set(err, -EIO, "export: %s", archive_error_string(x->zip));
+        r = new_writer(&x->zip, archive_write_set_format_raw, err);
+        if (r < 0)
+                return r;
         /* ARCHIVE_WARN would mean an external program instead of the library: refused, as
          * this process must not fork one behind its caller's back. */
         r = o->compression == RL_COMPRESSION_GZIP ? archive_write_add_filter_gzip(x->zip)
@@ -205,18 +213,16 @@ static int open_output(export *x, rl_error *err)
                 return rl_error_set(err, -EINVAL, "export: a level (%d) needs a compression",
                                     o->level);
         if (o->compression != RL_COMPRESSION_NONE) {
-                int r = open_compressor(x, err);
-                if (r < 0)
-                        return r;
+                int q = open_compressor(x, err);
+                if (q < 0)
+                        return q;
         }
 
-        x->tar = archive_write_new();
-        if (!x->tar)
-                return rl_error_set(err, -ENOMEM, "export");
         /* PAX interchange, not "restricted": restricted writes nanoseconds and atimes only
          * when some other field needs an extended header anyway. */
-        if (archive_write_set_format_pax(x->tar) != ARCHIVE_OK)
-                return rl_error_set(err, -EIO, "export: %s", archive_error_string(x->tar));
+        int r = new_writer(&x->tar, archive_write_set_format_pax, err);
+        if (r < 0)
+                return r;
         /* xattrs as SCHILY.xattr.* only, the form OCI tools read; a libarchive too old for
          * the option writes its LIBARCHIVE.xattr.* as well, which readers skip. */
         (void)archive_write_set_format_option(x->tar, "pax", "xattrheader", "SCHILY");
@@ -237,13 +243,8 @@ static const char *tar_name(export *x, const rl_diff_dir *dir, const char *prefi
 {
         const char *d = dir && dir->depth ? dir->path : "";
         size_t need = strlen(d) + 1 + strlen(prefix) + strlen(name) + strlen(suffix) + 1;
-        if (need > x->name_cap) {
-                char *p = realloc(x->name, need * 2);
-                if (!p)
-                        return NULL;
-                x->name = p;
-                x->name_cap = need * 2;
-        }
+        if (!RL_GROW(x->name, x->name_cap, need))
+                return NULL;
         snprintf(x->name, x->name_cap, "%s%s%s%s%s", d, *d ? "/" : "", prefix, name, suffix);
         return x->name;
 }
@@ -341,14 +342,8 @@ static int write_dir(export *x, const rl_diff_dir *dir, rl_error *err)
         if (r < 0)
                 return r;
 
-        if (x->n_dirs == x->cap_dirs) {
-                size_t cap = x->cap_dirs ? x->cap_dirs * 2 : 32;
-                written_dir *d = realloc(x->dirs, cap * sizeof(*d));
-                if (!d)
-                        return rl_error_set(err, -ENOMEM, "export '%s'", dir->path);
-                x->dirs = d;
-                x->cap_dirs = cap;
-        }
+        if (!RL_GROW(x->dirs, x->cap_dirs, x->n_dirs + 1))
+                return rl_error_set(err, -ENOMEM, "export '%s'", dir->path);
         w.opaque = dir->lower_all_gone;
         x->dirs[x->n_dirs++] = w;
         /* Right after the directory, before anything this layer puts in it: an applier

@@ -5,7 +5,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/fsuid.h>
 #include <sys/socket.h>
@@ -119,6 +121,39 @@ int rl_write_all(int fd, const void *buf, size_t len)
                 len -= (size_t)n;
         }
         return 0;
+}
+
+void *rl_grow_array(void *array, size_t *cap, size_t need, size_t size)
+{
+        if (need <= *cap)
+                return array;
+        size_t n = *cap ? *cap : 16;
+        while (n < need)
+                n *= 2;
+        if (n > SIZE_MAX / size)
+                return NULL;
+        void *p = realloc(array, n * size);
+        if (p)
+                *cap = n;
+        return p;
+}
+
+ssize_t rl_pread_all(int fd, void *buf, size_t size, uint64_t off)
+{
+        size_t done = 0;
+
+        while (done < size) {
+                ssize_t n = pread(fd, (char *)buf + done, size - done, (off_t)(off + done));
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        break;
+                done += (size_t)n;
+        }
+        return (ssize_t)done;
 }
 
 int rl_open_noatime(int dir_fd, const char *name, int flags)

@@ -91,6 +91,25 @@ int rl_write_all(int fd, const void *buf, size_t len);
  */
 int rl_open_noatime(int dir_fd, const char *name, int flags);
 
+/*
+ * Make room for `need` elements of `size` bytes in an array of capacity *cap (doubling, so
+ * appending one at a time stays linear). Returns the array, moved or not, with *cap updated;
+ * NULL when memory is short, the old array still valid. RL_GROW(array, cap, need) does it in
+ * place and says whether it worked.
+ */
+void *rl_grow_array(void *array, size_t *cap, size_t need, size_t size);
+#define RL_GROW(array, cap, need)                                                                  \
+        ({                                                                                         \
+                void *_g = rl_grow_array((array), &(cap), (need), sizeof(*(array)));               \
+                if (_g)                                                                            \
+                        (array) = _g;                                                              \
+                _g != NULL;                                                                        \
+        })
+
+/* Read size bytes at off, through EINTR and short reads; fewer only at the end of the file.
+ * Returns the bytes read or a negative errno. */
+ssize_t rl_pread_all(int fd, void *buf, size_t size, uint64_t off);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t rl_now_ns(void);
 

@@ -18,20 +18,6 @@ static int by_name(const void *a, const void *b)
         return strcmp(((const rl_xattr *)a)->name, ((const rl_xattr *)b)->name);
 }
 
-/* Room for one more value of the largest size at the end of x->values. */
-static int reserve_value(rl_xattrs *x, size_t used)
-{
-        if (x->values_cap - used >= XATTR_SIZE_BUF)
-                return 0;
-        size_t cap = x->values_cap ? x->values_cap * 2 : 2 * XATTR_SIZE_BUF;
-        char *v = realloc(x->values, cap);
-        if (!v)
-                return -ENOMEM;
-        x->values = v;
-        x->values_cap = cap;
-        return 0;
-}
-
 int rl_xattrs_load(rl_xattrs *x, const rl_ref *r)
 {
         size_t used = 0;
@@ -50,7 +36,8 @@ int rl_xattrs_load(rl_xattrs *x, const rl_ref *r)
         for (const char *name = x->names; name < x->names + len; name += strlen(name) + 1) {
                 if (rl_xattr_is_alias(name))
                         continue;
-                if (reserve_value(x, used) < 0)
+                /* Room for one more value of the largest size. */
+                if (!RL_GROW(x->values, x->values_cap, used + XATTR_SIZE_BUF))
                         return -ENOMEM;
                 ssize_t size = rl_ref_getxattr(r, name, x->values + used, XATTR_SIZE_BUF);
                 if (size < 0) {
@@ -58,14 +45,8 @@ int rl_xattrs_load(rl_xattrs *x, const rl_ref *r)
                                 continue; /* removed since it was listed */
                         return -errno;
                 }
-                if (x->n == x->cap) {
-                        size_t cap = x->cap ? x->cap * 2 : 16;
-                        rl_xattr *v = realloc(x->v, cap * sizeof(*v));
-                        if (!v)
-                                return -ENOMEM;
-                        x->v = v;
-                        x->cap = cap;
-                }
+                if (!RL_GROW(x->v, x->cap, x->n + 1))
+                        return -ENOMEM;
                 /* An offset for now: x->values may still move. */
                 x->v[x->n++] = (rl_xattr){ name, (const void *)(uintptr_t)used, (size_t)size };
                 used += (size_t)size;

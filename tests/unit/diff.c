@@ -182,7 +182,8 @@ static const char *const expected_changes[] = {
 typedef struct changes {
         char *v[512];
         size_t n;
-        size_t stop_at; /* return -EINTR at this change (1-based); 0: never */
+        size_t stop_at;   /* return -EINTR at this change (1-based); 0: never */
+        char text[16384]; /* all of them, a line each, for messages */
 } changes;
 
 static int collect(const rl_change *c, void *userdata)
@@ -216,53 +217,62 @@ static int diff_paths(const char *lower, const char *upper, changes *s, rl_diff_
         return r;
 }
 
-static void dump(const changes *s, char *buf, size_t size)
+/* Diff lower (NULL: empty) against upper, which must succeed; the changes go to s. */
+static void diff_ok(const char *lower, const char *upper, changes *s, rl_diff_stats *st)
 {
+        rl_error err = {};
+        int r = diff_paths(lower, upper, s, st, &err);
+        cr_assert_eq(r, 0, "rl_tree_diff: %s", err.msg);
         size_t used = 0;
-        buf[0] = '\0';
-        for (size_t i = 0; i < s->n && used < size; i++)
-                used += (size_t)snprintf(buf + used, size - used, "  %s\n", s->v[i]);
+        s->text[0] = '\0';
+        for (size_t i = 0; i < s->n && used < sizeof(s->text); i++)
+                used += (size_t)snprintf(s->text + used, sizeof(s->text) - used, "  %s\n",
+                                         s->v[i]);
 }
 
-Test(diff, unchanged_clone_is_decided_by_extents)
+/* An unchanged copy on fs: no change, and how many files were decided which way. */
+static void diff_unchanged(rlt_fs fs, uint64_t by_extents, uint64_t files_read)
 {
+        static changes s;
         trees t;
-        changes s = {};
         rl_diff_stats st;
-        rl_error err = {};
-        char got[16384];
 
-        make_trees(&t, RLT_XFS);
-        int r = diff_paths(t.lower, t.upper, &s, &st, &err);
-        cr_assert_eq(r, 0, "rl_tree_diff: %s", err.msg);
-        dump(&s, got, sizeof(got));
-        cr_expect_eq(s.n, 0, "an unchanged clone reports changes:\n%s", got);
-        cr_expect_eq(st.files_read, 0, "%lu files read", st.files_read);
-        cr_expect_eq(st.bytes_read, 0, "%lu bytes read", st.bytes_read);
-        /* 19 regular names in the rich tree (the three names of data/big each count). */
-        cr_expect_eq(st.by_extents, 19, "%lu files decided by extents", st.by_extents);
+        make_trees(&t, fs);
+        diff_ok(t.lower, t.upper, &s, &st);
+        cr_expect_eq(s.n, 0, "an unchanged copy reports changes:\n%s", s.text);
+        cr_expect_eq(st.by_extents, by_extents, "%lu files decided by extents", st.by_extents);
+        cr_expect_eq(st.files_read, files_read, "%lu files read", st.files_read);
+        cr_expect_eq(st.bytes_read == 0, files_read == 0, "%lu bytes read", st.bytes_read);
         /* 12 directories (the root too), 19 regular names, 3 symlinks, 4 special files. */
         cr_expect_eq(st.entries, 38, "%lu entries compared", st.entries);
         changes_free(&s);
 }
 
+/* A reflink clone: all 19 regular names (data/big's three each count) from FIEMAP alone. */
+Test(diff, unchanged_clone_is_decided_by_extents)
+{
+        diff_unchanged(RLT_XFS, 19, 0);
+}
+
+/* tmpfs has no FIEMAP (and the clone is a copy): every file is read. */
+Test(diff, without_fiemap_the_data_is_read)
+{
+        diff_unchanged(RLT_TMPFS, 0, 19);
+}
+
 Test(diff, every_edit_is_reported_exactly)
 {
+        static changes s;
         trees t;
-        changes s = {};
         rl_diff_stats st;
-        rl_error err = {};
-        char got[16384];
 
         make_trees(&t, RLT_XFS);
         edit(t.upper);
-        int r = diff_paths(t.lower, t.upper, &s, &st, &err);
-        cr_assert_eq(r, 0, "rl_tree_diff: %s", err.msg);
-        dump(&s, got, sizeof(got));
+        diff_ok(t.lower, t.upper, &s, &st);
         cr_assert_eq(s.n, ELEMENTS(expected_changes), "%zu changes, expected %zu:\n%s", s.n,
-                     ELEMENTS(expected_changes), got);
+                     ELEMENTS(expected_changes), s.text);
         for (size_t i = 0; i < s.n; i++)
-                cr_expect_str_eq(s.v[i], expected_changes[i], "change %zu:\n%s", i, got);
+                cr_expect_str_eq(s.v[i], expected_changes[i], "change %zu:\n%s", i, s.text);
         /* etc/passwd alone kept its size while its extents moved: the one file read. */
         cr_expect_eq(st.files_read, 1, "%lu files read", st.files_read);
         cr_expect_eq(st.bytes_read, 2 * 1200, "%lu bytes read", st.bytes_read);
@@ -272,47 +282,27 @@ Test(diff, every_edit_is_reported_exactly)
 
 Test(diff, empty_lower_adds_everything)
 {
+        static changes s;
         trees t;
-        changes s = {};
         rl_diff_stats st;
-        rl_error err = {};
 
         make_trees(&t, RLT_XFS);
-        int r = diff_paths(NULL, t.lower, &s, &st, &err);
-        cr_assert_eq(r, 0, "rl_tree_diff: %s", err.msg);
+        diff_ok(NULL, t.lower, &s, &st);
         cr_assert_eq(s.n, st.entries, "%zu changes for %lu entries", s.n, st.entries);
         cr_expect_str_eq(s.v[0], "A .");
         cr_expect_str_eq(s.v[1], "A bin");
         cr_expect_str_eq(s.v[2], "A bin/big-link");
         for (size_t i = 0; i < s.n; i++)
                 cr_expect_eq(s.v[i][0], 'A', "%s", s.v[i]);
-        cr_expect_eq(s.n, 38, "%zu changes", s.n);
+        cr_expect_eq(s.n, 38, "%zu changes:\n%s", s.n, s.text);
         cr_expect_eq(st.files_read, 0);
-        changes_free(&s);
-}
-
-Test(diff, without_fiemap_the_data_is_read)
-{
-        trees t;
-        changes s = {};
-        rl_diff_stats st;
-        rl_error err = {};
-        char got[4096];
-
-        make_trees(&t, RLT_TMPFS);
-        int r = diff_paths(t.lower, t.upper, &s, &st, &err);
-        cr_assert_eq(r, 0, "rl_tree_diff: %s", err.msg);
-        dump(&s, got, sizeof(got));
-        cr_expect_eq(s.n, 0, "changes on an unchanged copy:\n%s", got);
-        cr_expect_eq(st.by_extents, 0);
-        cr_expect_eq(st.files_read, 19, "%lu files read", st.files_read);
         changes_free(&s);
 }
 
 Test(diff, a_callback_error_stops_the_diff)
 {
+        static changes s = { .stop_at = 3 };
         trees t;
-        changes s = { .stop_at = 3 };
         rl_error err = {};
 
         make_trees(&t, RLT_XFS);
