@@ -76,7 +76,7 @@ typedef struct rl_change {
         rl_change_kind kind;
         bool metadata_only; /* MODIFIED, and the data is the lower file's (mode, owner,
                              * times or xattrs changed) */
-        const char *path;   /* relative to the trees' roots, no leading "/" */
+        const char *path;   /* relative to the trees' roots, no leading "/"; "." for the root */
 } rl_change;
 
 /* Called once per change, in path order (byte-wise, a directory before its entries); a
@@ -95,9 +95,11 @@ typedef struct rl_diff_stats {
  * The changes of the tree upper_fd against the tree lower_fd (lower_fd -1: an empty lower,
  * everything is added). A deleted directory is one change (not its entries); an added
  * directory is one change and so is each entry in it. Unchanged means: same type, mode,
- * owner, mtime, xattrs and, for a regular file, the same data, decided from the extent
- * maps (FIEMAP: every extent at the same physical address, as a reflink clone has) and by
- * reading both files only where they cannot decide. ret_stats may be NULL.
+ * owner, mtime, xattrs and, for a regular file, the same link count (a name added to or
+ * removed from an inode elsewhere changes its other names: a layer must carry the inode
+ * to link the new name to) and the same data, decided from the extent maps (FIEMAP: every
+ * extent at the same physical address, as a reflink clone has) and by reading both files
+ * only where they cannot decide. ret_stats may be NULL.
  */
 int rl_tree_diff(int lower_fd, int upper_fd, rl_change_fn fn, void *userdata,
                  rl_diff_stats *ret_stats, rl_error *err);
@@ -112,8 +114,11 @@ typedef struct rl_export_options {
  * Write the changes of upper_fd against lower_fd (-1: empty) to out_fd as an OCI layer
  * tar (PAX: nanosecond times, xattrs as SCHILY.xattr.*; deletions as whiteouts; a
  * directory whose lower entries are all gone as an opaque directory; hardlinks within the
- * layer as links). Applying it onto the lower tree reproduces the upper one. ret (may be
- * NULL) gets the digest of what was written and the diff_id of the uncompressed tar.
+ * layer as links; the directories above each change too, so their times survive). Applying
+ * it onto the lower tree reproduces the upper one, sockets aside (tar has no type for them:
+ * they are left out). An entry named .wh.* is refused with -EINVAL (it would read as a
+ * whiteout). ret (may be NULL) gets the digest of what was written and the diff_id of the
+ * uncompressed tar.
  */
 int rl_layer_export(int lower_fd, int upper_fd, int out_fd, const rl_export_options *opts,
                     rl_layer_stats *ret, rl_error *err);
