@@ -7,6 +7,7 @@
 #   make bench-store   store: usage of 20 snapshots vs du, prepare latency, open of 1,000
 #   make bench-rpc     reflayerd: Stat calls/s over 1 and 16 connections, Stat during a Prepare
 #   make bench-import  reflayer import of a Debian image vs umoci unpack and tar -xzf
+#   make bench-diff    rl_tree_diff of an unchanged clone vs reading both trees (C loop, diff -rq)
 #   make install [PREFIX=/usr/local] [DESTDIR=]
 #   make format | clean | deps       V=1 shows the commands
 
@@ -84,7 +85,7 @@ DAEMON := $(BUILD)/reflayerd
 UNIT := $(BUILD)/tests/unit
 CRASH_CHILD := $(BUILD)/tests/crash-child
 
-.PHONY: all check tests deps run bench-clone bench-store bench-rpc bench-import install format clean headers-check
+.PHONY: all check tests deps run bench-clone bench-store bench-rpc bench-import bench-diff install format clean headers-check
 all: $(LIB) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC) $(CLI) $(DAEMON)
 
 $(BUILD)/obj/driver/%.o: driver/%.c
@@ -187,6 +188,13 @@ bench-rpc: deps all
 
 bench-import: deps all
 	$(Q)tests/bench/import.sh $(CLI) $(DAEMON)
+
+DIFF_BENCH := $(BUILD)/bench/diff-bench
+$(DIFF_BENCH): $(BUILD)/obj/tests/bench/diff-bench.o $(LIB)
+	$(call say,LD,$@)mkdir -p $(@D) && $(CC) $(LDFLAGS) -o $@ $< $(LIB) $(call pc_libs,$(DRIVER_PKGS))
+
+bench-diff: deps all $(DIFF_BENCH)
+	$(Q)tests/bench/diff.sh $(DIFF_BENCH)
 
 install: all install-man
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/reflayer

@@ -50,7 +50,7 @@
 
 enum { SAME, CHANGED_META, CHANGED_DATA };
 
-/* One side of a directory: the names back to back, NUL-terminated, and sorted offsets. */
+/* One side of a directory: "d_type byte, name, NUL" back to back, and sorted offsets. */
 typedef struct listing {
         char *buf;
         size_t used, cap;
@@ -95,21 +95,28 @@ static const char *side_name[2] = { "lower", "upper" };
 
 static const char *name_at(const listing *l, size_t i)
 {
-        return l->buf + l->off[i];
+        return l->buf + l->off[i] + 1;
+}
+
+static unsigned char type_at(const listing *l, size_t i)
+{
+        return (unsigned char)l->buf[l->off[i]];
 }
 
 static int by_name(const void *a, const void *b, void *buf)
 {
-        return strcmp((const char *)buf + *(const size_t *)a, (const char *)buf + *(const size_t *)b);
+        return strcmp((const char *)buf + *(const size_t *)a + 1,
+                      (const char *)buf + *(const size_t *)b + 1);
 }
 
-static int listing_add(listing *l, const char *name, size_t len)
+static int listing_add(listing *l, const char *name, size_t len, unsigned char type)
 {
-        if (!RL_GROW(l->buf, l->cap, l->used + len + 1) || !RL_GROW(l->off, l->cap_off, l->n + 1))
+        if (!RL_GROW(l->buf, l->cap, l->used + len + 2) || !RL_GROW(l->off, l->cap_off, l->n + 1))
                 return -ENOMEM;
         l->off[l->n++] = l->used;
-        memcpy(l->buf + l->used, name, len + 1);
-        l->used += len + 1;
+        l->buf[l->used] = (char)type;
+        memcpy(l->buf + l->used + 1, name, len + 1);
+        l->used += len + 2;
         return 0;
 }
 
@@ -131,7 +138,7 @@ static int list_dir(diff *d, int fd, listing *l, const char *path, int side, rl_
                         if (e->d_name[0] == '.' &&
                             (len == 1 || (len == 2 && e->d_name[1] == '.')))
                                 continue;
-                        if (listing_add(l, e->d_name, len) < 0)
+                        if (listing_add(l, e->d_name, len, e->d_type) < 0)
                                 return rl_error_set(err, -ENOMEM, "diff: list '%s'", path);
                 }
         }
@@ -146,39 +153,62 @@ static void listing_free(listing *l)
         free(l->off);
 }
 
-static bool same_inode(const struct statx *a, const struct statx *b)
+static int open_entry(int dir_fd, const char *name, bool dir)
 {
-        return a->stx_ino == b->stx_ino && a->stx_dev_major == b->stx_dev_major &&
-               a->stx_dev_minor == b->stx_dev_minor;
+        /* O_NONBLOCK, O_NOCTTY: should it have become a fifo or a tty meanwhile, opening it
+         * must neither hang nor take it over. */
+        return rl_open_noatime(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+                                                     (dir ? O_DIRECTORY : 0));
 }
 
-/* Is the open fd still the entry that was stat'ed? A swapped entry is an error. */
-static int check_same(int fd, const struct statx *st, const char *path, int side,
-                      rl_error *err)
+/*
+ * Stat the entry name of dir_fd without following it, and open it when it is a directory
+ * or (with want_file) a regular file: read-only, its atime untouched. What d_type says is
+ * opened first and stat'ed through the fd: one statx, and what was stat'ed is what gets
+ * read. Anything else is stat'ed by name, and opened after only where d_type did not say
+ * (DT_UNKNOWN), then checked to be the inode stat'ed. *ret_fd is the fd or -EBADF.
+ */
+static int stat_open(int dir_fd, const char *name, unsigned char d_type, bool want_file,
+                     struct statx *st, int *ret_fd, const char *path, int side, rl_error *err)
 {
+        _cleanup_close_ int fd = -EBADF;
         struct statx now;
-        if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &now) < 0)
+
+        *ret_fd = -EBADF;
+        if (d_type == DT_DIR || (d_type == DT_REG && want_file)) {
+                fd = open_entry(dir_fd, name, d_type == DT_DIR);
+                if (fd < 0 && fd != -ELOOP && fd != -ENOTDIR && fd != -ENXIO)
+                        return rl_error_set(err, fd, "diff: open '%s' in the %s tree", path,
+                                            side_name[side]);
+                if (fd >= 0) {
+                        if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_WANT, st) < 0)
+                                return rl_error_set(err, -errno, "diff: stat '%s' in the %s tree",
+                                                    path, side_name[side]);
+                        if (IFTODT(st->stx_mode) == d_type) {
+                                *ret_fd = TAKE_FD(fd);
+                                return 0;
+                        }
+                        closep(&fd);
+                }
+        }
+        if (statx(dir_fd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_WANT, st) < 0)
                 return rl_error_set(err, -errno, "diff: stat '%s' in the %s tree", path,
                                     side_name[side]);
-        if (!same_inode(&now, st) || (now.stx_mode & S_IFMT) != (st->stx_mode & S_IFMT))
-                return rl_error_set(err, -ESTALE, "diff: '%s' in the %s tree changed while "
-                                    "being compared", path, side_name[side]);
-        return 0;
-}
-
-/* Open an entry read-only without changing its atime (O_NOATIME needs the owner or
- * CAP_FOWNER; anyone else reads the ordinary way) and check it is what was stat'ed. */
-static int open_checked(int dir_fd, const char *name, int flags, const struct statx *st,
-                        const char *path, int side, rl_error *err)
-{
-        _cleanup_close_ int fd = rl_open_noatime(dir_fd, name, flags);
+        bool is_dir = S_ISDIR(st->stx_mode);
+        if (!is_dir && !(S_ISREG(st->stx_mode) && want_file))
+                return 0;
+        fd = open_entry(dir_fd, name, is_dir);
         if (fd < 0)
                 return rl_error_set(err, fd, "diff: open '%s' in the %s tree", path,
                                     side_name[side]);
-        int r = check_same(fd, st, path, side, err);
-        if (r < 0)
-                return r;
-        return TAKE_FD(fd);
+        if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &now) < 0)
+                return rl_error_set(err, -errno, "diff: stat '%s' in the %s tree", path,
+                                    side_name[side]);
+        if (now.stx_ino != st->stx_ino || (now.stx_mode & S_IFMT) != (st->stx_mode & S_IFMT))
+                return rl_error_set(err, -ESTALE, "diff: '%s' in the %s tree changed while "
+                                    "being compared", path, side_name[side]);
+        *ret_fd = TAKE_FD(fd);
+        return 0;
 }
 
 static int set_path(diff *d, const frame *f, const char *name)
@@ -206,14 +236,14 @@ static void pop_frame(diff *d)
 }
 
 /*
- * Open and list the directory `name` of upper (in upper_dir) and, when lower_dir >= 0, of
- * lower, and push it. path is the directory's path ("." for the root). lower_all_gone is
- * decided here, from the two listings, so the directory's own change can carry it.
+ * Push the directory path, open as upper_fd and (where lower has it) lower_fd, both taken
+ * over, and list both. lower_all_gone is decided here, from the two listings, so that the
+ * directory's own change can carry it.
  */
-static int push_frame(diff *d, frame *parent, int lower_dir, int upper_dir, const char *name,
-                      const char *path, const struct statx *lo, const struct statx *up,
+static int push_frame(diff *d, frame *parent, int lower_fd, int upper_fd, const char *path,
                       rl_error *err)
 {
+        _cleanup_close_ int lfd = lower_fd, ufd = upper_fd;
         unsigned depth = parent ? parent->pub.depth + 1 : 0;
         int r;
 
@@ -223,7 +253,8 @@ static int push_frame(diff *d, frame *parent, int lower_dir, int upper_dir, cons
         frame *f = NULL;
         if (!RL_GROW(d->stack, d->cap, d->depth + 1) || !(f = calloc(1, sizeof(*f))))
                 return rl_error_set(err, -ENOMEM, "diff: '%s'", path);
-        f->pub = (rl_diff_dir){ parent ? &parent->pub : NULL, -EBADF, -EBADF, NULL, depth, false };
+        f->pub = (rl_diff_dir){ parent ? &parent->pub : NULL, TAKE_FD(lfd), TAKE_FD(ufd), NULL,
+                                depth, false };
         /* On the stack at once: from here on, an error is cleaned up with the stack. */
         d->stack[d->depth++] = f;
         f->path = strdup(path);
@@ -231,23 +262,12 @@ static int push_frame(diff *d, frame *parent, int lower_dir, int upper_dir, cons
                 return rl_error_set(err, -ENOMEM, "diff: '%s'", path);
         f->pub.path = f->path;
 
-        const int dirs[2] = { lower_dir, upper_dir };
-        const struct statx *sts[2] = { lo, up };
-        int *fds[2] = { &f->pub.lower_fd, &f->pub.upper_fd };
-        listing *lists[2] = { &f->lower, &f->upper };
-        for (int side = 1; side >= 0; side--) {
-                if (dirs[side] < 0)
-                        return 0; /* a directory lower does not have */
-                r = open_checked(dirs[side], name,
-                                 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
-                                 sts[side], path, side, err);
-                if (r < 0)
-                        return r;
-                *fds[side] = r;
-                r = list_dir(d, r, lists[side], path, side, err);
-                if (r < 0)
-                        return r;
-        }
+        r = list_dir(d, f->pub.upper_fd, &f->upper, path, 1, err);
+        if (r < 0 || f->pub.lower_fd < 0)
+                return r;
+        r = list_dir(d, f->pub.lower_fd, &f->lower, path, 0, err);
+        if (r < 0)
+                return r;
 
         bool common = false;
         for (size_t i = 0, j = 0; i < f->lower.n && j < f->upper.n && !common;) {
@@ -482,25 +502,19 @@ static int emit(diff *d, rl_change_kind kind, bool metadata_only, const char *pa
         return d->ops->change(&item, d->userdata, err);
 }
 
-static int stat_entry(int dir_fd, const char *name, struct statx *st, const char *path,
-                      int side, rl_error *err)
-{
-        if (statx(dir_fd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_WANT, st) < 0)
-                return rl_error_set(err, -errno, "diff: stat '%s' in the %s tree", path,
-                                    side_name[side]);
-        return 0;
-}
-
 /* An entry only upper has: added, and so is everything below it. */
-static int upper_only(diff *d, frame *f, const char *name, rl_error *err)
+static int upper_only(diff *d, frame *f, const char *name, unsigned char d_type, rl_error *err)
 {
         struct statx up;
-        int r = stat_entry(f->pub.upper_fd, name, &up, d->path, 1, err);
+        int fd, r;
+
+        /* An added file is not read here: stat it, no need to open it. */
+        r = stat_open(f->pub.upper_fd, name, d_type, false, &up, &fd, d->path, 1, err);
         if (r < 0)
                 return r;
         if (!S_ISDIR(up.stx_mode))
                 return emit(d, RL_CHANGE_ADDED, false, d->path, f, name, &up, NULL, err);
-        r = push_frame(d, f, -EBADF, f->pub.upper_fd, name, d->path, NULL, &up, err);
+        r = push_frame(d, f, -EBADF, fd, d->path, err);
         if (r < 0)
                 return r;
         frame *c = d->stack[d->depth - 1];
@@ -508,23 +522,25 @@ static int upper_only(diff *d, frame *f, const char *name, rl_error *err)
 }
 
 /* An entry both trees have. */
-static int in_both(diff *d, frame *f, const char *name, rl_error *err)
+static int in_both(diff *d, frame *f, const char *name, unsigned char lower_type,
+                   unsigned char upper_type, rl_error *err)
 {
+        _cleanup_close_ int lfd = -EBADF, ufd = -EBADF;
         struct statx lo, up;
         int r;
 
-        r = stat_entry(f->pub.lower_fd, name, &lo, d->path, 0, err);
+        r = stat_open(f->pub.lower_fd, name, lower_type, true, &lo, &lfd, d->path, 0, err);
         if (r < 0)
                 return r;
-        r = stat_entry(f->pub.upper_fd, name, &up, d->path, 1, err);
+        r = stat_open(f->pub.upper_fd, name, upper_type, true, &up, &ufd, d->path, 1, err);
         if (r < 0)
                 return r;
         bool same_type = (lo.stx_mode & S_IFMT) == (up.stx_mode & S_IFMT);
 
         if (S_ISDIR(up.stx_mode)) {
                 /* A file that became a directory: the directory and all in it are new. */
-                r = push_frame(d, f, same_type ? f->pub.lower_fd : -EBADF, f->pub.upper_fd,
-                               name, d->path, &lo, &up, err);
+                r = push_frame(d, f, same_type ? TAKE_FD(lfd) : -EBADF, TAKE_FD(ufd), d->path,
+                               err);
                 if (r < 0)
                         return r;
                 frame *c = d->stack[d->depth - 1];
@@ -538,17 +554,7 @@ static int in_both(diff *d, frame *f, const char *name, rl_error *err)
                             err);
         }
 
-        _cleanup_close_ int lfd = -EBADF, ufd = -EBADF;
         r = CHANGED_DATA;
-        if (same_type && S_ISREG(up.stx_mode)) {
-                int flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
-                lfd = open_checked(f->pub.lower_fd, name, flags, &lo, d->path, 0, err);
-                if (lfd < 0)
-                        return lfd;
-                ufd = open_checked(f->pub.upper_fd, name, flags, &up, d->path, 1, err);
-                if (ufd < 0)
-                        return ufd;
-        }
         if (same_type)
                 r = compare(d, f, name, d->path, &lo, &up, (int[2]){ lfd, ufd }, err);
         if (r < 0 || r == SAME)
@@ -562,17 +568,18 @@ static int run(diff *d, int lower_fd, int upper_fd, rl_error *err)
         struct statx lo = {}, up;
         int r;
 
-        if (statx(upper_fd, "", AT_EMPTY_PATH, STATX_WANT, &up) < 0)
-                return rl_error_set(err, -errno, "diff: stat the upper tree");
-        if (lower_fd >= 0 && statx(lower_fd, "", AT_EMPTY_PATH, STATX_WANT, &lo) < 0)
-                return rl_error_set(err, -errno, "diff: stat the lower tree");
-        if (!S_ISDIR(up.stx_mode) || (lower_fd >= 0 && !S_ISDIR(lo.stx_mode)))
-                return rl_error_set(err, -ENOTDIR, "diff: the %s tree is not a directory",
-                                    S_ISDIR(up.stx_mode) ? "lower" : "upper");
+        _cleanup_close_ int lfd = -EBADF, ufd = -EBADF;
 
-        /* The roots: their own open file descriptions, with O_NOATIME, as the walker does. */
-        r = push_frame(d, NULL, lower_fd >= 0 ? lower_fd : -EBADF, upper_fd, ".", ".", &lo, &up,
-                       err);
+        /* The roots: open file descriptions of our own, with O_NOATIME, as the walker's. */
+        r = stat_open(upper_fd, ".", DT_DIR, false, &up, &ufd, ".", 1, err);
+        if (r >= 0 && lower_fd >= 0)
+                r = stat_open(lower_fd, ".", DT_DIR, false, &lo, &lfd, ".", 0, err);
+        if (r < 0)
+                return r;
+        if (ufd < 0 || (lower_fd >= 0 && lfd < 0))
+                return rl_error_set(err, -ENOTDIR, "diff: the %s tree is not a directory",
+                                    ufd < 0 ? "upper" : "lower");
+        r = push_frame(d, NULL, TAKE_FD(lfd), TAKE_FD(ufd), ".", err);
         if (r < 0)
                 return r;
         frame *root = d->stack[0];
@@ -609,12 +616,10 @@ static int run(diff *d, int lower_fd, int upper_fd, rl_error *err)
                         f->i++;
                         r = emit(d, RL_CHANGE_DELETED, false, d->path, f, name, NULL, NULL, err);
                 } else if (c > 0) {
-                        f->j++;
-                        r = upper_only(d, f, name, err);
+                        r = upper_only(d, f, name, type_at(&f->upper, f->j++), err);
                 } else {
-                        f->i++;
-                        f->j++;
-                        r = in_both(d, f, name, err);
+                        unsigned char lt = type_at(&f->lower, f->i++);
+                        r = in_both(d, f, name, lt, type_at(&f->upper, f->j++), err);
                 }
                 if (r < 0)
                         return r;

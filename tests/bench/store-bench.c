@@ -20,20 +20,9 @@
 
 #include <reflayer/store.h>
 
+#include "bench.h"
+
 extern char **environ;
-
-static double now(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void die(const char *what, const rl_error *err)
-{
-        fprintf(stderr, "store-bench: %s: %s\n", what, err ? err->msg : strerror(errno));
-        exit(1);
-}
 
 static int run(char *const argv[], char *out, size_t size)
 {
@@ -67,12 +56,6 @@ static uint64_t fs_used(const char *path)
         if (statvfs(path, &v) < 0)
                 die("statvfs", NULL);
         return (uint64_t)(v.f_blocks - v.f_bfree) * v.f_frsize;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-        double x = *(const double *)a, y = *(const double *)b;
-        return x < y ? -1 : x > y;
 }
 
 static double mib(uint64_t b)
