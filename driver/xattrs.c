@@ -53,7 +53,8 @@ int rl_xattrs_load(rl_xattrs *x, const rl_ref *r)
         }
         for (size_t i = 0; i < x->n; i++)
                 x->v[i].value = x->values + (uintptr_t)x->v[i].value;
-        qsort(x->v, x->n, sizeof(*x->v), by_name);
+        if (x->n > 1)
+                qsort(x->v, x->n, sizeof(*x->v), by_name);
         return 0;
 }
 
