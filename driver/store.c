@@ -1100,6 +1100,84 @@ out:
         return r;
 }
 
+/*
+ * The trees of key and of its parent (-1: none), opened, both pinned so that neither is
+ * removed while they are read. unpin_pair undoes it.
+ */
+static int open_pair(rl_store *s, const char *verb, const char *key, snap **ret_n,
+                     int *ret_upper, int *ret_lower, rl_error *err)
+{
+        char fs[48];
+        snap *n;
+        int r;
+
+        if ((r = check_key("key", key, err)) < 0)
+                return rl_error_prefix(err, r, "%s", verb);
+        pthread_mutex_lock(&s->lock);
+        n = s->closed ? NULL : find_idle(s, key);
+        if (s->closed || !n) {
+                r = s->closed ? closed_error(s, err)
+                              : rl_error_set(err, -ENOENT, "%s '%s': not found", verb, key);
+                pthread_mutex_unlock(&s->lock);
+                return r;
+        }
+        n->pins++;
+        if (n->parent)
+                n->parent->pins++;
+        pthread_mutex_unlock(&s->lock);
+
+        *ret_n = n;
+        *ret_lower = -EBADF;
+        snprintf(fs, sizeof(fs), "%" PRIu64 "/fs", n->id);
+        *ret_upper = rl_openat_beneath(s->snaps_fd, fs, O_RDONLY | O_DIRECTORY, 0);
+        if (*ret_upper < 0)
+                return rl_error_set(err, *ret_upper, "%s '%s': open snapshots/%s", verb, key, fs);
+        if (n->parent) {
+                snprintf(fs, sizeof(fs), "%" PRIu64 "/fs", n->parent->id);
+                *ret_lower = rl_openat_beneath(s->snaps_fd, fs, O_RDONLY | O_DIRECTORY, 0);
+                if (*ret_lower < 0)
+                        return rl_error_set(err, *ret_lower, "%s '%s': open snapshots/%s", verb,
+                                            key, fs);
+        }
+        return 0;
+}
+
+static void unpin_pair(rl_store *s, snap *n)
+{
+        pthread_mutex_lock(&s->lock);
+        n->pins--;
+        if (n->parent)
+                n->parent->pins--;
+        pthread_cond_broadcast(&s->idle);
+        pthread_mutex_unlock(&s->lock);
+}
+
+static int do_diff(rl_store *s, const char *key, rl_change_fn fn, void *userdata,
+                   rl_diff_stats *ret, rl_error *err)
+{
+        _cleanup_close_ int upper = -EBADF, lower = -EBADF;
+        snap *n = NULL;
+        int r = open_pair(s, "diff", key, &n, &upper, &lower, err);
+        if (r == 0 && (r = rl_tree_diff(lower, upper, fn, userdata, ret, err)) < 0)
+                rl_error_prefix(err, r, "diff '%s'", key);
+        if (n)
+                unpin_pair(s, n);
+        return r;
+}
+
+static int do_export(rl_store *s, const char *key, int out_fd, const rl_export_options *opts,
+                     rl_layer_stats *ret, rl_error *err)
+{
+        _cleanup_close_ int upper = -EBADF, lower = -EBADF;
+        snap *n = NULL;
+        int r = open_pair(s, "export", key, &n, &upper, &lower, err);
+        if (r == 0 && (r = rl_layer_export(lower, upper, out_fd, opts, ret, err)) < 0)
+                rl_error_prefix(err, r, "export '%s'", key);
+        if (n)
+                unpin_pair(s, n);
+        return r;
+}
+
 static int do_stat(rl_store *s, const char *key, rl_info *ret, rl_error *err)
 {
         int r;
@@ -1467,6 +1545,18 @@ RL_EXPORT int rl_store_commit_layer(rl_store *s, const char *name, const char *p
 {
         return CALL(s, err,
                     do_commit_layer(s, name, parent, labels, n_labels, tar_fd, opts, ret, err));
+}
+
+RL_EXPORT int rl_store_diff(rl_store *s, const char *key, rl_change_fn fn, void *userdata,
+                            rl_diff_stats *ret, rl_error *err)
+{
+        return CALL(s, err, do_diff(s, key, fn, userdata, ret, err));
+}
+
+RL_EXPORT int rl_store_export(rl_store *s, const char *key, int out_fd,
+                              const rl_export_options *opts, rl_layer_stats *ret, rl_error *err)
+{
+        return CALL(s, err, do_export(s, key, out_fd, opts, ret, err));
 }
 
 RL_EXPORT int rl_store_cleanup(rl_store *s, rl_error *err)

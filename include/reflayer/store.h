@@ -196,3 +196,15 @@ int rl_store_apply(rl_store *s, const char *key, int tar_fd, const rl_apply_opti
 int rl_store_commit_layer(rl_store *s, const char *name, const char *parent,
                           const rl_label *labels, size_t n_labels, int tar_fd,
                           const rl_apply_options *opts, rl_layer_stats *ret, rl_error *err);
+
+/*
+ * The changes of snapshot key against its parent (layer.h, rl_tree_diff), any kind of
+ * snapshot: for an active one, what its container changed; for a committed one, its layer.
+ * Neither tree can be removed meanwhile. ret may be NULL.
+ */
+int rl_store_diff(rl_store *s, const char *key, rl_change_fn fn, void *userdata,
+                  rl_diff_stats *ret, rl_error *err);
+
+/* Those changes written to out_fd as an OCI layer (layer.h, rl_layer_export). */
+int rl_store_export(rl_store *s, const char *key, int out_fd, const rl_export_options *opts,
+                    rl_layer_stats *ret, rl_error *err);
