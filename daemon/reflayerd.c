@@ -29,6 +29,7 @@
 
 #include <reflayer/store.h>
 
+#include "image.h"
 #include "log.h"
 #include "rpc.h"
 #include "util.h"
@@ -39,6 +40,8 @@ static const char *arg_group = "reflayer";
 static unsigned arg_jobs;
 static unsigned arg_max_connections = 256;
 static size_t arg_max_request = 1 << 20;
+static const char *arg_image;
+static uint64_t arg_image_size; /* 0: not given */
 
 typedef struct conn {
         rpc_server *srv;
@@ -61,6 +64,11 @@ static void usage(FILE *f)
                 "Usage: reflayerd [OPTIONS]\n"
                 "Serve the reflayer store over a unix socket (JSON-RPC 2.0, api/PROTOCOL.md).\n\n"
                 "  --root DIR            the store (default %s)\n"
+                "  --image FILE          keep the store on an XFS (reflink=1) in FILE, mounted\n"
+                "                        at --root through a loop device while reflayerd runs:\n"
+                "                        for hosts whose filesystem cannot reflink\n"
+                "  --image-size SIZE     create FILE (sparse) this large when it is missing;\n"
+                "                        K, M, G, T suffixes, at least 300M (e.g. 16G)\n"
                 "  --socket PATH         the socket (default %s); a socket passed by systemd\n"
                 "                        (LISTEN_FDS) is used instead when there is one\n"
                 "  --group NAME          members may connect (default %s, if it exists; else\n"
@@ -74,7 +82,8 @@ static void usage(FILE *f)
 
 static int parse_args(int argc, char **argv)
 {
-        enum { O_ROOT = 256, O_SOCKET, O_GROUP, O_JOBS, O_MAXC, O_MAXR, O_LOG };
+        enum { O_ROOT = 256, O_SOCKET, O_GROUP, O_JOBS, O_MAXC, O_MAXR, O_LOG, O_IMAGE,
+               O_IMAGE_SIZE };
         static const struct option options[] = {
                 { "root", required_argument, NULL, O_ROOT },
                 { "socket", required_argument, NULL, O_SOCKET },
@@ -83,6 +92,8 @@ static int parse_args(int argc, char **argv)
                 { "max-connections", required_argument, NULL, O_MAXC },
                 { "max-request", required_argument, NULL, O_MAXR },
                 { "log-level", required_argument, NULL, O_LOG },
+                { "image", required_argument, NULL, O_IMAGE },
+                { "image-size", required_argument, NULL, O_IMAGE_SIZE },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -126,6 +137,17 @@ static int parse_args(int argc, char **argv)
                         log_set_level(l);
                         break;
                 }
+                case O_IMAGE:
+                        arg_image = optarg;
+                        break;
+                case O_IMAGE_SIZE: {
+                        rl_error err = {};
+                        if (image_parse_size(optarg, &arg_image_size, &err) < 0) {
+                                fprintf(stderr, "reflayerd: %s\n", err.msg);
+                                return -EINVAL;
+                        }
+                        break;
+                }
                 case 'h':
                         usage(stdout);
                         exit(0);
@@ -136,6 +158,10 @@ static int parse_args(int argc, char **argv)
         }
         if (optind != argc) {
                 fprintf(stderr, "reflayerd: unexpected argument '%s'\n", argv[optind]);
+                return -EINVAL;
+        }
+        if (arg_image_size && !arg_image) {
+                fprintf(stderr, "reflayerd: --image-size needs --image FILE\n");
                 return -EINVAL;
         }
         return 0;
@@ -410,6 +436,8 @@ static int make_socket(int *ret)
 
 int main(int argc, char **argv)
 {
+        /* Declared first, so cleaned up last: unmounted after every fd into it is closed. */
+        _cleanup_(image_closep) image *img = NULL;
         _cleanup_close_ int listen_fd = -EBADF, sig_fd = -EBADF;
         rl_error err = {};
         int r;
@@ -444,7 +472,15 @@ int main(int argc, char **argv)
                 (void)setrlimit(RLIMIT_NOFILE, &rl);
         }
 
-        rpc_server srv = { .jobs = arg_jobs };
+        if (arg_image) {
+                r = image_open(arg_image, arg_image_size, arg_root, &img, &err);
+                if (r < 0) {
+                        log_error("%s", err.msg);
+                        return 1;
+                }
+        }
+
+        rpc_server srv = { .jobs = arg_jobs, .image = img ? image_path(img) : NULL };
         rl_store_options so = { .jobs = arg_jobs };
         r = rl_store_open(arg_root, &so, &srv.store, &err);
         if (r < 0) {
@@ -459,7 +495,9 @@ int main(int argc, char **argv)
                 return 1;
         }
         if (rl_fsinfo_reflink(srv.fs) != RL_REFLINK_YES)
-                log_warning("%s (%s) cannot reflink: snapshots will be full copies",
+                log_warning("%s (%s) cannot reflink: snapshots will be full copies; "
+                            "--image FILE --image-size SIZE keeps the store on an XFS image "
+                            "that can",
                             rl_store_root(srv.store), rl_fsinfo_type(srv.fs));
         r = make_socket(&listen_fd);
         if (r < 0) {
@@ -513,6 +551,9 @@ int main(int argc, char **argv)
                 (void)unlink(arg_socket);
         rl_fsinfo_free(srv.fs);
         rl_store_free(srv.store);
+        closep(&root_fd);
+        root_fd = -EBADF;
+        img = image_close(img); /* the store is closed: nothing of ours holds the mount */
         log_info("stopped");
         return 0;
 }

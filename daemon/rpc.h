@@ -26,6 +26,7 @@
 typedef struct rpc_server {
         rl_store *store;
         rl_fsinfo *fs;    /* the store's filesystem */
+        const char *image; /* the image file it is on (--image), or NULL */
         unsigned jobs;    /* tree workers per call */
         atomic_uint_fast64_t requests, errors;
         atomic_uint connections;
