@@ -2,7 +2,7 @@
 #   make            build/libreflayer.a and the CLI build/reflayer
 #   make check      install what is missing (deps), build with -Werror, run every test
 #   make check SAN=1   the same with ASan+UBSan (SAN=thread: TSan)
-#   make run        show `reflayer clone` at work on a real tree
+#   make run        reflayerd on the default store, in the foreground, with a CLI demo beside it
 #   make bench-clone   reflayer clone vs cp -a --reflink=always on a Debian rootfs
 #   make bench-store   store: usage of 20 snapshots vs du, prepare latency, open of 1,000
 #   make bench-rpc     reflayerd: Stat calls/s over 1 and 16 connections, Stat during a Prepare
@@ -171,7 +171,7 @@ check: deps
 	$(Q)tests/run-unit $(UNIT) $(CLI)
 
 run: deps all
-	$(Q)tests/run-demo $(CLI)
+	$(Q)tests/run-demo $(CLI) $(DAEMON)
 
 bench-clone: deps all
 	$(Q)tests/bench/clone.sh $(CLI)
