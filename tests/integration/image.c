@@ -315,3 +315,20 @@ Test(image, root_with_data_or_another_mount_is_refused)
         cr_expect_eq(rlt_run(argv, out, sizeof(out)), 0);
         cr_expect_str_eq(out, "tmpfs\n", "the image was mounted over another mount");
 }
+
+/* mkfs.xfs fails (its image lies on a 1 MiB tmpfs: ENOSPC): its own words reach the log,
+ * and the half-made image is gone, so the next try starts clean. */
+Test(image, failed_mkfs_removes_the_image)
+{
+        char tiny[PATH_MAX], tiny_img[PATH_MAX];
+        snprintf(tiny, sizeof(tiny), "%s/tiny", rlt_scratch());
+        snprintf(tiny_img, sizeof(tiny_img), "%s/store.img", tiny);
+        cr_assert(mkdir(tiny, 0755) == 0, "mkdir %s: %s", tiny, strerror(errno));
+        cr_assert(mount("tiny", tiny, "tmpfs", 0, "size=1m") == 0, "mount tmpfs: %s",
+                  strerror(errno));
+        const char *args[] = { "--image", tiny_img, "--image-size", "400M", NULL };
+        refused(args, "No space left on device", "an image on a full filesystem");
+        cr_expect(access(tiny_img, F_OK) < 0 && errno == ENOENT,
+                  "the half-made image %s was left behind", tiny_img);
+        cr_expect(!root_mounted(), "%s was mounted although mkfs failed", D.root);
+}
