@@ -578,3 +578,51 @@ RL_EXPORT int rl_client_import(rl_client *c, int layout_fd, const rl_import_opti
         json_decref(result);
         return 0;
 }
+
+RL_EXPORT int rl_client_diff(rl_client *c, const char *key, rl_change_fn fn, void *userdata,
+                             rl_diff_stats *ret, rl_error *err)
+{
+        json_t *p = json_pack("{s:s}", "key", key), *result = NULL;
+        if (!p)
+                return rl_error_set(err, -EINVAL, "Diff: the key must be UTF-8");
+        int r = call(c, "Diff", p, &result, err);
+        if (r < 0)
+                return r;
+        size_t i;
+        json_t *o;
+        json_array_foreach(json_object_get(result, "changes"), i, o)
+        {
+                rl_change ch;
+                if (rl_change_from_json(o, &ch) < 0) {
+                        r = rl_error_set(err, -EIO, "Diff: a bad change in the answer");
+                        break;
+                }
+                if ((r = fn(&ch, userdata)) < 0)
+                        break;
+        }
+        if (r >= 0 && ret)
+                rl_diff_stats_from_json(result, ret);
+        json_decref(result);
+        return r < 0 ? r : 0;
+}
+
+RL_EXPORT int rl_client_export(rl_client *c, const char *key, int out_fd,
+                               const rl_export_options *opts, rl_layer_stats *ret,
+                               rl_error *err)
+{
+        json_t *p = json_pack("{s:s, s:i, s:s, s:i}", "key", key, "fd", 0, "compression",
+                              rl_compression_to_string(opts ? opts->compression
+                                                            : RL_COMPRESSION_NONE),
+                              "level", opts ? opts->level : 0),
+               *result = NULL;
+        if (!p)
+                return rl_error_set(err, -EINVAL, "Export: the key must be UTF-8");
+        follow f = { .fds = &out_fd, .n_fds = 1, .cancel = opts ? opts->cancel : NULL };
+        int r = call_follow(c, "Export", p, &f, &result, err);
+        if (r < 0)
+                return r;
+        if (ret)
+                rl_layer_stats_from_json(result, ret);
+        json_decref(result);
+        return 0;
+}

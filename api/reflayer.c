@@ -56,7 +56,11 @@ static void usage(FILE *f)
                 "  apply KEY [FILE|-]       apply an OCI layer tar (plain, gzip, zstd) onto the\n"
                 "                           active KEY, all or nothing (default: stdin)\n"
                 "  import DIR [--ref NAME]  import an OCI image layout: each layer a committed\n"
-                "                           snapshot named by its chain ID\n"
+                "                           snapshot named by its chain ID\n"                "  diff KEY                 what KEY changed against its parent: A added,\n"
+                "                           C changed, D deleted (as docker diff)\n"
+                "  export KEY [-o FILE] [--compression none|gzip|zstd]\n"
+                "                           those changes as an OCI layer tar (default: stdout);\n"
+                "                           prints its digest and diff_id\n"
                 "\n"
                 "Without a daemon:\n"
                 "  clone [OPTIONS] SRC DST  replicate the tree SRC as the new directory DST,\n"
@@ -665,6 +669,74 @@ static int verb_apply(rl_client *c, const verb_args *a, rl_error *err)
         return 0;
 }
 
+static int print_change(const rl_change *ch, void *userdata)
+{
+        json_t *arr = userdata;
+        if (arr)
+                return json_array_append_new(arr, rl_change_to_json(ch)) < 0 ? -ENOMEM : 0;
+        char path[PATH_MAX + 2];
+        rl_change_path(ch, path, sizeof(path));
+        printf("%c %s\n", (char)ch->kind, path);
+        return 0;
+}
+
+/* diff KEY: the changes against the parent, as `docker diff` prints them. */
+static int verb_diff(rl_client *c, const verb_args *a, rl_error *err)
+{
+        json_t *arr = arg_json ? json_array() : NULL;
+        rl_diff_stats st;
+        int r = rl_client_diff(c, a->pos[0], print_change, arr, &st, err);
+        if (r == 0 && arr) {
+                json_t *o = rl_diff_stats_to_json(&st);
+                if (o)
+                        json_object_set(o, "changes", arr);
+                print_json(o);
+        }
+        json_decref(arr);
+        return r;
+}
+
+/* export KEY [-o FILE] [--compression none|gzip|zstd]: the changes as an OCI layer. */
+static int verb_export(rl_client *c, const verb_args *a, rl_error *err)
+{
+        rl_export_options o = { .cancel = &interrupted };
+        if (a->compression && rl_compression_from_string(a->compression, &o.compression) < 0)
+                return rl_error_set(err, -EINVAL, "export: --compression '%s': none, gzip or zstd",
+                                    a->compression);
+        const char *out = a->output && strcmp(a->output, "-") ? a->output : NULL;
+        if (!out && isatty(STDOUT_FILENO))
+                return rl_error_set(err, -EINVAL,
+                                    "export: a layer is binary; give -o FILE or redirect "
+                                    "stdout");
+        _cleanup_close_ int fd = out ? open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)
+                                     : fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return rl_error_set(err, -errno, "export: open '%s'", out ? out : "stdout");
+        rl_layer_stats st;
+        catch_signals();
+        int r = rl_client_export(c, a->pos[0], fd, &o, &st, err);
+        if (r < 0) {
+                if (out)
+                        unlink(out);
+                return r;
+        }
+        /* The layer may be on stdout: the summary goes where it cannot mix with it. */
+        FILE *f = out ? stdout : stderr;
+        if (arg_json) {
+                json_t *j = rl_layer_stats_to_json(&st);
+                if (j && json_dumpf(j, f, JSON_COMPACT) == 0)
+                        fputc('\n', f);
+                json_decref(j);
+        } else {
+                fprintf(f,
+                        "exported %s: %" PRIu64 " entries, %" PRIu64 " whiteouts, %" PRIu64
+                        " opaque dirs, %" PRIu64 " bytes (%s)\ndigest:  %s\ndiff_id: %s\n",
+                        a->pos[0], st.entries, st.whiteouts, st.opaques, st.size,
+                        rl_compression_to_string(o.compression), st.digest, st.diff_id);
+        }
+        return 0;
+}
+
 /* import DIR [--ref NAME]: an OCI image layout, each layer a committed snapshot. */
 static int verb_import(rl_client *c, const verb_args *a, rl_error *err)
 {
@@ -715,7 +787,8 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                       { "rm", 1, 8 },      { "stat", 1, 1 },  { "ls", 0, 0 },
                       { "tree", 0, 0 },    { "usage", 1, 1 }, { "mounts", 1, 1 },
                       { "update", 1, 1 },  { "cleanup", 0, 0 }, { "status", 0, 0 },
-                      { "mount", 2, 2 },     { "apply", 1, 2 },  { "import", 1, 1 } };
+                      { "mount", 2, 2 },     { "apply", 1, 2 },  { "import", 1, 1 },
+                      { "diff", 1, 1 },      { "export", 1, 1 } };
         for (size_t i = 0; i < ELEMENTSOF(arity); i++)
                 if (!strcmp(arity[i].verb, verb) &&
                     (a.n_pos < arity[i].min || a.n_pos > arity[i].max)) {
@@ -754,6 +827,10 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                 r = verb_apply(c, &a, &err);
         } else if (!strcmp(verb, "import")) {
                 r = verb_import(c, &a, &err);
+        } else if (!strcmp(verb, "diff")) {
+                r = verb_diff(c, &a, &err);
+        } else if (!strcmp(verb, "export")) {
+                r = verb_export(c, &a, &err);
         } else if (!strcmp(verb, "commit")) {
                 r = rl_client_commit(c, a.pos[0], a.pos[1], a.labels, a.n_labels, &err);
         } else if (!strcmp(verb, "rm")) {
@@ -919,7 +996,8 @@ int main(int argc, char **argv)
         static const char *daemon_verbs[] = { "prepare", "view",   "commit",  "rm",
                                               "stat",    "ls",     "tree",    "usage",
                                               "mounts",  "update", "cleanup", "status",
-                                              "mount",   "apply",  "import" };
+                                              "mount",   "apply",  "import",  "diff",
+                                              "export" };
         int i = 1;
         /* Global options come before the command. */
         for (; i < argc && argv[i][0] == '-'; i++) {

@@ -442,6 +442,63 @@ static int m_import(call *c, json_t **ret)
         return *ret ? 0 : -ENOMEM;
 }
 
+static int add_change(const rl_change *ch, void *userdata)
+{
+        return json_array_append_new(userdata, rl_change_to_json(ch)) < 0 ? -ENOMEM : 0;
+}
+
+/* The changes of a snapshot against its parent, all in the answer. */
+static int m_diff(call *c, json_t **ret)
+{
+        const char *key;
+        json_error_t jerr;
+        rl_diff_stats st;
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s}", "key", &key) < 0)
+                return bad_params(c, &jerr);
+        json_t *changes = json_array();
+        if (!changes)
+                return -ENOMEM;
+        int r = rl_store_diff(c->srv->store, key, add_change, changes, &st, &c->err);
+        if (r < 0) {
+                json_decref(changes);
+                return r;
+        }
+        *ret = rl_diff_stats_to_json(&st);
+        if (*ret)
+                json_object_set_new(*ret, "changes", changes);
+        else
+                json_decref(changes);
+        return *ret ? 0 : -ENOMEM;
+}
+
+/* The changes written as an OCI layer to the fd passed with the request. */
+static int m_export(call *c, json_t **ret)
+{
+        _cleanup_close_ int fd = -EBADF;
+        const char *key, *compression = "none";
+        json_int_t index;
+        int level = 0;
+        json_error_t jerr;
+        rl_layer_stats st;
+        rl_export_options o = { .cancel = &c->hung_up };
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s, s:I, s?s, s?i}", "key", &key,
+                           "fd", &index, "compression", &compression, "level", &level) < 0)
+                return bad_params(c, &jerr);
+        if (rl_compression_from_string(compression, &o.compression) < 0)
+                return rl_error_set(&c->err, -EINVAL,
+                                    "params: compression '%.32s': none, gzip or zstd",
+                                    compression);
+        o.level = level;
+        fd = take_fd(c, index, S_IFREG, O_WRONLY);
+        if (fd < 0)
+                return fd;
+        int r = rl_store_export(c->srv->store, key, fd, &o, &st, &c->err);
+        if (r < 0)
+                return r;
+        *ret = rl_layer_stats_to_json(&st);
+        return *ret ? 0 : -ENOMEM;
+}
+
 static int m_commit(call *c, json_t **ret)
 {
         _cleanup_free_ rl_label *labels = NULL;
@@ -655,6 +712,7 @@ static const struct {
         { "List", m_list },       { "Usage", m_usage },     { "Mounts", m_mounts },
         { "Cleanup", m_cleanup }, { "Status", m_status },   { "Version", m_version },
         { "Clone", m_clone },     { "Apply", m_apply },     { "Import", m_import },
+        { "Diff", m_diff },       { "Export", m_export },
 };
 
 char *rpc_handle(rpc_server *srv, const rpc_peer *peer, rpc_fds *fds, const char *line,

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -286,4 +287,51 @@ void rl_import_result_from_json(json_t *o, rl_import_result *ret)
         };
         copy_string(o, "manifest", ret->manifest, sizeof(ret->manifest));
         copy_string(o, "top", ret->top, sizeof(ret->top));
+}
+
+void rl_change_path(const rl_change *c, char *out, size_t size)
+{
+        snprintf(out, size, "/%s", strcmp(c->path, ".") ? c->path : "");
+}
+
+json_t *rl_change_to_json(const rl_change *c)
+{
+        char kind[2] = { (char)c->kind, '\0' }, path[PATH_MAX + 2];
+        rl_change_path(c, path, sizeof(path));
+        return json_pack("{s:s, s:o, s:b}", "kind", kind, "path", rl_json_string_lossy(path),
+                         "metadata_only", c->metadata_only);
+}
+
+int rl_change_from_json(json_t *o, rl_change *ret)
+{
+        const char *kind = json_string_value(json_object_get(o, "kind"));
+        const char *path = json_string_value(json_object_get(o, "path"));
+        if (!kind || strlen(kind) != 1 || !strchr("ACD", kind[0]) || !path || path[0] != '/')
+                return -EIO;
+        *ret = (rl_change){
+                .kind = (rl_change_kind)kind[0],
+                .metadata_only = json_is_true(json_object_get(o, "metadata_only")),
+                .path = path[1] ? path + 1 : ".",
+        };
+        return 0;
+}
+
+json_t *rl_diff_stats_to_json(const rl_diff_stats *st)
+{
+        return json_pack("{s:I, s:I, s:I, s:I, s:f}", "entries", (json_int_t)st->entries,
+                         "by_extents", (json_int_t)st->by_extents, "files_read",
+                         (json_int_t)st->files_read, "bytes_read", (json_int_t)st->bytes_read,
+                         "seconds", (double)st->elapsed_ns / 1e9);
+}
+
+void rl_diff_stats_from_json(json_t *o, rl_diff_stats *ret)
+{
+        double secs = json_number_value(json_object_get(o, "seconds"));
+        *ret = (rl_diff_stats){
+                .entries = u64_of(o, "entries"),
+                .by_extents = u64_of(o, "by_extents"),
+                .files_read = u64_of(o, "files_read"),
+                .bytes_read = u64_of(o, "bytes_read"),
+                .elapsed_ns = secs > 0 ? (uint64_t)(secs * 1e9) : 0,
+        };
 }

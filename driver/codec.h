@@ -51,3 +51,15 @@ void rl_layer_stats_from_json(json_t *o, rl_layer_stats *ret);
 /* An import: {manifest, top, layers, layers_new, bytes, seconds}. */
 json_t *rl_import_result_to_json(const rl_import_result *r);
 void rl_import_result_from_json(json_t *o, rl_import_result *ret);
+
+/* One change: {"kind": "A"|"C"|"D", "path": "/etc/x", "metadata_only": bool}. Paths are
+ * absolute in the snapshot, as `docker diff` prints them ("/" for the root). */
+json_t *rl_change_to_json(const rl_change *c);
+/* The path as printed ("/" + path); out must hold PATH_MAX + 2. */
+void rl_change_path(const rl_change *c, char *out, size_t size);
+/* kind, path and metadata_only back; path points into o. -EIO on a bad shape. */
+int rl_change_from_json(json_t *o, rl_change *ret);
+
+/* {entries, by_extents, files_read, bytes_read, seconds} */
+json_t *rl_diff_stats_to_json(const rl_diff_stats *st);
+void rl_diff_stats_from_json(json_t *o, rl_diff_stats *ret);

@@ -69,12 +69,6 @@ typedef struct export {
         char target[PATH_MAX + 1];
 } export;
 
-static const char *const compression_names[] = {
-        [RL_COMPRESSION_NONE] = "none",
-        [RL_COMPRESSION_GZIP] = "gzip",
-        [RL_COMPRESSION_ZSTD] = "zstd",
-};
-
 /* --- the output: hashing, compressing, writing ----------------------------------------- */
 
 static int io_fail(export *x, int r, const char *what)
@@ -138,12 +132,12 @@ static int set_level(struct archive *a, const rl_export_options *o, rl_error *er
                 return 0;
         if (o->level < (gzip ? 1 : -7) || o->level > (gzip ? 9 : 22))
                 return rl_error_set(err, -EINVAL, "export: %s level %d is outside %d..%d",
-                                    compression_names[o->compression], o->level,
+                                    rl_compression_to_string(o->compression), o->level,
                                     gzip ? 1 : -7, gzip ? 9 : 22);
         snprintf(level, sizeof(level), "%d", o->level);
         if (archive_write_set_filter_option(a, NULL, "compression-level", level) < ARCHIVE_WARN)
                 return rl_error_set(err, -EINVAL, "export: %s level %d: %s",
-                                    compression_names[o->compression], o->level,
+                                    rl_compression_to_string(o->compression), o->level,
                                     archive_error_string(a));
         return 0;
 }
@@ -173,7 +167,7 @@ static int open_compressor(export *x, rl_error *err)
                                                   : archive_write_add_filter_zstd(x->zip);
         if (r != ARCHIVE_OK)
                 return rl_error_set(err, -EOPNOTSUPP, "export: %s: %s",
-                                    compression_names[o->compression],
+                                    rl_compression_to_string(o->compression),
                                     archive_error_string(x->zip));
         /* gzip stamps the time of writing into its header unless told not to: the same
          * changes must give the same blob, digest and all. */
@@ -206,7 +200,7 @@ static int open_output(export *x, rl_error *err)
 
         if (rl_sha256_new(&x->tar_hash) < 0 || rl_sha256_new(&x->blob_hash) < 0)
                 return rl_error_set(err, -ENOMEM, "export");
-        if ((unsigned)o->compression >= ELEMENTSOF(compression_names))
+        if (!rl_compression_to_string(o->compression))
                 return rl_error_set(err, -EINVAL, "export: unknown compression %d",
                                     (int)o->compression);
         if (o->compression == RL_COMPRESSION_NONE && o->level != 0)
@@ -589,17 +583,3 @@ RL_EXPORT int rl_layer_export(int lower_fd, int upper_fd, int out_fd,
         return 0;
 }
 
-RL_EXPORT const char *rl_compression_to_string(rl_compression c)
-{
-        return (unsigned)c < ELEMENTSOF(compression_names) ? compression_names[c] : NULL;
-}
-
-RL_EXPORT int rl_compression_from_string(const char *s, rl_compression *ret)
-{
-        for (size_t i = 0; s && i < ELEMENTSOF(compression_names); i++)
-                if (strcmp(s, compression_names[i]) == 0) {
-                        *ret = (rl_compression)i;
-                        return 0;
-                }
-        return -EINVAL;
-}

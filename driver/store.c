@@ -1079,8 +1079,15 @@ static int do_apply(rl_store *s, const char *key, int tar_fd, const rl_apply_opt
                 r = rl_error_set(err, -errno, "syncfs");
         if (r == 0 && (dir = open_snapdir(s, n->id, err)) < 0)
                 r = dir;
+        /* Moving a directory to another parent rewrites its ".." entry, and XFS counts that
+         * as a change of its mtime: the tree's root keeps the times the layer gave it. */
+        struct stat root_st;
+        if (r == 0 && fstat(tree, &root_st) < 0)
+                r = rl_error_set(err, -errno, "stat tmp/%s", tmpname);
         if (r == 0 && renameat2(s->tmp_fd, tmpname, dir, "fs", RENAME_EXCHANGE) < 0)
                 r = rl_error_set(err, -errno, "replace snapshots/%s", fs);
+        if (r == 0 && futimens(tree, (struct timespec[]){ root_st.st_atim, root_st.st_mtim }) < 0)
+                r = rl_error_set(err, -errno, "set the times of snapshots/%s", fs);
         if (r < 0) {
                 rl_tree_remove(s->tmp_fd, tmpname, s->opts.jobs, NULL, NULL);
                 goto out;

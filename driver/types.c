@@ -6,9 +6,11 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <reflayer/clone.h>
 #include <reflayer/fsinfo.h>
+#include <reflayer/layer.h>
 #include <reflayer/store.h>
 
 #include "util.h"
@@ -107,4 +109,25 @@ RL_EXPORT const char *rl_reflink_to_string(rl_reflink r)
                 break;
         }
         return "unknown";
+}
+
+static const char *const compression_names[] = {
+        [RL_COMPRESSION_NONE] = "none",
+        [RL_COMPRESSION_GZIP] = "gzip",
+        [RL_COMPRESSION_ZSTD] = "zstd",
+};
+
+RL_EXPORT const char *rl_compression_to_string(rl_compression c)
+{
+        return (unsigned)c < ELEMENTSOF(compression_names) ? compression_names[c] : NULL;
+}
+
+RL_EXPORT int rl_compression_from_string(const char *s, rl_compression *ret)
+{
+        for (size_t i = 0; s && i < ELEMENTSOF(compression_names); i++)
+                if (strcmp(s, compression_names[i]) == 0) {
+                        *ret = (rl_compression)i;
+                        return 0;
+                }
+        return -EINVAL;
 }

@@ -90,3 +90,13 @@ int rl_client_apply(rl_client *c, const char *key, int tar_fd, const rl_apply_op
  */
 int rl_client_import(rl_client *c, int layout_fd, const rl_import_options *opts,
                      rl_import_result *ret, rl_error *err);
+
+/* The changes of snapshot key against its parent (store.h, rl_store_diff): fn is called for
+ * each, in order, once the daemon has answered. */
+int rl_client_diff(rl_client *c, const char *key, rl_change_fn fn, void *userdata,
+                   rl_diff_stats *ret, rl_error *err);
+
+/* Those changes as an OCI layer, written by the daemon to out_fd (a file or a pipe, passed
+ * over the socket). opts (may be NULL): compression, level, cancel. */
+int rl_client_export(rl_client *c, const char *key, int out_fd, const rl_export_options *opts,
+                     rl_layer_stats *ret, rl_error *err);

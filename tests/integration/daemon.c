@@ -1023,3 +1023,70 @@ Test(daemon, import_reads_only_what_the_caller_may)
         fails(fd, "Import", json_pack("{s:i}", "fd", 0), "invalid_argument");
         close(fd);
 }
+
+static int collect_change(const rl_change *ch, void *userdata)
+{
+        char path[PATH_MAX + 2], *buf = userdata;
+        snprintf(path, sizeof(path), "%c %s%s\n", (char)ch->kind, ch->path,
+                 ch->metadata_only ? " (meta)" : "");
+        strncat(buf, path, 8191 - strlen(buf));
+        return 0;
+}
+
+/* Diff and Export through the daemon; Apply(Export(k)) onto k's parent gives k again. */
+Test(daemon, diff_and_export_round_trip)
+{
+        static char out[65536];
+        const char *cli = cli_path();
+        char dir[PATH_MAX], layout[PATH_MAX + 8], p[PATH_MAX + 64], k[PATH_MAX], k2[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s/oci", mnt);
+        cr_assert(mkdir(dir, 0755) == 0);
+        make_layout(dir);
+        snprintf(layout, sizeof(layout), "%s/img", dir);
+        cr_assert_eq(RUN("import", layout), 0, "%s", out);
+        char top[128] = "";
+        sscanf(strstr(out, "top: ") + 5, "%127s", top);
+
+        cr_assert_eq(RUN("prepare", "k", top), 0, "%s", out);
+        sscanf(out, "mount -t bind %s", k);
+        snprintf(p, sizeof(p), "%s/usr/bin/new", k);
+        rlt_write_file(p, 70000, 7);
+        snprintf(p, sizeof(p), "%s/usr/bin/alias", k);
+        cr_assert(unlink(p) == 0);
+        snprintf(p, sizeof(p), "%s/usr/bin/tool", k);
+        cr_assert(chown(p, 1000, 1000) == 0);
+
+        char changes[8192] = "", changes2[8192] = "";
+        rl_client *c = NULL;
+        rl_error err = {};
+        cr_assert_eq(rl_client_connect(sock, &c, &err), 0, "%s", err.msg);
+        rl_diff_stats ds;
+        cr_assert_eq(rl_client_diff(c, "k", collect_change, changes, &ds, &err), 0, "%s",
+                     err.msg);
+        cr_expect_str_eq(changes, "C usr/bin (meta)\nD usr/bin/alias\nA usr/bin/new\n"
+                                  "C usr/bin/tool (meta)\n");
+        cr_expect_eq(ds.files_read, 0, "an unchanged file was read");
+
+        /* docker diff's form through the CLI. */
+        cr_assert_eq(RUN("diff", "k"), 0, "%s", out);
+        cr_expect(strstr(out, "A /usr/bin/new\n") && strstr(out, "D /usr/bin/alias\n"), "%s",
+                  out);
+
+        char tar[PATH_MAX];
+        snprintf(tar, sizeof(tar), "%s/k.tar.zst", dir);
+        cr_assert_eq(RUN("export", "k", "-o", tar, "--compression", "zstd"), 0, "%s", out);
+        cr_expect(strstr(out, "digest:  sha256:") && strstr(out, "diff_id: sha256:"), "%s",
+                  out);
+        cr_assert_eq(RUN("prepare", "k2", top), 0, "%s", out);
+        sscanf(out, "mount -t bind %s", k2);
+        cr_assert_eq(RUN("apply", "k2", tar), 0, "%s", out);
+        cr_assert_eq(rl_client_diff(c, "k2", collect_change, changes2, NULL, &err), 0, "%s",
+                     err.msg);
+        cr_expect_str_eq(changes2, changes);
+        char why[1024] = "";
+        cr_expect(rlt_tree_equal(k, k2, NULL, NULL, why, sizeof(why)),
+                  "Apply(Export(k)) differs from k: %s", why);
+        cr_expect_eq(RUN("export", "nope", "-o", tar), 3, "%s", out);
+        cr_expect_eq(RUN("export", "k", "-o", tar, "--compression", "lzma"), 1, "%s", out);
+        rl_client_free(c);
+}
