@@ -38,6 +38,7 @@ static const char *arg_root = "/var/lib/reflayer";
 static const char *arg_socket = "/run/reflayer/reflayer.sock";
 static const char *arg_group = "reflayer";
 static unsigned arg_jobs;
+static unsigned arg_pool_size = 2, arg_pool_after = 4;
 static unsigned arg_max_connections = 256;
 static size_t arg_max_request = 1 << 20;
 static const char *arg_image;
@@ -74,6 +75,11 @@ static void usage(FILE *f)
                 "  --group NAME          members may connect (default %s, if it exists; else\n"
                 "                        root only)\n"
                 "  --jobs N              tree workers per call (default: online CPUs)\n"
+                "  --pool-size N         ready clones kept of each pooled layer, built in the\n"
+                "                        background so Prepare is a rename (default 2; 0: no\n"
+                "                        pool)\n"
+                "  --pool-after K        pool a layer once it was prepared K times (default 4;\n"
+                "                        0: only layers labelled reflayer.io/pool=N)\n"
                 "  --max-connections N   at once (default 256)\n"
                 "  --max-request BYTES   one request line at most (default 1048576)\n"
                 "  --log-level LEVEL     error, warning, info, debug (default info)\n",
@@ -83,7 +89,7 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv)
 {
         enum { O_ROOT = 256, O_SOCKET, O_GROUP, O_JOBS, O_MAXC, O_MAXR, O_LOG, O_IMAGE,
-               O_IMAGE_SIZE };
+               O_IMAGE_SIZE, O_POOL_SIZE, O_POOL_AFTER };
         static const struct option options[] = {
                 { "root", required_argument, NULL, O_ROOT },
                 { "socket", required_argument, NULL, O_SOCKET },
@@ -94,6 +100,8 @@ static int parse_args(int argc, char **argv)
                 { "log-level", required_argument, NULL, O_LOG },
                 { "image", required_argument, NULL, O_IMAGE },
                 { "image-size", required_argument, NULL, O_IMAGE_SIZE },
+                { "pool-size", required_argument, NULL, O_POOL_SIZE },
+                { "pool-after", required_argument, NULL, O_POOL_AFTER },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -109,7 +117,22 @@ static int parse_args(int argc, char **argv)
                                 return -EINVAL;
                         }
                 }
+                if (c == O_POOL_SIZE || c == O_POOL_AFTER) {
+                        errno = 0;
+                        v = strtoull(optarg, &end, 10);
+                        if (errno || *end || v > 64) {
+                                fprintf(stderr, "reflayerd: --%s '%s': expected 0..64\n",
+                                        c == O_POOL_SIZE ? "pool-size" : "pool-after", optarg);
+                                return -EINVAL;
+                        }
+                }
                 switch (c) {
+                case O_POOL_SIZE:
+                        arg_pool_size = (unsigned)v;
+                        break;
+                case O_POOL_AFTER:
+                        arg_pool_after = (unsigned)v;
+                        break;
                 case O_ROOT:
                         arg_root = optarg;
                         break;
@@ -481,7 +504,9 @@ int main(int argc, char **argv)
         }
 
         rpc_server srv = { .jobs = arg_jobs, .image = img ? image_path(img) : NULL };
-        rl_store_options so = { .jobs = arg_jobs };
+        rl_store_options so = { .jobs = arg_jobs,
+                                .pool_size = arg_pool_size,
+                                .pool_after = arg_pool_after };
         r = rl_store_open(arg_root, &so, &srv.store, &err);
         if (r < 0) {
                 log_error("%s", err.msg);

@@ -691,6 +691,17 @@ static int m_status(call *c, json_t **ret)
                          (json_int_t)atomic_load(&c->srv->requests), "errors",
                          (json_int_t)atomic_load(&c->srv->errors), "connections",
                          (int)atomic_load(&c->srv->connections));
+        rl_pool_stats ps;
+        rl_store_pool_stats(c->srv->store, &ps);
+        if (*ret)
+                json_object_set_new(*ret, "pool",
+                                    json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "ready",
+                                              (json_int_t)ps.ready, "building",
+                                              (json_int_t)ps.building, "pooled",
+                                              (json_int_t)ps.pooled, "hits", (json_int_t)ps.hits,
+                                              "misses", (json_int_t)ps.misses, "built",
+                                              (json_int_t)ps.built, "dropped",
+                                              (json_int_t)ps.dropped));
         return *ret ? 0 : -ENOMEM;
 }
 

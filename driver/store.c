@@ -26,6 +26,7 @@
 
 #include "filter.h"
 #include "meta.h"
+#include "pool.h"
 #include "util.h"
 
 #define NEXT_ID_FILE "next-id"
@@ -68,6 +69,8 @@ struct rl_store {
         int trash_r;
         rl_error trash_err;
         pthread_t trash_thread;
+
+        rl_pool *pool; /* NULL: no warm pool */
 };
 
 static int64_t now_realtime(void)
@@ -320,6 +323,20 @@ static void trash_kick(rl_store *s)
 
 /* --- open and close ------------------------------------------------------------------- */
 
+static void trash_kick_cb(void *userdata)
+{
+        trash_kick(userdata);
+}
+
+/* The parent's RL_POOL_LABEL, as a number of clones (0: none or not a number). */
+static unsigned pool_label(const snap *n)
+{
+        const char *v = json_string_value(json_object_get(n->labels, RL_POOL_LABEL));
+        char *end;
+        unsigned long k = v ? strtoul(v, &end, 10) : 0;
+        return v && *v && !*end && k <= 64 ? (unsigned)k : 0;
+}
+
 static int open_subdir(int root_fd, const char *name, int *ret, rl_error *err)
 {
         if (mkdirat(root_fd, name, 0700) < 0 && errno != EEXIST)
@@ -549,8 +566,23 @@ RL_EXPORT int rl_store_open(const char *root, const rl_store_options *opts, rl_s
         if (pthread_create(&s->trash_thread, NULL, trash_main, s) != 0)
                 return rl_error_set(err, -EAGAIN, "store '%s': start the trash thread", s->root);
         s->trash_thread_started = true;
+        if (s->opts.pool_size) {
+                rl_pool_config pc = { .size = s->opts.pool_size,
+                                      .after = s->opts.pool_after,
+                                      .min_free_percent = s->opts.pool_min_free_percent,
+                                      .no_sync = s->opts.no_sync };
+                r = rl_pool_start(s->root_fd, s->snaps_fd, s->trash_fd, &pc, trash_kick_cb, s,
+                                  &s->pool, err);
+                if (r < 0)
+                        return rl_error_prefix(err, r, "store '%s'", s->root);
+        }
         s->closed = false;
         trash_kick(s); /* whatever a previous process left there */
+        /* Parents labelled for the pool are warmed at once. */
+        for (size_t i = 0; s->pool && i < s->n_buckets; i++)
+                for (snap *n = s->buckets[i]; n; n = n->hnext)
+                        if (n->kind == RL_KIND_COMMITTED && pool_label(n))
+                                rl_pool_note(s->pool, n->id, NULL, pool_label(n));
         *ret = TAKE_PTR(s);
         return 0;
 }
@@ -571,6 +603,9 @@ RL_EXPORT int rl_store_close(rl_store *s)
         if (was_closed && !s->trash_thread_started)
                 goto out_fds;
 
+        /* A pool clone half built is abandoned; ready ones go at the next open. */
+        rl_pool_stop(s->pool);
+        s->pool = NULL;
         if (s->trash_thread_started) {
                 /* A tree half deleted stays in trash/ for the next open. */
                 atomic_store(&s->trash_cancel, true);
@@ -650,7 +685,9 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
                 r = rl_error_set(err, -errno, "open tmp/%s", idname);
                 goto out_remove_tmp;
         }
-        if (parent) {
+        if (parent && !fill && s->pool && rl_pool_take(s->pool, parent->id, popts, dir, "fs") == 0) {
+                /* A ready clone, synced when it was built: nothing to clone or flush. */
+        } else if (parent) {
                 char src[48];
                 snprintf(src, sizeof(src), "%" PRIu64 "/fs", parent->id);
                 _cleanup_close_ int src_fd = rl_openat_beneath(s->snaps_fd, src,
@@ -796,10 +833,13 @@ static int create_snapshot(rl_store *s, rl_kind kind, const char *key, const cha
         }
         if (parent)
                 parent->pins++;
+        unsigned pool_want = parent ? pool_label(parent) : 0;
         pthread_mutex_unlock(&s->lock);
 
         /* The long part, outside the lock: other keys go on meanwhile. */
         r = build_and_publish(s, n, parent, popts, fill, err);
+        if (parent && !fill && s->pool)
+                rl_pool_note(s->pool, parent->id, popts, pool_want);
 
         pthread_mutex_lock(&s->lock);
         if (parent)
@@ -1014,6 +1054,8 @@ static int do_remove(rl_store *s, const char *key, rl_error *err)
         } else {
                 if (n->parent)
                         n->parent->children--;
+                if (s->pool)
+                        rl_pool_forget(s->pool, n->id);
                 unlink_snap(s, n);
                 snap_free(n);
                 pthread_cond_broadcast(&s->idle);
@@ -1564,6 +1606,13 @@ RL_EXPORT int rl_store_export(rl_store *s, const char *key, int out_fd,
                               const rl_export_options *opts, rl_layer_stats *ret, rl_error *err)
 {
         return CALL(s, err, do_export(s, key, out_fd, opts, ret, err));
+}
+
+RL_EXPORT void rl_store_pool_stats(rl_store *s, rl_pool_stats *ret)
+{
+        *ret = (rl_pool_stats){};
+        if (s->pool)
+                rl_pool_get_stats(s->pool, ret);
 }
 
 RL_EXPORT int rl_store_cleanup(rl_store *s, rl_error *err)

@@ -82,11 +82,33 @@ void rl_info_clear(rl_info *info);
  */
 const char *rl_store_error_code(int r);
 
+/* A committed snapshot with this label ("N") is pooled with N ready clones. */
+#define RL_POOL_LABEL "reflayer.io/pool"
+
 typedef struct rl_store_options {
         unsigned jobs;  /* tree workers per clone; 0: online CPUs */
         bool no_sync;   /* skip syncfs before publishing trees (tests and benchmarks only:
                          * a power cut may then lose a published tree's data) */
+        /* The warm pool: ready clones of parents that are prepared often, built in the
+         * background at low priority; a Prepare (or View) takes one and publishes it with a
+         * rename. pool_size: clones kept per pooled parent (and id maps); 0: no pool at all.
+         * pool_after: pool a parent automatically once prepared that many times (0: only
+         * parents labelled RL_POOL_LABEL). pool_min_free_percent: below that much free space
+         * or inodes the pool builds nothing and drops what it has (0: 10). */
+        unsigned pool_size;
+        unsigned pool_after;
+        unsigned pool_min_free_percent;
 } rl_store_options;
+
+typedef struct rl_pool_stats {
+        uint64_t ready;    /* clones ready now */
+        uint64_t building; /* being built now (0 or 1) */
+        uint64_t pooled;   /* parents (with maps) the pool keeps clones of */
+        uint64_t hits;     /* Prepares and Views served from the pool */
+        uint64_t misses;   /* of pooled parents, served by a clone meanwhile */
+        uint64_t built;    /* clones built */
+        uint64_t dropped;  /* clones thrown away (parent removed, pressure) */
+} rl_pool_stats;
 
 /*
  * Open (creating what is missing) the store at root, an absolute or relative path. Takes the
@@ -208,3 +230,6 @@ int rl_store_diff(rl_store *s, const char *key, rl_change_fn fn, void *userdata,
 /* Those changes written to out_fd as an OCI layer (layer.h, rl_layer_export). */
 int rl_store_export(rl_store *s, const char *key, int out_fd, const rl_export_options *opts,
                     rl_layer_stats *ret, rl_error *err);
+
+/* The warm pool's figures (all 0 without a pool). */
+void rl_store_pool_stats(rl_store *s, rl_pool_stats *ret);

@@ -1,0 +1,193 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The warm pool: ready clones of a pooled parent (by label, or once it was prepared K
+ * times), kept per id maps; a Prepare takes one (the same tree a clone makes); a removed
+ * parent's clones go; a filesystem short of space gets none.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <reflayer/store.h>
+#include <reflayer/tree.h>
+
+#include "rltest.h"
+
+static rl_store *S;
+static char mnt[PATH_MAX], root[PATH_MAX];
+
+static void open_with(unsigned size, unsigned after)
+{
+        rl_store_options o = { .pool_size = size, .pool_after = after, .no_sync = true };
+        rl_error err = {};
+        cr_assert_eq(rl_store_open(root, &o, &S, &err), 0, "%s", err.msg);
+}
+
+static void setup(void)
+{
+        rlt_init();
+        snprintf(mnt, sizeof(mnt), "%s", rlt_mkfs(RLT_XFS, 0, "xfs"));
+        snprintf(root, sizeof(root), "%s/store", mnt);
+}
+
+static void teardown(void)
+{
+        S = rl_store_free(S);
+        rlt_fini();
+}
+
+TestSuite(pool, .init = setup, .fini = teardown, .timeout = 120);
+
+static const char *tree_of(const char *key)
+{
+        static char buf[4][PATH_MAX];
+        static int i;
+        rl_mount m;
+        rl_error err = {};
+        cr_assert_eq(rl_store_mounts(S, key, &m, &err), 0, "%s", err.msg);
+        char *p = buf[i++ % 4];
+        snprintf(p, PATH_MAX, "%s", m.source);
+        rl_mount_clear(&m);
+        return p;
+}
+
+/* A committed layer "base" holding the rich tree, with labels. */
+static void make_base(const rl_label *labels, size_t n)
+{
+        rl_error err = {};
+        cr_assert_eq(rl_store_prepare(S, "b", NULL, NULL, 0, NULL, &err), 0, "%s", err.msg);
+        rlt_make_rich_tree(tree_of("b"), "t");
+        cr_assert_eq(rl_store_commit(S, "base", "b", labels, n, &err), 0, "%s", err.msg);
+}
+
+static rl_pool_stats wait_ready(uint64_t want)
+{
+        rl_pool_stats ps;
+        for (int i = 0; i < 600; i++) {
+                rl_store_pool_stats(S, &ps);
+                if (ps.ready >= want && !ps.building)
+                        return ps;
+                usleep(50000);
+        }
+        cr_assert_fail("the pool has %" PRIu64 " ready clones after 30 s, not %" PRIu64,
+                       ps.ready, want);
+        return ps;
+}
+
+Test(pool, labelled_parent_is_served_from_the_pool)
+{
+        open_with(2, 0);
+        rl_label l = { RL_POOL_LABEL, "2" };
+        make_base(&l, 1);
+        /* Labelled at commit: warmed by the first Prepare (or at open). */
+        rl_error err = {};
+        cr_assert_eq(rl_store_prepare(S, "first", "base", NULL, 0, NULL, &err), 0, "%s",
+                     err.msg);
+        rl_pool_stats ps = wait_ready(2);
+        cr_expect_eq(ps.pooled, 1);
+        cr_assert_eq(rl_store_prepare(S, "k", "base", NULL, 0, NULL, &err), 0, "%s", err.msg);
+        rl_store_pool_stats(S, &ps);
+        cr_expect_eq(ps.hits, 1, "the Prepare did not come from the pool");
+        char why[1024] = "";
+        cr_expect(rlt_tree_equal(tree_of("base"), tree_of("k"), NULL, NULL, why, sizeof(why)),
+                  "a pool clone differs from its parent: %s", why);
+        /* It is the snapshot's own tree: writes stay in it. */
+        char p[PATH_MAX + 8];
+        snprintf(p, sizeof(p), "%s/new", tree_of("k"));
+        rlt_write_file(p, 10, 1);
+        snprintf(p, sizeof(p), "%s/new", tree_of("base"));
+        cr_expect(access(p, F_OK) < 0);
+        /* Topped up again in the background. */
+        wait_ready(2);
+
+        /* Reopened: the old clones are thrown away, the labelled parent warmed again. */
+        S = rl_store_free(S);
+        open_with(2, 0);
+        wait_ready(2);
+}
+
+Test(pool, automatic_after_k_prepares_and_keyed_by_maps)
+{
+        open_with(1, 2);
+        make_base(NULL, 0);
+        rl_error err = {};
+        rl_idmap *u = NULL, *g = NULL;
+        cr_assert_eq(rl_idmap_new(&u, &err), 0);
+        cr_assert_eq(rl_idmap_parse(u, "0:100000:65536", &err), 0, "%s", err.msg);
+        cr_assert_eq(rl_idmap_new(&g, &err), 0);
+        cr_assert_eq(rl_idmap_parse(g, "0:100000:65536", &err), 0, "%s", err.msg);
+        rl_prepare_options shifted = { .uid_map = u, .gid_map = g, .keep_unmapped = true };
+
+        cr_assert_eq(rl_store_prepare(S, "a1", "base", NULL, 0, NULL, &err), 0, "%s", err.msg);
+        rl_pool_stats ps;
+        rl_store_pool_stats(S, &ps);
+        cr_expect_eq(ps.pooled, 0, "pooled after one prepare, not two");
+        cr_assert_eq(rl_store_prepare(S, "a2", "base", NULL, 0, NULL, &err), 0, "%s", err.msg);
+        wait_ready(1);
+        /* Shifted prepares are another pool: no hit from the unshifted clone. */
+        cr_assert_eq(rl_store_prepare(S, "s1", "base", NULL, 0, &shifted, &err), 0, "%s",
+                     err.msg);
+        cr_assert_eq(rl_store_prepare(S, "s2", "base", NULL, 0, &shifted, &err), 0, "%s",
+                     err.msg);
+        rl_store_pool_stats(S, &ps);
+        cr_expect_eq(ps.hits, 0);
+        ps = wait_ready(2);
+        cr_expect_eq(ps.pooled, 2);
+        cr_assert_eq(rl_store_prepare(S, "s3", "base", NULL, 0, &shifted, &err), 0, "%s",
+                     err.msg);
+        rl_store_pool_stats(S, &ps);
+        cr_expect_eq(ps.hits, 1);
+        char why[1024] = "";
+        cr_expect(rlt_tree_equal(tree_of("base"), tree_of("s3"), u, g, why, sizeof(why)),
+                  "a shifted pool clone is not the parent shifted: %s", why);
+
+        /* The parent goes: so do its clones. */
+        const char *keys[] = { "a1", "a2", "s1", "s2", "s3", "base" };
+        for (size_t i = 0; i < 6; i++)
+                cr_assert_eq(rl_store_remove(S, keys[i], &err), 0, "%s", err.msg);
+        for (int i = 0; i < 200; i++) {
+                rl_store_pool_stats(S, &ps);
+                if (!ps.ready && !ps.building)
+                        break;
+                usleep(50000);
+        }
+        cr_expect_eq(ps.ready, 0, "clones of a removed parent are kept");
+        cr_expect_geq(ps.dropped, 1);
+        cr_assert_eq(rl_store_cleanup(S, &err), 0, "%s", err.msg);
+        char pool[PATH_MAX + 8];
+        snprintf(pool, sizeof(pool), "%s/pool", root);
+        cr_expect(rlt_dir_is_empty(pool), "pool/ still holds clones of a removed parent");
+        rl_idmap_free(u);
+        rl_idmap_free(g);
+}
+
+Test(pool, nothing_is_kept_on_a_full_filesystem)
+{
+        open_with(2, 0);
+        rl_label l = { RL_POOL_LABEL, "2" };
+        make_base(&l, 1);
+        rl_error err = {};
+        /* Leave less than 10% of the filesystem free. */
+        char big[PATH_MAX + 8];
+        snprintf(big, sizeof(big), "%s/ballast", mnt);
+        struct statvfs v;
+        cr_assert(statvfs(mnt, &v) == 0);
+        off_t fill = (off_t)(v.f_bavail - v.f_blocks / 20) * (off_t)v.f_frsize;
+        int fd = open(big, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        cr_assert(fd >= 0 && fallocate(fd, 0, 0, fill) == 0, "fallocate: %s", strerror(errno));
+        close(fd);
+        cr_assert_eq(rl_store_prepare(S, "k", "base", NULL, 0, NULL, &err), 0, "%s", err.msg);
+        usleep(500000);
+        rl_pool_stats ps;
+        rl_store_pool_stats(S, &ps);
+        cr_expect_eq(ps.ready, 0, "clones built with under 10%% free");
+        cr_expect_eq(ps.built, 0);
+}
