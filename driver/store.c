@@ -986,6 +986,8 @@ static int do_commit(rl_store *s, const char *name, const char *key,
                 a->updated_ns = c->updated_ns;
                 /* Two entries just left the table: re-inserting one cannot need to grow it. */
                 (void)insert(s, a);
+                if (s->pool && pool_label(a))
+                        rl_pool_note(s->pool, a->id, NULL, pool_label(a));
         }
         snap_free(c);
         c = NULL;
@@ -1342,6 +1344,9 @@ static int do_update(rl_store *s, const rl_info *info, const char *const *fieldp
                 n->updated_ns = next.updated_ns;
                 if (ret && fill_info(n, ret) < 0)
                         r = rl_error_set(err, -ENOMEM, "update '%s'", info->name);
+                /* Labelled for the pool: warm it now, not at the next Prepare. */
+                if (s->pool && n->kind == RL_KIND_COMMITTED && pool_label(n))
+                        rl_pool_note(s->pool, n->id, NULL, pool_label(n));
         }
         release(s, n);
 out_unlock:
