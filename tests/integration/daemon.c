@@ -397,18 +397,24 @@ Test(daemon, thirty_two_clients)
 Test(daemon, stat_answered_during_a_long_prepare)
 {
         int fd = connect_daemon();
-        fill_layer(fd, "a", 6000);
+        fill_layer(fd, "a", 12000);
         json_decref(ok(fd, "Commit", json_pack("{s:s, s:s}", "name", "base", "key", "a")));
         int slow = connect_daemon();
         const char *prep = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Prepare\",\"params\":"
                            "{\"key\":\"long\",\"parent\":\"base\"}}\n";
         send_raw(slow, prep, strlen(prep));
-        /* While it runs, Stat and List on another connection are answered at once. */
+        /* Once its tree is being built (it appears in tmp/), Stat and List on another
+         * connection are answered while it still runs. */
+        char tmp[PATH_MAX];
+        snprintf(tmp, sizeof(tmp), "%s/tmp", root);
+        for (int i = 0; rlt_dir_is_empty(tmp) && i < 20000; i++)
+                usleep(500);
+        cr_assert(!rlt_dir_is_empty(tmp), "the Prepare did not start");
         json_decref(ok(fd, "Stat", json_pack("{s:s}", "key", "base")));
         json_decref(ok(fd, "List", NULL));
         struct pollfd p = { slow, POLLIN, 0 };
         cr_expect_eq(poll(&p, 1, 0), 0,
-                     "the Prepare of 6,000 files finished before a Stat beside it was answered");
+                     "the Prepare of 12,000 files finished before a Stat beside it was answered");
         json_t *r = read_response(slow);
         cr_assert(r && !json_object_get(r, "error"), "the long Prepare failed");
         json_decref(r);
