@@ -123,7 +123,21 @@ static void entry_free(pooled *e)
         free(e);
 }
 
-/* Too little room for spare trees? Free space and free inodes both count. */
+/* Memory pressure (PSI): tasks stalled on memory more than 10% of the last 10 s. Spare
+ * trees cost page cache and inode cache while they are built. No PSI: no pressure. */
+static bool memory_pressure(void)
+{
+        char buf[256];
+        _cleanup_close_ int fd = open("/proc/pressure/memory", O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+        if (n <= 0)
+                return false;
+        buf[n] = '\0';
+        const char *avg = strstr(buf, "some avg10=");
+        return avg && strtod(avg + strlen("some avg10="), NULL) > 10.0;
+}
+
+/* Too little room for spare trees? Free space and free inodes both count, and memory. */
 static bool under_pressure(rl_pool *p)
 {
         struct statvfs v;
@@ -131,7 +145,7 @@ static bool under_pressure(rl_pool *p)
         if (fstatvfs(p->pool_fd, &v) < 0)
                 return true;
         return (v.f_blocks && v.f_bavail * 100 < v.f_blocks * min) ||
-               (v.f_files && v.f_favail * 100 < v.f_files * min);
+               (v.f_files && v.f_favail * 100 < v.f_files * min) || memory_pressure();
 }
 
 /* Under the lock: the next clone to build, or NULL. */

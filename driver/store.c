@@ -293,8 +293,10 @@ static void *trash_main(void *arg)
                                 if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
                                         continue;
                                 rl_error e2 = {};
-                                int q = rl_tree_remove(s->trash_fd, e->d_name, 1, &s->trash_cancel,
-                                                       &e2);
+                                /* As many workers as a clone: they inherit this thread's
+                                 * low CPU and I/O priority. */
+                                int q = rl_tree_remove(s->trash_fd, e->d_name, s->opts.jobs,
+                                                       &s->trash_cancel, &e2);
                                 if (q < 0 && q != -ECANCELED && r == 0) {
                                         r = q;
                                         err = e2;
