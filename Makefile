@@ -66,7 +66,7 @@ CLI_OBJS := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
 CLIENT_SRCS := api/client.c driver/codec.c driver/types.c driver/error.c driver/idmap.c driver/util.c
 CLIENT_OBJS := $(CLIENT_SRCS:%.c=$(BUILD)/obj/%.o)
 CLIENT_PIC_OBJS := $(CLIENT_SRCS:%.c=$(BUILD)/pic/%.o)
-DAEMON_PKGS := jansson libsystemd mount
+DAEMON_PKGS := jansson libsystemd mount libcap libseccomp
 DAEMON_SRCS := $(wildcard daemon/*.c)
 DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o)
 CRASH_CHILD_SRC := tests/conformance/crash-child.c

@@ -32,6 +32,7 @@
 #include "image.h"
 #include "log.h"
 #include "rpc.h"
+#include "sandbox.h"
 #include "util.h"
 
 static const char *arg_root = "/var/lib/reflayer";
@@ -39,6 +40,7 @@ static const char *arg_socket = "/run/reflayer/reflayer.sock";
 static const char *arg_group = "reflayer";
 static unsigned arg_jobs;
 static unsigned arg_pool_size = 2, arg_pool_after = 4;
+static bool arg_sandbox = true;
 static unsigned arg_max_connections = 256;
 static size_t arg_max_request = 1 << 20;
 static const char *arg_image;
@@ -82,14 +84,16 @@ static void usage(FILE *f)
                 "                        0: only layers labelled reflayer.io/pool=N)\n"
                 "  --max-connections N   at once (default 256)\n"
                 "  --max-request BYTES   one request line at most (default 1048576)\n"
-                "  --log-level LEVEL     error, warning, info, debug (default info)\n",
+                "  --log-level LEVEL     error, warning, info, debug (default info)\n"
+                "  --no-sandbox          keep every capability and allow every system call\n"
+                "                        (for debugging: the default is least privilege)\n",
                 arg_root, arg_socket, arg_group);
 }
 
 static int parse_args(int argc, char **argv)
 {
         enum { O_ROOT = 256, O_SOCKET, O_GROUP, O_JOBS, O_MAXC, O_MAXR, O_LOG, O_IMAGE,
-               O_IMAGE_SIZE, O_POOL_SIZE, O_POOL_AFTER };
+               O_IMAGE_SIZE, O_POOL_SIZE, O_POOL_AFTER, O_NO_SANDBOX };
         static const struct option options[] = {
                 { "root", required_argument, NULL, O_ROOT },
                 { "socket", required_argument, NULL, O_SOCKET },
@@ -102,6 +106,7 @@ static int parse_args(int argc, char **argv)
                 { "image-size", required_argument, NULL, O_IMAGE_SIZE },
                 { "pool-size", required_argument, NULL, O_POOL_SIZE },
                 { "pool-after", required_argument, NULL, O_POOL_AFTER },
+                { "no-sandbox", no_argument, NULL, O_NO_SANDBOX },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -127,6 +132,9 @@ static int parse_args(int argc, char **argv)
                         }
                 }
                 switch (c) {
+                case O_NO_SANDBOX:
+                        arg_sandbox = false;
+                        break;
                 case O_POOL_SIZE:
                         arg_pool_size = (unsigned)v;
                         break;
@@ -495,6 +503,11 @@ int main(int argc, char **argv)
                 (void)setrlimit(RLIMIT_NOFILE, &rl);
         }
 
+        /* Before any thread: capabilities are per thread, and inherited. */
+        if (arg_sandbox && sandbox_drop_capabilities(&err) < 0) {
+                log_error("%s", err.msg);
+                return 1;
+        }
         if (arg_image) {
                 r = image_open(arg_image, arg_image_size, arg_root, &img, &err);
                 if (r < 0) {
@@ -533,6 +546,17 @@ int main(int argc, char **argv)
         log_info("reflayerd %s: store %s on %s (reflink %s), socket %s", RL_VERSION,
                  rl_store_root(srv.store), rl_fsinfo_type(srv.fs),
                  rl_reflink_to_string(rl_fsinfo_reflink(srv.fs)), arg_socket);
+        if (arg_sandbox) {
+                r = sandbox_seccomp(&err);
+                if (r < 0) {
+                        log_error("%s", err.msg);
+                        rl_fsinfo_free(srv.fs);
+                        rl_store_free(srv.store);
+                        return 1;
+                }
+                log_info("sandbox: capabilities %s; %d system calls allowed",
+                         sandbox_capabilities(), r);
+        }
         sd_notifyf(false, "READY=1\nSTATUS=serving %s", rl_store_root(srv.store));
 
         for (;;) {

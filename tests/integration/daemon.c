@@ -6,6 +6,7 @@
  * readiness is its sd_notify READY=1 on a notify socket of the test's own.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -1095,4 +1096,54 @@ Test(daemon, diff_and_export_round_trip)
         cr_expect_eq(RUN("export", "nope", "-o", tar), 3, "%s", out);
         cr_expect_eq(RUN("export", "k", "-o", tar, "--compression", "lzma"), 1, "%s", out);
         rl_client_free(c);
+}
+
+/* Least privilege: the daemon keeps only its capabilities (also in its bounding set) and
+ * runs under a seccomp filter, on every thread. */
+Test(daemon, runs_sandboxed)
+{
+        char path[64], line[256];
+        unsigned long long eff = 0, bnd = 0;
+        int seccomp = -1;
+        unsigned threads = 0, filtered = 0;
+        snprintf(path, sizeof(path), "/proc/%d/status", (int)D.pid);
+        FILE *f = fopen(path, "r");
+        cr_assert(f, "%s: %s", path, strerror(errno));
+        while (fgets(line, sizeof(line), f)) {
+                sscanf(line, "CapEff: %llx", &eff);
+                sscanf(line, "CapBnd: %llx", &bnd);
+                sscanf(line, "Seccomp: %d", &seccomp);
+        }
+        fclose(f);
+        /* chown dac_override dac_read_search fowner fsetid setgid setuid mknod sys_admin
+         * setfcap */
+        unsigned long long want = (1ULL << 0) | (1ULL << 1) | (1ULL << 2) | (1ULL << 3) |
+                                  (1ULL << 4) | (1ULL << 6) | (1ULL << 7) | (1ULL << 27) |
+                                  (1ULL << 21) | (1ULL << 31);
+        cr_expect_eq(eff, want, "effective capabilities %llx, expected %llx", eff, want);
+        cr_expect_eq(bnd, want, "bounding set %llx, expected %llx", bnd, want);
+        cr_expect_eq(seccomp, 2, "the daemon runs without a seccomp filter");
+        /* Every thread, the store's own included. */
+        char dir[64];
+        snprintf(dir, sizeof(dir), "/proc/%d/task", (int)D.pid);
+        DIR *d = opendir(dir);
+        cr_assert(d);
+        struct dirent *e;
+        while ((e = readdir(d))) {
+                if (e->d_name[0] == '.')
+                        continue;
+                snprintf(path, sizeof(path), "%s/%s/status", dir, e->d_name);
+                f = fopen(path, "r");
+                if (!f)
+                        continue;
+                threads++;
+                while (fgets(line, sizeof(line), f))
+                        filtered += sscanf(line, "Seccomp: %d", &seccomp) == 1 && seccomp == 2;
+                fclose(f);
+        }
+        closedir(d);
+        cr_expect_gt(threads, 1);
+        cr_expect_eq(filtered, threads, "%u of %u threads filtered", filtered, threads);
+        /* And it still serves. */
+        still_serving();
 }
