@@ -554,7 +554,9 @@ int main(int argc, char **argv)
                         rl_store_free(srv.store);
                         return 1;
                 }
-                log_info("sandbox: capabilities %s; %d system calls allowed",
+                log_info("sandbox: capabilities %s; %d system calls allowed, the rest "
+                         "refused with ENOSYS and logged by the kernel's audit (checked: "
+                         "socket(AF_INET) refused)",
                          sandbox_capabilities(), r);
         }
         sd_notifyf(false, "READY=1\nSTATUS=serving %s", rl_store_root(srv.store));

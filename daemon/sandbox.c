@@ -125,6 +125,10 @@ int sandbox_seccomp(rl_error *err)
         if (!ctx)
                 return rl_error_set(err, -ENOMEM, "seccomp");
         int r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
+        /* A refused call leaves an audit record (the kernel log: "audit: type=1326 ...
+         * syscall=N"), so an operator sees which call a new code path needs. */
+        if (r == 0)
+                r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_LOG, 1);
         int n = 0;
         for (size_t i = 0; r == 0 && i < ELEMENTSOF(allowed); i++) {
                 int nr = seccomp_syscall_resolve_name(allowed[i]);
@@ -143,5 +147,13 @@ int sandbox_seccomp(rl_error *err)
         seccomp_release(ctx);
         if (r < 0)
                 return rl_error_set(err, r, "seccomp filter");
+        /* Prove it: a network socket must now be refused. */
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 || errno != ENOSYS) {
+                if (fd >= 0)
+                        close(fd);
+                return rl_error_set(err, -EPERM, "seccomp filter: socket(AF_INET) was not "
+                                                 "refused");
+        }
         return n;
 }

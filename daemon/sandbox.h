@@ -20,7 +20,9 @@ const char *sandbox_capabilities(void);
 
 /*
  * Allow only the system calls reflayerd makes from here on; any other fails with ENOSYS
- * (so a library falls back, as for clone3 or openat2, and nothing is killed). Applies to
- * every thread (TSYNC). Returns the number of system calls allowed, or a negative errno.
+ * (so a library falls back, as for clone3 or openat2, and nothing is killed) and leaves an
+ * audit record in the kernel log. Applies to every thread (TSYNC). Checks that it works (a
+ * network socket is refused). Returns the number of system calls allowed, or a negative
+ * errno.
  */
 int sandbox_seccomp(rl_error *err);

@@ -1144,6 +1144,18 @@ Test(daemon, runs_sandboxed)
         closedir(d);
         cr_expect_gt(threads, 1);
         cr_expect_eq(filtered, threads, "%u of %u threads filtered", filtered, threads);
+        /* At start it proved the filter: its socket(AF_INET) was refused, and the kernel's
+         * audit recorded it (type 1326, a seccomp action; syscall 41 is socket on x86-64). */
+        static char out[1 << 20];
+        char *dm[] = { "dmesg", NULL };
+        cr_assert_eq(rlt_run(dm, out, sizeof(out)), 0, "dmesg: %s", out);
+        char want_pid[32];
+        snprintf(want_pid, sizeof(want_pid), "pid=%d ", (int)D.pid);
+        bool seen = false;
+        for (char *l = strtok(out, "\n"); l && !seen; l = strtok(NULL, "\n"))
+                seen = strstr(l, "type=1326") && strstr(l, want_pid) &&
+                       strstr(l, "comm=\"reflayerd\"");
+        cr_expect(seen, "no audit record of the refused system call of pid %d", (int)D.pid);
         /* And it still serves. */
         still_serving();
 }
