@@ -1159,3 +1159,93 @@ Test(daemon, runs_sandboxed)
         /* And it still serves. */
         still_serving();
 }
+
+/* --- a tree changed under the daemon while it works ---------------------------------------- */
+
+typedef struct swapper {
+        const char *dir;  /* swapped for a symlink and back, over and over */
+        const char *away; /* where the real directory waits meanwhile */
+        const char *outside;
+        atomic_bool stop;
+        unsigned swaps;
+} swapper;
+
+static void *swap_main(void *arg)
+{
+        swapper *w = arg;
+        while (!atomic_load(&w->stop)) {
+                if (rename(w->dir, w->away) == 0) {
+                        (void)!symlink(w->outside, w->dir);
+                        usleep(200);
+                        unlink(w->dir);
+                        (void)!rename(w->away, w->dir);
+                        w->swaps++;
+                }
+                usleep(100);
+        }
+        return NULL;
+}
+
+/* Does any file below dir hold the outside secret? */
+static bool holds_secret(const char *dir)
+{
+        char cmd[PATH_MAX + 64], out[4096];
+        snprintf(cmd, sizeof(cmd), "grep -rl --no-messages outside-secret %s || true", dir);
+        char *argv[] = { "sh", "-c", cmd, NULL };
+        cr_assert_eq(rlt_run(argv, out, sizeof(out)), 0);
+        return out[0] != '\0';
+}
+
+/* A directory of the source swapped for a symlink to a directory outside, again and again,
+ * while Clone and Prepare read the tree: nothing outside is read into the copy or written. */
+Test(daemon, tree_swapped_for_a_symlink_mid_clone)
+{
+        char outside[PATH_MAX], secret[PATH_MAX + 16], src[PATH_MAX], sub[PATH_MAX + 16],
+                away[PATH_MAX + 16], dst[PATH_MAX + 16];
+        snprintf(outside, sizeof(outside), "%s/outside", rlt_scratch());
+        cr_assert(mkdir(outside, 0755) == 0);
+        snprintf(secret, sizeof(secret), "%s/secret", outside);
+        FILE *f = fopen(secret, "w");
+        cr_assert(f);
+        fputs("outside-secret\n", f);
+        fclose(f);
+        struct stat before;
+        cr_assert(stat(outside, &before) == 0);
+
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        make_tree(src, 6000);
+        snprintf(sub, sizeof(sub), "%s/d7", src);
+        snprintf(away, sizeof(away), "%s/away", mnt);
+        swapper w = { .dir = sub, .away = away, .outside = outside };
+        pthread_t t;
+        cr_assert(pthread_create(&t, NULL, swap_main, &w) == 0);
+
+        int fd = connect_daemon();
+        int done = 0, refused = 0;
+        for (int i = 0; i < 6; i++) {
+                snprintf(dst, sizeof(dst), "%s/copy%d", mnt, i);
+                json_t *r = call_on(fd, "Clone", json_pack("{s:s, s:s}", "source", src,
+                                                           "destination", dst));
+                if (json_object_get(r, "error"))
+                        refused++;
+                else
+                        done++;
+                json_decref(r);
+                if (access(dst, F_OK) == 0)
+                        cr_expect(!holds_secret(dst), "%s holds what lies outside", dst);
+        }
+        atomic_store(&w.stop, true);
+        pthread_join(t, NULL);
+        cr_expect_gt(w.swaps, 0, "the directory was never swapped");
+        /* Outside: untouched. */
+        struct stat after;
+        cr_assert(stat(outside, &after) == 0);
+        cr_expect(after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
+                          after.st_mtim.tv_nsec == before.st_mtim.tv_nsec,
+                  "something was written outside");
+        struct stat sec;
+        cr_expect(stat(secret, &sec) == 0 && sec.st_size == 15, "the outside file changed");
+        cr_log_info("swapped %u times; %d clones done, %d refused", w.swaps, done, refused);
+        still_serving();
+        close(fd);
+}
