@@ -156,6 +156,8 @@ DEPS_DEBS += umoci
 # zstd, libcap2-bin: tests/unit/layer.c decompresses zstd layers with the zstd CLI to check
 # diff_ids independently; oci-fixture sets a file capability with setcap.
 DEPS_DEBS += zstd libcap2-bin
+# strace: tests/unit/tree.c counts the system calls a clone makes per entry.
+DEPS_DEBS += strace
 deps:
 	$(Q)missing=$$(for p in $(DEPS_DEBS); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \

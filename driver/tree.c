@@ -3,6 +3,7 @@
  * tree.c owns replicating one tree (entry kinds, metadata, xattrs, hardlinks, id shifting,
  * publish by rename) and removing one tree. Traversal is walk.c's; file data is clone.c's.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -120,7 +121,8 @@ typedef struct clone_ctx {
 typedef struct clone_worker {
         clone_ctx *ctx;
         rl_tree_stats stats;
-        unsigned since_progress;
+        unsigned since_progress; /* entries not yet added to the shared progress */
+        uint64_t progress_bytes;  /* and their bytes */
         char *names;  /* xattr name list */
         char *value;  /* xattr value */
 } clone_worker;
@@ -128,6 +130,7 @@ typedef struct clone_worker {
 typedef struct clone_dir {
         int dst_fd;
         struct statx st;
+        bool mode_done; /* created with its final mode: leave needs no fchmod */
 } clone_dir;
 
 typedef rl_ref ref;
@@ -226,18 +229,29 @@ static int apply_meta(clone_worker *wk, const struct statx *st, const ref *src, 
         return rl_ref_utimens(dst, ts, path, err);
 }
 
+/* Open a source file to read it, or -errno. O_NOATIME: cloning must not change the source.
+ * Only the owner or CAP_FOWNER may ask for it; anyone else reads the ordinary way.
+ * O_NONBLOCK|O_NOCTTY: should the entry have become a fifo or a terminal, opening it must
+ * neither hang nor take a controlling terminal. */
+static int open_source(int dir_fd, const char *name)
+{
+        int flags = O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC;
+        int fd = openat(dir_fd, name, flags | O_NOATIME);
+        if (fd < 0 && errno == EPERM)
+                fd = openat(dir_fd, name, flags);
+        return fd < 0 ? -errno : fd;
+}
+
+/*
+ * Open the entry that statx (st, by name) said is a regular file, and check that what was
+ * opened is that inode: a swapped entry is an error, not a new file.
+ */
 static int open_source_file(int dir_fd, const char *name, const struct statx *st,
                             const char *path, rl_error *err)
 {
-        /* O_NOATIME: cloning must not change the source. Only the owner or CAP_FOWNER may
-         * ask for it; anyone else reads the ordinary way. O_NONBLOCK: should the entry have
-         * become a fifo, opening it must not hang. */
-        int flags = O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC;
-        _cleanup_close_ int fd = openat(dir_fd, name, flags | O_NOATIME);
-        if (fd < 0 && errno == EPERM)
-                fd = openat(dir_fd, name, flags);
+        _cleanup_close_ int fd = open_source(dir_fd, name);
         if (fd < 0)
-                return rl_error_set(err, -errno, "open '%s'", path);
+                return rl_error_set(err, fd, "open '%s'", path);
 
         struct statx now;
         if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &now) < 0)
@@ -245,6 +259,24 @@ static int open_source_file(int dir_fd, const char *name, const struct statx *st
         if (now.stx_ino != st->stx_ino || now.stx_dev_major != st->stx_dev_major ||
             now.stx_dev_minor != st->stx_dev_minor || !S_ISREG(now.stx_mode))
                 return rl_error_set(err, -ESTALE, "'%s' was replaced while being cloned", path);
+        return TAKE_FD(fd);
+}
+
+/*
+ * An entry the directory lists as a regular file: open it first and stat the open file, one
+ * statx instead of statx + open + statx to see that the name still meant the same inode.
+ * The metadata copied is then the metadata of the very inode whose data is cloned. Returns
+ * the fd with *st filled, or -EAGAIN when the entry is not (or no longer) a regular file we
+ * can open: the caller then stats it by name, which says what it is now, or names the error.
+ */
+static int open_listed_file(int dir_fd, const char *name, struct statx *st)
+{
+        _cleanup_close_ int fd = open_source(dir_fd, name);
+        if (fd < 0)
+                return -EAGAIN;
+        if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_WANT, st) < 0 ||
+            !S_ISREG(st->stx_mode))
+                return -EAGAIN;
         return TAKE_FD(fd);
 }
 
@@ -267,17 +299,34 @@ static bool create_mode(const clone_ctx *c, const struct statx *st, mode_t *ret)
         return false;
 }
 
-static int clone_regular(clone_worker *wk, rl_walk_dir *d, int dst_dir, const char *name,
+/*
+ * The mode to create a directory with, and whether that is its final mode, which saves an
+ * fchmod per directory. Only a mode that lets its owner in and write (rwx------) is given at
+ * creation: a read-only source directory still has to take its children, so it gets 0700
+ * until leave applies the real mode. Giving others their bits early opens nothing to them:
+ * the temporary root stays 0700 until the very last leave. Setuid, setgid and sticky bits
+ * always wait for leave; a setgid directory would hand its group to the children we create.
+ */
+static bool dir_create_mode(const clone_ctx *c, const struct statx *st, mode_t *ret)
+{
+        mode_t mode = st->stx_mode & 07777;
+        if ((mode & 07000) == 0 && (mode & c->umask) == 0 && (mode & 0700) == 0700) {
+                *ret = mode;
+                return true;
+        }
+        *ret = 0700;
+        return false;
+}
+
+/* Clone the regular file src (borrowed, opened by the caller) as dst_dir/name. */
+static int clone_regular(clone_worker *wk, int src, int dst_dir, const char *name,
                          const struct statx *st, const char *path, rl_error *err)
 {
-        _cleanup_close_ int src = -EBADF, dst = -EBADF;
+        _cleanup_close_ int dst = -EBADF;
         rl_clone_result res;
         mode_t mode;
         int r;
 
-        src = open_source_file(d->fd, name, st, path, err);
-        if (src < 0)
-                return src;
         bool mode_done = create_mode(wk->ctx, st, &mode);
         dst = openat(dst_dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
         if (dst < 0)
@@ -300,8 +349,9 @@ static int clone_regular(clone_worker *wk, rl_walk_dir *d, int dst_dir, const ch
  * A regular file with more than one name. The first worker to meet the inode clones it;
  * the others wait for that (it never waits on anything itself) and link to the copy.
  */
-static int clone_hardlinked(clone_worker *wk, rl_walk_dir *d, int dst_dir, const char *name,
-                            const struct statx *st, const char *path, rl_error *err)
+static int clone_hardlinked(clone_worker *wk, rl_walk_dir *d, int src, int dst_dir,
+                            const char *name, const struct statx *st, const char *path,
+                            rl_error *err)
 {
         link_map *m = &wk->ctx->links;
         uint64_t dev = makedev(st->stx_dev_major, st->stx_dev_minor);
@@ -333,7 +383,7 @@ static int clone_hardlinked(clone_worker *wk, rl_walk_dir *d, int dst_dir, const
                 m->len++;
                 pthread_mutex_unlock(&m->lock);
 
-                r = clone_regular(wk, d, dst_dir, name, st, path, err);
+                r = clone_regular(wk, src, dst_dir, name, st, path, err);
 
                 pthread_mutex_lock(&m->lock);
                 e->state = r < 0 ? LINK_FAILED : LINK_READY;
@@ -417,14 +467,26 @@ static int clone_special(clone_worker *wk, rl_walk_dir *d, int dst_dir, const ch
                           &(ref){ -EBADF, dst_dir, name }, false, path, err);
 }
 
-static void report_progress(clone_worker *wk)
+/*
+ * Count one entry towards progress. Workers count on their own and add to the shared totals
+ * once every PROGRESS_EVERY entries: two atomic adds per entry on one shared cache line
+ * would bounce it between the cores for every file. Without a callback nothing is counted.
+ */
+static void report_progress(clone_worker *wk, uint64_t bytes)
 {
         clone_ctx *c = wk->ctx;
         const rl_tree_options *o = c->opts;
 
-        if (!o->progress || ++wk->since_progress < PROGRESS_EVERY)
+        if (!o->progress)
                 return;
+        wk->progress_bytes += bytes;
+        if (++wk->since_progress < PROGRESS_EVERY)
+                return;
+        atomic_fetch_add_explicit(&c->progress_entries, wk->since_progress,
+                                  memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->progress_bytes, wk->progress_bytes, memory_order_relaxed);
         wk->since_progress = 0;
+        wk->progress_bytes = 0;
         uint64_t now = rl_now_ns();
         uint64_t interval = o->progress_interval_ns ? o->progress_interval_ns : 100000000ULL;
         if (now - atomic_load(&c->progress_last_ns) < interval)
@@ -442,25 +504,39 @@ static void report_progress(clone_worker *wk)
 }
 
 static int clone_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name,
-                       unsigned char d_type _unused_, rl_error *err)
+                       unsigned char d_type, rl_error *err)
 {
         clone_worker *wk = worker;
         clone_dir *dd = d->priv;
+        _cleanup_close_ int src = -EBADF;
         char path[PATH_MAX];
         struct statx st;
         int r;
 
         wk->ctx = ctx;
         entry_path(path, sizeof(path), d, name);
-        if (statx(d->fd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_WANT, &st) < 0)
-                return rl_error_set(err, -errno, "stat '%s'", path);
+        /* Most entries are regular files, listed as such: open, then stat the open file.
+         * The second and later names of a hardlinked file are opened for nothing (they
+         * become links to the first copy); hardlinks are rare enough for that. */
+        if (d_type == DT_REG)
+                src = open_listed_file(d->fd, name, &st);
+        if (src < 0) {
+                if (statx(d->fd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_WANT,
+                          &st) < 0)
+                        return rl_error_set(err, -errno, "stat '%s'", path);
+                if (S_ISREG(st.stx_mode)) {
+                        src = open_source_file(d->fd, name, &st, path, err);
+                        if (src < 0)
+                                return src;
+                }
+        }
 
         switch (st.stx_mode & S_IFMT) {
         case S_IFREG:
                 if (st.stx_nlink > 1)
-                        r = clone_hardlinked(wk, d, dd->dst_fd, name, &st, path, err);
+                        r = clone_hardlinked(wk, d, src, dd->dst_fd, name, &st, path, err);
                 else
-                        r = clone_regular(wk, d, dd->dst_fd, name, &st, path, err);
+                        r = clone_regular(wk, src, dd->dst_fd, name, &st, path, err);
                 break;
         case S_IFLNK:
                 r = clone_symlink(wk, d, dd->dst_fd, name, &st, path, err);
@@ -479,11 +555,7 @@ static int clone_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name
         if (r < 0)
                 return r;
         wk->stats.entries++;
-        atomic_fetch_add_explicit(&wk->ctx->progress_entries, 1, memory_order_relaxed);
-        if (S_ISREG(st.stx_mode))
-                atomic_fetch_add_explicit(&wk->ctx->progress_bytes, st.stx_size,
-                                          memory_order_relaxed);
-        report_progress(wk);
+        report_progress(wk, S_ISREG(st.stx_mode) ? st.stx_size : 0);
         return 0;
 }
 
@@ -511,9 +583,9 @@ static int clone_enter(void *ctx, void *worker, rl_walk_dir *d, rl_error *err)
                         return rl_error_set(err, -errno, "'%s': dup", d->path);
         } else {
                 const clone_dir *pd = d->parent->priv;
-                /* 0700 until leave applies the real mode: nobody else may enter meanwhile,
-                 * and a read-only source directory still takes its children. */
-                if (mkdirat(pd->dst_fd, d->name, 0700) < 0)
+                mode_t mode;
+                dd->mode_done = dir_create_mode(c, &dd->st, &mode);
+                if (mkdirat(pd->dst_fd, d->name, mode) < 0)
                         return rl_error_set(err, -errno, "create directory '%s'", d->path);
                 dd->dst_fd = openat(pd->dst_fd, d->name,
                                     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -537,8 +609,8 @@ static int clone_leave(void *ctx, void *worker, rl_walk_dir *d, bool cancelled, 
         if (cancelled)
                 return 0;
         wk->ctx = ctx;
-        int r = apply_meta(wk, &dd->st, &(ref){ .fd = d->fd }, &(ref){ .fd = dst_fd }, false,
-                           d->path, err);
+        int r = apply_meta(wk, &dd->st, &(ref){ .fd = d->fd }, &(ref){ .fd = dst_fd },
+                           dd->mode_done, d->path, err);
         if (r < 0)
                 return r;
         wk->stats.dirs++;

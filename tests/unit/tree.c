@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/capability.h>
 #include <sys/mount.h>
@@ -586,4 +587,125 @@ Test(tree, cancel_leaves_nothing)
         cr_expect(strstr(err.msg, "interrupted"), "%s", err.msg);
         cr_assert(access(dst, F_OK) < 0 && errno == ENOENT);
         cr_assert(!rlt_dir_has_prefix(mnt, ".rl-clone-"), "temporary left behind");
+}
+
+/* --- cost per entry ---------------------------------------------------------------------- */
+
+typedef struct syscall_counts {
+        unsigned long total, statx, fchmod;
+} syscall_counts;
+
+/* Count the system calls of `reflayer clone --jobs 1 src dst` under `strace -f -c`. */
+static syscall_counts traced_clone(const char *src, const char *dst)
+{
+        const char *cli = getenv("RL_CLI");
+        cr_assert(cli && access(cli, X_OK) == 0,
+                  "RL_CLI must name the built reflayer binary (tests/run-unit sets it)");
+        char log[PATH_MAX], out[4096], line[512];
+        snprintf(log, sizeof(log), "%s/strace.log", rlt_scratch());
+        char *argv[] = { "strace", "-f", "-c", "-o", log, (char *)cli, "clone", "--no-progress",
+                         "--jobs", "1", (char *)src, (char *)dst, NULL };
+        int r = rlt_run(argv, out, sizeof(out));
+        cr_assert(r != -ENOENT, "strace not found: apt-get install strace (make deps does it)");
+        cr_assert_eq(r, 0, "strace %s clone %s %s: exit %d: %s", cli, src, dst, r, out);
+
+        FILE *f = fopen(log, "re");
+        cr_assert(f, "open %s: %s", log, strerror(errno));
+        syscall_counts c = {};
+        while (fgets(line, sizeof(line), f)) {
+                /* "% time  seconds  usecs/call  calls  [errors]  syscall" */
+                double pct, secs;
+                unsigned long usecs, calls;
+                char *last = strrchr(line, ' ');
+                if (sscanf(line, "%lf %lf %lu %lu", &pct, &secs, &usecs, &calls) != 4 || !last)
+                        continue;
+                last[strcspn(last, "\n")] = '\0';
+                if (strcmp(last + 1, "total") == 0)
+                        c.total = calls;
+                else if (strcmp(last + 1, "statx") == 0)
+                        c.statx = calls;
+                else if (strcmp(last + 1, "fchmod") == 0)
+                        c.fchmod = calls;
+        }
+        fclose(f);
+        cr_assert_gt(c.total, 0, "no total in the strace summary %s", log);
+        return c;
+}
+
+/* Make dir/name holding n entries of one kind ('f' files of 10 bytes, 'd' empty directories,
+ * 'l' symlinks), or none for n = 0. */
+static void make_flat_tree(const char *dir, const char *name, char kind, unsigned n)
+{
+        char root[PATH_MAX], p[PATH_MAX];
+        snprintf(root, sizeof(root), "%s/%s", dir, name);
+        cr_assert(mkdir(root, 0755) == 0, "mkdir %s: %s", root, strerror(errno));
+        for (unsigned i = 0; i < n; i++) {
+                snprintf(p, sizeof(p), "%s/e%u", root, i);
+                if (kind == 'f')
+                        rlt_write_file(p, 10, i);
+                else if (kind == 'd')
+                        cr_assert(mkdir(p, 0755) == 0, "mkdir %s: %s", p, strerror(errno));
+                else
+                        cr_assert(symlink("target", p) == 0, "symlink %s: %s", p,
+                                  strerror(errno));
+        }
+}
+
+/*
+ * The syscall budget per entry, measured as the difference between a tree of n entries of a
+ * kind and an empty one (what the CLI costs once drops out). With the usual umask, a 0644
+ * file and a 0755 directory get their final mode at creation:
+ *   regular file: openat, statx (of the open file), openat (create), ioctl FICLONE,
+ *                 flistxattr, utimensat, close x2                                       = 8
+ *   directory:    openat, statx, mkdirat, openat, getdents64 x2, flistxattr, utimensat,
+ *                 close x2                                                                = 10
+ *   symlink:      statx, readlinkat, symlinkat, llistxattr, utimensat                    = 5
+ * Exactly one statx per entry, and no fchmod at all.
+ */
+Test(tree, syscalls_per_entry)
+{
+        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
+        const unsigned n = 200;
+        const struct {
+                char kind;
+                const char *what;
+                unsigned long budget;
+        } kinds[] = {
+                { 'f', "regular files", 8 },
+                { 'd', "directories", 10 },
+                { 'l', "symlinks", 5 },
+        };
+        char src[PATH_MAX], dst[PATH_MAX], why[4096];
+
+        umask(022);
+        make_flat_tree(mnt, "empty", 'f', 0);
+        snprintf(src, sizeof(src), "%s/empty", mnt);
+        snprintf(dst, sizeof(dst), "%s/empty-copy", mnt);
+        syscall_counts base = traced_clone(src, dst);
+
+        for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+                char name[32];
+                snprintf(name, sizeof(name), "flat-%c", kinds[k].kind);
+                make_flat_tree(mnt, name, kinds[k].kind, n);
+                snprintf(src, sizeof(src), "%s/%s", mnt, name);
+                snprintf(dst, sizeof(dst), "%s/%s-copy", mnt, name);
+                syscall_counts c = traced_clone(src, dst);
+                /* Without atimes: the comparison's own reads of the new source directories
+                 * move theirs (relatime, atime not after ctime). */
+                cr_assert(rlt_tree_equal_flags(src, dst, NULL, NULL, RLT_CMP_NO_ATIME, why,
+                                               sizeof(why)),
+                          "%s", why);
+
+                cr_assert_geq(c.total, base.total, "%s: fewer calls than for an empty tree",
+                              name);
+                /* A few calls of slack for the allocator growing its heap once. */
+                cr_expect_leq(c.total - base.total, kinds[k].budget * n + 4,
+                              "%u %s cost %.2f syscalls each, the budget is %lu", n,
+                              kinds[k].what, (double)(c.total - base.total) / n,
+                              kinds[k].budget);
+                cr_expect_eq(c.statx - base.statx, n, "%u %s: %lu statx calls, want one each",
+                             n, kinds[k].what, c.statx - base.statx);
+                cr_expect_eq(c.fchmod, base.fchmod, "%u %s: %lu fchmod calls, want none", n,
+                             kinds[k].what, c.fchmod - base.fchmod);
+        }
 }
