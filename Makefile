@@ -8,6 +8,9 @@
 #   make bench-rpc     reflayerd: Stat calls/s over 1 and 16 connections, Stat during a Prepare
 #   make bench-import  reflayer import of a Debian image vs umoci unpack and tar -xzf
 #   make bench-diff    rl_tree_diff of an unchanged clone vs reading both trees (C loop, diff -rq)
+#   make bench         issue 7's side-by-side table on loop XFS and btrfs, two Debian rootfs:
+#                      reflayerd Prepare (cold, warm pool) vs cp -a --reflink=always vs containerd's
+#                      native snapshotter vs an overlayfs mount; Remove; chown; 50 snapshots [RUNS=5]
 #   make install [PREFIX=/usr/local] [DESTDIR=]
 #   make format | clean | deps       V=1 shows the commands
 
@@ -85,7 +88,7 @@ DAEMON := $(BUILD)/reflayerd
 UNIT := $(BUILD)/tests/unit
 CRASH_CHILD := $(BUILD)/tests/crash-child
 
-.PHONY: all check tests deps run bench-clone bench-store bench-rpc bench-import bench-diff install format clean headers-check
+.PHONY: all check tests deps bench-deps bench run bench bench-clone bench-store bench-rpc bench-import bench-diff install format clean headers-check
 all: $(LIB) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC) $(CLI) $(DAEMON)
 
 $(BUILD)/obj/driver/%.o: driver/%.c
@@ -158,8 +161,13 @@ DEPS_DEBS += umoci
 DEPS_DEBS += zstd libcap2-bin
 # strace: tests/unit/tree.c counts the system calls a clone makes per entry.
 DEPS_DEBS += strace
-deps:
-	$(Q)missing=$$(for p in $(DEPS_DEBS); do \
+# containerd (with ctr): `make bench` sets its native snapshotter beside reflayerd's Prepare;
+# the script starts its own containerd on a private socket, never the system's. Only the
+# benchmark needs it: `make bench` installs it, `make check` does not.
+BENCH_DEBS := containerd
+# apt-get install of the packages in $(1) that are missing.
+define install_debs
+	$(Q)missing=$$(for p in $(1); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
 	done); \
 	if [ -n "$$missing" ]; then \
@@ -167,6 +175,13 @@ deps:
 		[ "$$(id -u)" = 0 ] || { echo "deps: run as root to apt-get install:" $$missing; exit 1; }; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
+
+deps:
+	$(call install_debs,$(DEPS_DEBS))
+
+bench-deps: deps
+	$(call install_debs,$(BENCH_DEBS))
 
 check: deps
 	$(Q)$(MAKE) --no-print-directory WERROR=1 SAN=$(SAN) headers-check all tests
@@ -197,6 +212,13 @@ $(DIFF_BENCH): $(BUILD)/obj/tests/bench/diff-bench.o $(LIB)
 
 bench-diff: deps all $(DIFF_BENCH)
 	$(Q)tests/bench/diff.sh $(DIFF_BENCH)
+
+PREPARE_BENCH := $(BUILD)/bench/prepare-bench
+$(PREPARE_BENCH): $(BUILD)/obj/tests/bench/prepare-bench.o $(CLIENT_LIB)
+	$(call say,LD,$@)mkdir -p $(@D) && $(CC) $(LDFLAGS) -o $@ $< $(CLIENT_LIB) $(call pc_libs,jansson)
+
+bench: bench-deps all $(PREPARE_BENCH)
+	$(Q)tests/bench/bench.sh $(CLI) $(DAEMON) $(PREPARE_BENCH)
 
 install: all install-man
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/reflayer
