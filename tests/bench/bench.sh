@@ -84,15 +84,19 @@ pb_remove() {
         while read -r k t; do add remove "$t"; done <<<"$out"
         rl cleanup
 }
+# pool_stat FIELD: reflayerd's Status pool.FIELD (ready, building, hits, misses, ...).
+pool_stat() {
+        rl --json status | grep -o '"pool":{[^}]*}' | grep -o "\"$1\":[0-9]*" | cut -d: -f2
+}
 # The warm pool refills in the background after a Prepare takes a clone: wait for it so that
 # the next step (of any tool) runs on an idle machine and the next warm Prepare finds a clone.
 pool_wait() {
         local i
         for i in $(seq 1200); do
-                if compgen -G "$MNT/store/pool/*/*" >/dev/null; then return 0; fi
+                (($(pool_stat ready) >= 1 && $(pool_stat building) == 0)) && return 0
                 sleep 0.1
         done
-        die "the warm pool of '$1' did not fill within 120 s (nothing in $MNT/store/pool/*/)"
+        die "the warm pool of '$1' did not fill within 120 s (Status: $(rl --json status))"
 }
 
 # --- one timed step each; $1 is the round ---
@@ -104,10 +108,14 @@ step_cold() {
 }
 step_warm() {
         ((POOL)) || return 0
+        local hits
         pool_wait "pool-$NAME"
         sync -f "$MNT"
+        hits=$(pool_stat hits)
         pb_prepare "pool-$NAME" "warm-$NAME-$1"
         add warm "$T"
+        # A miss would be a cold Prepare counted as a warm one: count them in the table.
+        add warm_miss $((hits + 1 - $(pool_stat hits)))
         pb_remove "warm-$NAME-$1"
         pool_wait "pool-$NAME"
 }
@@ -283,7 +291,11 @@ c_mib() { mib "$(med "$1")"; }
 c_us() { awk -v v="$(med "$1")" -v e="${ENTRIES[$NAME]}" 'BEGIN { printf "%.1f", v * 1e6 / e }'; }
 c_entries() { echo "${ENTRIES[$NAME]}"; }
 c_data() { mib "${DATA[$NAME]}"; }
-c_warm() { if ((POOL)); then ms "$(med warm)"; else echo "n/a (no pool yet)"; fi; }
+c_warm() {
+        ((POOL)) || { echo "n/a (no pool yet)"; return; }
+        local miss; miss=$(samples warm_miss | awk '{ n += $1 } END { print n + 0 }')
+        if ((miss)); then echo "$(ms "$(med warm)") ($miss misses)"; else ms "$(med warm)"; fi
+}
 c_remove() { local m mx; read -r m _ mx < <(st remove); echo "$(ms "$m") / $(ms "$mx")"; }
 c_pair() { echo "$("$1" "$2") / $("$1" "$3")"; }
 c_num() { med "$1"; }
@@ -366,7 +378,9 @@ for FS in $FSTYPES; do
         mkfs_loop "$FS" 16G "$WORK/$FS.img" "$MNT"
         SOCK=$WORK/reflayer-$FS.sock
         pool_args=()
-        ((POOL)) && pool_args=(--pool-size 1)
+        # Only the layer labelled reflayer.io/pool is pooled (--pool-after 0): the cold
+        # Prepares of the other one must stay cold however often they run.
+        ((POOL)) && pool_args=(--pool-size 1 --pool-after 0)
         daemon_start "$DAEMON" "$CLI" "$MNT/store" "$SOCK" "$WORK/reflayerd-$FS.log" "${pool_args[@]}"
         start_containerd
         for NAME in $ROOTFSES; do
