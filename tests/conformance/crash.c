@@ -12,7 +12,6 @@
  * The operation each kill interrupted is counted (the child writes it to a shared page).
  */
 #include <criterion/criterion.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -45,42 +44,6 @@ static uint64_t rnd(void)
         return rnd_state;
 }
 
-/* FNV-1a over every regular file's relative path, mode and content, in name order. */
-static uint64_t hash_tree(const char *dir, const char *rel, uint64_t h)
-{
-        struct dirent **list;
-        char path[PATH_MAX];
-        int n = scandir(dir, &list, NULL, alphasort);
-        cr_assert(n >= 0, "scandir %s: %s", dir, strerror(errno));
-        for (int i = 0; i < n; i++) {
-                const char *name = list[i]->d_name;
-                if (strcmp(name, ".") && strcmp(name, "..") && strcmp(name, "marker")) {
-                        struct stat st;
-                        snprintf(path, sizeof(path), "%s/%s", dir, name);
-                        cr_assert(lstat(path, &st) == 0);
-                        for (const char *p = name; *p; p++)
-                                h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-                        h = (h ^ st.st_mode) * 1099511628211ULL;
-                        if (S_ISDIR(st.st_mode)) {
-                                h = hash_tree(path, name, h);
-                        } else if (S_ISREG(st.st_mode)) {
-                                static unsigned char buf[65536];
-                                int fd = open(path, O_RDONLY | O_CLOEXEC);
-                                ssize_t got;
-                                cr_assert(fd >= 0);
-                                while ((got = read(fd, buf, sizeof(buf))) > 0)
-                                        for (ssize_t j = 0; j < got; j++)
-                                                h = (h ^ buf[j]) * 1099511628211ULL;
-                                close(fd);
-                        }
-                }
-                free(list[i]);
-        }
-        free(list);
-        (void)rel;
-        return h;
-}
-
 typedef struct check {
         const char *root;
         uint64_t base_hash;
@@ -98,7 +61,7 @@ static int check_one(const rl_info *info, void *userdata)
         cr_assert(stat(p, &st) == 0 && S_ISDIR(st.st_mode), "%s: tree missing", info->name);
         if (strcmp(info->name, "base") == 0) {
                 cr_assert_eq(info->kind, RL_KIND_COMMITTED);
-                cr_assert_eq(hash_tree(p, "", 14695981039346656037ULL), c->base_hash,
+                cr_assert_eq(rlt_tree_hash(p, "marker"), c->base_hash,
                              "the base layer changed");
                 return 0;
         }
@@ -115,23 +78,10 @@ static int check_one(const rl_info *info, void *userdata)
                 cr_assert_str_eq(buf, info->name, "%s: marker says %s", info->name, buf);
                 cr_assert(info->n_labels == 1 && !strcmp(info->labels[0].value, info->name),
                           "%s: labels lost", info->name);
-                cr_assert_eq(hash_tree(p, "", 14695981039346656037ULL), c->base_hash,
+                cr_assert_eq(rlt_tree_hash(p, "marker"), c->base_hash,
                              "%s: its copy of the base differs", info->name);
         }
         return 0;
-}
-
-static unsigned count_entries(const char *dir)
-{
-        DIR *d = opendir(dir);
-        struct dirent *e;
-        unsigned n = 0;
-        cr_assert(d, "opendir %s", dir);
-        while ((e = readdir(d)))
-                if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-                        n++;
-        closedir(d);
-        return n;
 }
 
 static void crash_loop(rlt_fs fs, unsigned kills, uint64_t seed)
@@ -154,7 +104,7 @@ static void crash_loop(rlt_fs fs, unsigned kills, uint64_t seed)
                 snprintf(p, sizeof(p), "%s/d%d/f%d", m.source, i % 6, i);
                 rlt_write_file(p, (uint64_t)(i * 997) % 20000, (unsigned)i);
         }
-        c.base_hash = hash_tree(m.source, "", 14695981039346656037ULL);
+        c.base_hash = rlt_tree_hash(m.source, "marker");
         rl_mount_clear(&m);
         cr_assert_eq(rl_store_commit(s, "base", "b", NULL, 0, &err), 0);
         s = rl_store_free(s);
@@ -203,11 +153,11 @@ static void crash_loop(rlt_fs fs, unsigned kills, uint64_t seed)
                 int r = rl_store_open(root, NULL, &s, &err);
                 cr_assert_eq(r, 0, "open after kill %u (in %s): %s", i, op_names[op], err.msg);
                 snprintf(p, sizeof(p), "%s/tmp", root);
-                cr_assert_eq(count_entries(p), 0, "tmp/ not emptied at open");
+                cr_assert_eq(rlt_dir_count(p), 0, "tmp/ not emptied at open");
                 c.snapshots = c.committed = 0;
                 cr_assert_eq(rl_store_walk(s, NULL, 0, check_one, &c, &err), 0, "%s", err.msg);
                 snprintf(p, sizeof(p), "%s/snapshots", root);
-                cr_assert_eq(count_entries(p), c.snapshots,
+                cr_assert_eq(rlt_dir_count(p), c.snapshots,
                              "snapshots/ holds entries the index does not know");
                 /* Keep the store small, so every round checks a similar amount. */
                 for (unsigned j = 1; c.snapshots > 24 && j <= sh->seq; j++) {
@@ -221,7 +171,7 @@ static void crash_loop(rlt_fs fs, unsigned kills, uint64_t seed)
                 }
                 cr_assert_eq(rl_store_cleanup(s, &err), 0, "%s", err.msg);
                 snprintf(p, sizeof(p), "%s/trash", root);
-                cr_assert_eq(count_entries(p), 0, "trash/ not drained");
+                cr_assert_eq(rlt_dir_count(p), 0, "trash/ not drained");
                 s = rl_store_free(s);
         }
         munmap(sh, sizeof(*sh));

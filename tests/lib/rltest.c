@@ -685,6 +685,71 @@ bool rlt_dir_is_empty(const char *dir)
         return n == 0;
 }
 
+unsigned rlt_dir_count(const char *dir)
+{
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        unsigned n = 0;
+        cr_assert(d, "opendir %s: %s", dir, strerror(errno));
+        while ((e = readdir(d)))
+                if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+                        n++;
+        closedir(d);
+        return n;
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                h = (h ^ ((const unsigned char *)p)[i]) * 1099511628211ULL;
+        return h;
+}
+
+/* Depth first, in name order, so that equal trees give equal hashes whatever the order
+ * readdir returns. */
+static uint64_t tree_hash(const char *dir, const char *skip, uint64_t h)
+{
+        struct dirent **list;
+        char path[PATH_MAX];
+        int n = scandir(dir, &list, NULL, alphasort);
+        cr_assert(n >= 0, "scandir %s: %s", dir, strerror(errno));
+        for (int i = 0; i < n; i++) {
+                const char *name = list[i]->d_name;
+                if (strcmp(name, ".") && strcmp(name, "..") && (!skip || strcmp(name, skip))) {
+                        struct stat st;
+                        snprintf(path, sizeof(path), "%s/%s", dir, name);
+                        cr_assert(lstat(path, &st) == 0, "lstat %s: %s", path, strerror(errno));
+                        h = fnv(h, name, strlen(name) + 1);
+                        h = fnv(h, &st.st_mode, sizeof(st.st_mode));
+                        if (S_ISDIR(st.st_mode)) {
+                                h = tree_hash(path, skip, h);
+                        } else if (S_ISLNK(st.st_mode)) {
+                                char target[PATH_MAX];
+                                ssize_t got = readlink(path, target, sizeof(target));
+                                cr_assert(got >= 0, "readlink %s: %s", path, strerror(errno));
+                                h = fnv(h, target, (size_t)got);
+                        } else if (S_ISREG(st.st_mode)) {
+                                unsigned char buf[16384];
+                                int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+                                ssize_t got;
+                                cr_assert(fd >= 0, "open %s: %s", path, strerror(errno));
+                                while ((got = read(fd, buf, sizeof(buf))) > 0)
+                                        h = fnv(h, buf, (size_t)got);
+                                cr_assert(got == 0, "read %s: %s", path, strerror(errno));
+                                close(fd);
+                        }
+                }
+                free(list[i]);
+        }
+        free(list);
+        return h;
+}
+
+uint64_t rlt_tree_hash(const char *dir, const char *skip)
+{
+        return tree_hash(dir, skip, 14695981039346656037ULL);
+}
+
 void rlt_block_reflink(bool also_copy_range)
 {
         scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);

@@ -74,6 +74,14 @@ bool rlt_dir_has_prefix(const char *dir, const char *prefix);
 /* Does dir hold no entry but . and ..? */
 bool rlt_dir_is_empty(const char *dir);
 
+/* How many entries dir holds, . and .. aside. */
+unsigned rlt_dir_count(const char *dir);
+
+/* A content hash of the tree at dir (FNV-1a over each entry's name, mode, a regular file's
+ * data and a symlink's target, in name order), leaving out entries named skip (may be NULL)
+ * at any depth: equal trees, equal hashes. Owners and times are not in it. */
+uint64_t rlt_tree_hash(const char *dir, const char *skip);
+
 /* Install a seccomp filter failing FICLONE with EOPNOTSUPP and, if also_copy_range,
  * copy_file_range with ENOSYS, so the fallback engines run on a reflink filesystem. */
 void rlt_block_reflink(bool also_copy_range);
