@@ -11,6 +11,7 @@
 #   make bench         issue 7's side-by-side table on loop XFS and btrfs, two Debian rootfs:
 #                      reflayerd Prepare (cold, warm pool) vs cp -a --reflink=always vs containerd's
 #                      native snapshotter vs an overlayfs mount; Remove; chown; 50 snapshots [RUNS=5]
+#   make bench-load    reflayerd under 64 clients of mixed calls for LOAD_SECONDS (default 300)
 #   make install [PREFIX=/usr/local] [DESTDIR=]
 #   make format | clean | deps       V=1 shows the commands
 
@@ -88,7 +89,7 @@ DAEMON := $(BUILD)/reflayerd
 UNIT := $(BUILD)/tests/unit
 CRASH_CHILD := $(BUILD)/tests/crash-child
 
-.PHONY: all check tests deps bench-deps bench run bench bench-clone bench-store bench-rpc bench-import bench-diff install format clean headers-check
+.PHONY: all check tests deps bench-deps bench run bench-clone bench-store bench-rpc bench-import bench-diff bench-load install format clean headers-check
 all: $(LIB) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC) $(CLI) $(DAEMON)
 
 $(BUILD)/obj/driver/%.o: driver/%.c
@@ -219,6 +220,13 @@ $(PREPARE_BENCH): $(BUILD)/obj/tests/bench/prepare-bench.o $(CLIENT_LIB)
 
 bench: bench-deps all $(PREPARE_BENCH)
 	$(Q)tests/bench/bench.sh $(CLI) $(DAEMON) $(PREPARE_BENCH)
+
+LOAD_BENCH := $(BUILD)/bench/load-bench
+$(LOAD_BENCH): $(BUILD)/obj/tests/bench/load-bench.o $(CLIENT_LIB)
+	$(call say,LD,$@)mkdir -p $(@D) && $(CC) $(LDFLAGS) -o $@ $< $(CLIENT_LIB) $(call pc_libs,jansson)
+
+bench-load: deps all $(LOAD_BENCH)
+	$(Q)tests/bench/load.sh
 
 install: all install-man
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/reflayer
