@@ -12,6 +12,7 @@
 #                      reflayerd Prepare (cold, warm pool) vs cp -a --reflink=always vs containerd's
 #                      native snapshotter vs an overlayfs mount; Remove; chown; 50 snapshots [RUNS=5]
 #   make bench-load    reflayerd under 64 clients of mixed calls for LOAD_SECONDS (default 300)
+#   make fuzz [FUZZ_SECONDS=60]   the libFuzzer targets (clang, into build/fuzz/), each that long
 #   make install [PREFIX=/usr/local] [DESTDIR=]
 #   make format | clean | deps       V=1 shows the commands
 
@@ -74,10 +75,14 @@ DAEMON_PKGS := jansson libsystemd mount libcap libseccomp
 DAEMON_SRCS := $(wildcard daemon/*.c)
 DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o)
 CRASH_CHILD_SRC := tests/conformance/crash-child.c
+# The fuzz harnesses (not their libFuzzer mains) are in the unit binary too: fuzz-regress
+# replays the kept inputs through them. The RPC one calls the daemon's JSON-RPC layer.
+FUZZ_HARNESS_SRCS := $(wildcard tests/fuzz/harness*.c)
+RPC_SRCS := daemon/rpc.c daemon/creds.c daemon/log.c
 TEST_SRCS := $(filter-out $(CRASH_CHILD_SRC),$(wildcard tests/unit/*.c) \
              $(wildcard tests/conformance/*.c) $(wildcard tests/integration/*.c) \
-             $(wildcard tests/lib/*.c))
-TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
+             $(wildcard tests/lib/*.c)) $(FUZZ_HARNESS_SRCS)
+TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o) $(RPC_SRCS:%.c=$(BUILD)/obj/%.o)
 HEADERS := $(wildcard include/reflayer/*.h)
 
 LIB := $(BUILD)/libreflayer.a
@@ -89,7 +94,7 @@ DAEMON := $(BUILD)/reflayerd
 UNIT := $(BUILD)/tests/unit
 CRASH_CHILD := $(BUILD)/tests/crash-child
 
-.PHONY: all check tests deps bench-deps bench run bench-clone bench-store bench-rpc bench-import bench-diff bench-load install format clean headers-check
+.PHONY: all check tests deps bench-deps bench fuzz fuzz-deps run bench-clone bench-store bench-rpc bench-import bench-diff bench-load install format clean headers-check
 all: $(LIB) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC) $(CLI) $(DAEMON)
 
 $(BUILD)/obj/driver/%.o: driver/%.c
@@ -102,7 +107,7 @@ $(BUILD)/obj/daemon/%.o: daemon/%.c
 	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -Idriver $(call pc_cflags,$(DAEMON_PKGS)) -c $< -o $@
 
 $(BUILD)/obj/tests/%.o: tests/%.c
-	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -Idriver -Itests/lib -Wno-format-truncation $(call pc_cflags,$(TEST_PKGS)) -c $< -o $@
+	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -Idriver -Idaemon -Itests/lib -Itests/fuzz -Wno-format-truncation $(call pc_cflags,$(TEST_PKGS)) -c $< -o $@
 
 $(LIB): $(DRIVER_OBJS)
 	$(call say,AR,$@)rm -f $@ && ar rcs $@ $^
@@ -228,6 +233,34 @@ $(LOAD_BENCH): $(BUILD)/obj/tests/bench/load-bench.o $(CLIENT_LIB)
 bench-load: deps all $(LOAD_BENCH)
 	$(Q)tests/bench/load.sh
 
+# libFuzzer targets (tests/fuzz/): the harnesses, the driver and the daemon's JSON-RPC layer
+# compiled again with clang, libFuzzer and ASan+UBSan, into build/fuzz/. `make fuzz` runs each
+# for FUZZ_SECONDS on a copy of its seed corpus (tests/fuzz/run). Only this needs clang (and
+# llvm, for llvm-symbolizer): make check does not.
+FUZZ_SECONDS ?= 60
+FUZZ_CC ?= clang
+FUZZ := build/fuzz
+FUZZ_TARGETS := rpc layer image
+FUZZ_FLAGS := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+              -fno-omit-frame-pointer -g -O1
+FUZZ_CFLAGS := -std=gnu11 -D_GNU_SOURCE -fvisibility=hidden -pthread $(WARN) $(FUZZ_FLAGS) \
+               -Iinclude -Idriver -Idaemon -Itests/fuzz -MMD -MP
+FUZZ_PKGS := $(sort $(DRIVER_PKGS) $(DAEMON_PKGS))
+FUZZ_COMMON_OBJS := $(patsubst %.c,$(FUZZ)/obj/%.o,$(DRIVER_SRCS) $(RPC_SRCS) $(FUZZ_HARNESS_SRCS))
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ)/%)
+
+fuzz-deps: deps
+	$(call install_debs,clang llvm)
+
+$(FUZZ)/obj/%.o: %.c | fuzz-deps
+	$(call say,CC,$<)mkdir -p $(@D) && $(FUZZ_CC) $(FUZZ_CFLAGS) $(call pc_cflags,$(FUZZ_PKGS)) -c $< -o $@
+
+$(FUZZ_BINS): $(FUZZ)/%: $(FUZZ)/obj/tests/fuzz/%.o $(FUZZ_COMMON_OBJS)
+	$(call say,LD,$@)$(FUZZ_CC) $(FUZZ_FLAGS) -pthread -o $@ $^ $(call pc_libs,$(FUZZ_PKGS))
+
+fuzz: $(FUZZ_BINS)
+	$(Q)tests/fuzz/run $(FUZZ) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 install: all install-man
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/reflayer
 	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/reflayer
@@ -260,4 +293,5 @@ format:
 clean:
 	rm -rf build
 
+-include $(FUZZ_COMMON_OBJS:.o=.d) $(FUZZ_TARGETS:%=$(FUZZ)/obj/tests/fuzz/%.d)
 -include $(DRIVER_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(CLIENT_OBJS:.o=.d) $(CLIENT_PIC_OBJS:.o=.d) $(DAEMON_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.d)
