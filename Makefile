@@ -288,7 +288,8 @@ install-man:
 	install -m 0644 daemon/reflayerd.8 $(DESTDIR)$(MANDIR)/man8/
 
 format:
-	clang-format -i driver/*.c driver/*.h include/reflayer/*.h api/*.c tests/unit/*.c tests/lib/*.[ch]
+	clang-format -i driver/*.c driver/*.h include/reflayer/*.h api/*.c tests/unit/*.c tests/lib/*.[ch] \
+		tests/fuzz/*.[ch]
 
 clean:
 	rm -rf build

@@ -43,7 +43,7 @@ int fuzz_image_init(char *msg, size_t msg_size)
         if ((r = fuzz_layer_blob(0, &blob_a, msg, msg_size)) < 0 ||
             (r = fuzz_layer_blob(1, &blob_b, msg, msg_size)) < 0)
                 return r;
-        rl_store_options o = { .jobs = 1, .no_sync = true };
+        rl_store_options o = {.jobs = 1, .no_sync = true};
         if ((r = rl_store_open("/store", &o, &store, &err)) < 0) {
                 snprintf(msg, msg_size, "open the store: %s", err.msg);
                 return r;
@@ -91,9 +91,8 @@ static char *expand(const char *part, size_t size, const subst *s, size_t n_s, s
 
 static int write_file(int dir_fd, const char *name, const void *data, size_t size)
 {
-        _cleanup_close_ int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW |
-                                                              O_CLOEXEC,
-                                        0644);
+        _cleanup_close_ int fd =
+                openat(dir_fd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
         return fd < 0 ? -errno : rl_write_all(fd, data, size);
 }
 
@@ -127,8 +126,8 @@ static int write_layout(const char *parts[3], const size_t sizes[3])
         if (fd < 0 || (mkdirat(fd, "blobs", 0755) < 0 && errno != EEXIST) ||
             (mkdirat(fd, "blobs/sha256", 0755) < 0 && errno != EEXIST))
                 return -errno;
-        _cleanup_close_ int blobs_fd = openat(fd, "blobs/sha256",
-                                              O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        _cleanup_close_ int blobs_fd =
+                openat(fd, "blobs/sha256", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (blobs_fd < 0)
                 return -errno;
         static const char layout[] = "{\"imageLayoutVersion\":\"1.0.0\"}";
@@ -147,7 +146,7 @@ static int write_layout(const char *parts[3], const size_t sizes[3])
         set(&s[n++], "$BI", blob_b->diff_id);
 
         /* config → manifest → index: each may name the digests of the ones before. */
-        static const char *const names[] = { "$CD", "$CS", "$MD", "$MS" };
+        static const char *const names[] = {"$CD", "$CS", "$MD", "$MS"};
         for (int i = 2; i >= 0; i--) {
                 _cleanup_free_ char *text = expand(parts[i], sizes[i], s, n, &size);
                 if (!text)
@@ -164,17 +163,16 @@ static int write_layout(const char *parts[3], const size_t sizes[3])
 
 const char *fuzz_image_one(const uint8_t *data, size_t size)
 {
-        static const char *const keep[] = { "proc", "store", "layout", NULL };
-        const char *parts[3] = { "", "", "" };
+        static const char *const keep[] = {"proc", "store", "layout", NULL};
+        const char *parts[3] = {"", "", ""};
         size_t sizes[3] = {};
         const char *p = (const char *)data, *end = p + size;
         rl_error err = {};
         rl_import_result res;
 
         for (int i = 0; i < 3; i++) {
-                const char *sep = i < 2 ? memmem(p, (size_t)(end - p), SEPARATOR,
-                                                 strlen(SEPARATOR))
-                                        : NULL;
+                const char *sep =
+                        i < 2 ? memmem(p, (size_t)(end - p), SEPARATOR, strlen(SEPARATOR)) : NULL;
                 parts[i] = p;
                 sizes[i] = (size_t)((sep ? sep : end) - p);
                 if (!sep) {

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * harness-layer.c owns the layer target: each input is a layer blob (tar, gzip or zstd:
- * rl_layer_apply detects which), applied with uid and gid maps (so ACL and capability
+ * rl_layer_apply detects which; a plain tar's header checksums are set right first),
+ * applied with uid and gid maps (so ACL and capability
  * xattrs are rewritten too) onto an empty tree /layer/tree in the sandbox. The invariant is
  * the one that matters for a daemon applying untrusted layers as root: nothing is written
  * outside the tree. /layer holds a sentinel beside it; after each apply /layer must hold
@@ -12,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -86,18 +88,62 @@ static const char *check_layer_dir(void)
         return bad;
 }
 
+/* A header block's size field: octal, or base-256 when its first byte has the high bit. */
+static uint64_t header_size(const uint8_t *h)
+{
+        uint64_t n = 0;
+        if (h[124] & 0x80) {
+                for (int i = 125; i < 136; i++)
+                        n = n << 8 | h[i];
+                return n;
+        }
+        for (int i = 124; i < 136 && h[i] >= '0' && h[i] <= '7'; i++)
+                n = n * 8 + (uint64_t)(h[i] - '0');
+        return n;
+}
+
+/*
+ * Give every ustar header of an uncompressed tar its right checksum, walking header to
+ * header by the sizes. A mutation almost always breaks the checksum, and libarchive then
+ * stops at the header: without this, the fuzzer would hardly ever get past it.
+ */
+static void fix_checksums(uint8_t *t, size_t size)
+{
+        for (size_t off = 0; off + 512 <= size;) {
+                uint8_t *h = t + off;
+                if (memcmp(h + 257, "ustar", 5) != 0)
+                        return;
+                unsigned sum = 0;
+                for (int i = 0; i < 512; i++)
+                        sum += i >= 148 && i < 156 ? ' ' : h[i];
+                char field[9];
+                snprintf(field, sizeof(field), "%06o", sum & 0777777);
+                memcpy(h + 148, field, 6);
+                h[154] = '\0';
+                h[155] = ' ';
+                uint64_t n = header_size(h);
+                if (n > size)
+                        return;
+                off += 512 + (size_t)((n + 511) / 512 * 512);
+        }
+}
+
 const char *fuzz_layer_one(const uint8_t *data, size_t size)
 {
-        static const char *const keep[] = { "proc", "layer", NULL };
+        static const char *const keep[] = {"proc", "layer", NULL};
         rl_error err = {};
         rl_layer_stats st;
-        _cleanup_close_ int tar_fd = fuzz_memfd(data, size);
-        _cleanup_close_ int tree_fd = openat(layer_fd, "tree", O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-                                                                       O_CLOEXEC);
+        _cleanup_free_ uint8_t *tar = malloc(size ? size : 1);
+        if (!tar)
+                return fuzz_fail("out of memory");
+        memcpy(tar, data, size);
+        fix_checksums(tar, size);
+        _cleanup_close_ int tar_fd = fuzz_memfd(tar, size);
+        _cleanup_close_ int tree_fd =
+                openat(layer_fd, "tree", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (tar_fd < 0 || tree_fd < 0)
-                return fuzz_fail("set up the apply: %s",
-                                 strerror(tar_fd < 0 ? -tar_fd : errno));
-        rl_apply_options o = { .uid_map = uids, .gid_map = gids, .keep_unmapped = true };
+                return fuzz_fail("set up the apply: %s", strerror(tar_fd < 0 ? -tar_fd : errno));
+        rl_apply_options o = {.uid_map = uids, .gid_map = gids, .keep_unmapped = true};
         (void)rl_layer_apply(tree_fd, tar_fd, &o, &st, &err);
 
         const char *bad = check_layer_dir();

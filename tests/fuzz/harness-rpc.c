@@ -45,7 +45,7 @@ int fuzz_rpc_init(char *msg, size_t msg_size)
                 return r;
         }
         /* No pool: its builder thread would make runs depend on timing. */
-        rl_store_options o = { .jobs = 1, .no_sync = true };
+        rl_store_options o = {.jobs = 1, .no_sync = true};
         if ((r = rl_store_open("/store", &o, &srv.store, &err)) < 0) {
                 snprintf(msg, msg_size, "open the store: %s", err.msg);
                 return r;
@@ -109,10 +109,10 @@ static const char *check_response(const char *line, size_t len, const char *out)
                 bad = fuzz_fail("response without an id: %.200s", out);
         else if (!res == !error)
                 bad = fuzz_fail("response needs a result or an error: %.200s", out);
-        else if (error && (!json_is_integer(json_object_get(error, "code")) ||
-                           !json_is_string(json_object_get(error, "message")) ||
-                           !json_is_string(json_object_get(json_object_get(error, "data"),
-                                                           "code"))))
+        else if (error &&
+                 (!json_is_integer(json_object_get(error, "code")) ||
+                  !json_is_string(json_object_get(error, "message")) ||
+                  !json_is_string(json_object_get(json_object_get(error, "data"), "code"))))
                 bad = fuzz_fail("error without code, message and data.code: %.200s", out);
         json_decref(o);
         return bad;
@@ -120,8 +120,8 @@ static const char *check_response(const char *line, size_t len, const char *out)
 
 const char *fuzz_rpc_one(const uint8_t *data, size_t size)
 {
-        static const char *const keep[] = { "proc", "store", "layout", NULL };
-        const rpc_peer peer = { .pid = getpid(), .uid = 0, .gid = 0, .fd = -1 };
+        static const char *const keep[] = {"proc", "store", "layout", NULL};
+        const rpc_peer peer = {.pid = getpid(), .uid = 0, .gid = 0, .fd = -1};
         const char *p = (const char *)data, *end = p + size, *bad = NULL;
 
         for (int i = 0; i < MAX_LINES && p < end && !bad; i++) {

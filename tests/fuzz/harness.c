@@ -32,7 +32,6 @@ void __sanitizer_symbolize_pc(void *pc, const char *fmt, char *out, size_t out_s
 static char complaint[1024];
 static char program_top[NAME_MAX + 1];
 
-
 const char *fuzz_fail(const char *fmt, ...)
 {
         va_list ap;
@@ -83,8 +82,8 @@ int fuzz_sandbox(char *msg, size_t msg_size)
                 return sandbox_fail(msg, msg_size, "make /tmp/proc");
         if (bind_ro(self, "/tmp/proc/self") < 0 || bind_ro(self, pid_dir) < 0)
                 return sandbox_fail(msg, msg_size, "bind /proc/self");
-        if (mount(NULL, "/tmp/proc", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV |
-                  MS_NOEXEC, NULL) < 0)
+        if (mount(NULL, "/tmp/proc", NULL,
+                  MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
                 return sandbox_fail(msg, msg_size, "make /tmp/proc read-only");
         /* The program at its own path, so the sanitizers' reports name functions and lines
          * (the symbolizer reads it by the path in /proc/self/maps). */
@@ -143,28 +142,28 @@ static la_ssize_t membuf_write(struct archive *a _unused_, void *userdata, const
 typedef struct blob_entry {
         const char *path;
         mode_t type;
-        const char *data;   /* a file's content, a link's target */
+        const char *data; /* a file's content, a link's target */
         bool hardlink;
-        const char *xattr;  /* a user. xattr with value "v" */
+        const char *xattr; /* a user. xattr with value "v" */
 } blob_entry;
 
 static const blob_entry base_entries[] = {
-        { "etc", S_IFDIR, NULL, false, NULL },
-        { "etc/hostname", S_IFREG, "fuzz\n", false, "user.origin" },
-        { "etc/gone", S_IFREG, "x", false, NULL },
-        { "var", S_IFDIR, NULL, false, NULL },
-        { "var/old", S_IFREG, "old", false, NULL },
-        { "hostname", S_IFLNK, "etc/hostname", false, NULL },
-        { NULL, 0, NULL, false, NULL },
+        {"etc", S_IFDIR, NULL, false, NULL},
+        {"etc/hostname", S_IFREG, "fuzz\n", false, "user.origin"},
+        {"etc/gone", S_IFREG, "x", false, NULL},
+        {"var", S_IFDIR, NULL, false, NULL},
+        {"var/old", S_IFREG, "old", false, NULL},
+        {"hostname", S_IFLNK, "etc/hostname", false, NULL},
+        {NULL, 0, NULL, false, NULL},
 };
 static const blob_entry upper_entries[] = {
-        { "etc", S_IFDIR, NULL, false, NULL },
-        { "etc/.wh.gone", S_IFREG, "", false, NULL },
-        { "etc/new", S_IFREG, "new\n", false, NULL },
-        { "etc/new-link", S_IFREG, "etc/new", true, NULL },
-        { "var", S_IFDIR, NULL, false, NULL },
-        { "var/.wh..wh..opq", S_IFREG, "", false, NULL },
-        { NULL, 0, NULL, false, NULL },
+        {"etc", S_IFDIR, NULL, false, NULL},
+        {"etc/.wh.gone", S_IFREG, "", false, NULL},
+        {"etc/new", S_IFREG, "new\n", false, NULL},
+        {"etc/new-link", S_IFREG, "etc/new", true, NULL},
+        {"var", S_IFDIR, NULL, false, NULL},
+        {"var/.wh..wh..opq", S_IFREG, "", false, NULL},
+        {NULL, 0, NULL, false, NULL},
 };
 
 static int write_blob(const blob_entry *e, bool gzip, membuf *out, char *msg, size_t msg_size)
@@ -256,8 +255,7 @@ int fuzz_layer_blob(unsigned which, const fuzz_blob **ret, char *msg, size_t msg
                 int r = write_blob(which ? upper_entries : base_entries, which, &out, msg,
                                    msg_size);
                 if (r == 0 && (r = diff_id_of(out.data, out.size, b->diff_id)) < 0)
-                        snprintf(msg, msg_size, "fuzz: decompress a layer blob: %s",
-                                 strerror(-r));
+                        snprintf(msg, msg_size, "fuzz: decompress a layer blob: %s", strerror(-r));
                 if (r < 0) {
                         free(out.data);
                         return r;
@@ -331,8 +329,8 @@ const char *fuzz_store_empty(rl_store *s)
                         if (r == -EBUSY)
                                 continue;
                         if (r < 0) {
-                                const char *m = fuzz_fail("remove snapshot '%.200s': %s",
-                                                          ns.v[i], err.msg);
+                                const char *m =
+                                        fuzz_fail("remove snapshot '%.200s': %s", ns.v[i], err.msg);
                                 names_free(&ns);
                                 return m;
                         }

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The libFuzzer main of the image target: OCI image layouts (index, manifest, config) into rl_store_import (driver/image.c).
- * The body is harness-image.c, which tests/unit/fuzz-regress.c replays in the ordinary build.
+ * The libFuzzer main of the image target: OCI image layouts (index, manifest, config) into
+ * rl_store_import (driver/image.c). The body is harness-image.c, which tests/unit/fuzz-regress.c
+ * replays in the ordinary build.
  */
 #include <stdio.h>
 #include <stdlib.h>
