@@ -66,6 +66,7 @@ typedef struct world {
         char bad_msg[RL_ERROR_MSG_MAX];
 } world;
 
+static world *current; /* for fini */
 static uint64_t rnd_state;
 static uint64_t rnd(uint64_t *s)
 {
@@ -355,13 +356,6 @@ static void check_store(world *w, unsigned round, const char *in_op)
         rl_client_free(c);
 }
 
-static void sh(const char *script)
-{
-        char out[8192];
-        char *argv[] = { "sh", "-ec", (char *)script, NULL };
-        cr_assert_eq(rlt_run(argv, out, sizeof(out)), 0, "%s: %s", script, out);
-}
-
 /* The base (60 files), the layer tar and the image, and the trees each of them gives. */
 static void setup_world(world *w)
 {
@@ -413,20 +407,7 @@ static void setup_world(world *w)
 
         /* The image: two layers by umoci (an independent tool), the first with 4 MiB. */
         snprintf(w->layout, sizeof(w->layout), "%s/img", rlt_scratch());
-        snprintf(p, sizeof(p),
-                 "command -v umoci >/dev/null || { echo 'umoci is missing (make deps installs "
-                 "it)'; exit 1; }\n"
-                 "cd %s && umoci init --layout img && umoci new --image img:t1\n"
-                 "umoci unpack --image img:t1 b >/dev/null\n"
-                 "mkdir -p b/rootfs/etc b/rootfs/usr/bin && echo hi > b/rootfs/etc/hello\n"
-                 "head -c 4194304 /dev/urandom > b/rootfs/usr/blob\n"
-                 "echo bin > b/rootfs/usr/bin/tool && ln -s tool b/rootfs/usr/bin/alias\n"
-                 "umoci repack --image img:t1 b && rm -rf b\n"
-                 "umoci unpack --image img:t1 b >/dev/null && rm b/rootfs/etc/hello\n"
-                 "echo two > b/rootfs/usr/bin/tool && umoci repack --image img:t1 b\n"
-                 "rm -rf b\n",
-                 rlt_scratch());
-        sh(p);
+        rlt_oci_two_layers(rlt_scratch(), 4096);
         fd = open(w->layout, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         cr_assert(fd >= 0, "%s: %s", w->layout, strerror(errno));
         rl_import_result res = {};
@@ -463,6 +444,7 @@ static void kill_loop(world *w, unsigned kills, uint64_t seed)
         unsigned by_op[D_MAX] = {}, aimed_hit = 0;
 
         rnd_state = seed;
+        current = w;
         setup_world(w);
         for (unsigned i = 0; i < kills; i++) {
                 int aim = i % 2 ? aims[(i / 2) % 5] : -1;
@@ -508,9 +490,20 @@ static void kill_loop(world *w, unsigned kills, uint64_t seed)
                 cr_expect_gt(by_op[op], 0, "no kill landed in a %s", op_names[op]);
 }
 
+/* A failed assertion leaves the daemon running (and its client thread): end it. */
+static void fini(void)
+{
+        if (current && current->d.pid > 0) {
+                kill(current->d.pid, SIGKILL);
+                waitpid(current->d.pid, NULL, 0);
+                current->d.pid = -1;
+        }
+        rlt_fini();
+}
+
 static const char *const pool_args[] = { "--log-level", "warning", "--pool-after", "1", NULL };
 
-Test(daemon_crash, sigkill_xfs, .init = rlt_init, .fini = rlt_fini, .timeout = 600)
+Test(daemon_crash, sigkill_xfs, .init = rlt_init, .fini = fini, .timeout = 600)
 {
         static world w = { .d = { .pid = -1 }, .extra = pool_args };
         const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
@@ -524,7 +517,7 @@ Test(daemon_crash, sigkill_xfs, .init = rlt_init, .fini = rlt_fini, .timeout = 6
 /* The store on an image the daemon mounts (--image): a killed daemon leaves the mount and its
  * loop device behind (they are not its process's); the next one must use them, not add
  * more, and a clean stop takes both away. */
-Test(daemon_crash, sigkill_image, .init = rlt_init, .fini = rlt_fini, .timeout = 600)
+Test(daemon_crash, sigkill_image, .init = rlt_init, .fini = fini, .timeout = 600)
 {
         static char img[PATH_MAX];
         static const char *args[] = { "--log-level", "warning", "--pool-after", "1",

@@ -685,6 +685,26 @@ bool rlt_dir_is_empty(const char *dir)
         return n == 0;
 }
 
+void rlt_oci_two_layers(const char *dir, unsigned blob_kib)
+{
+        char script[2 * PATH_MAX + 1024], out[8192];
+        snprintf(script, sizeof(script),
+                 "command -v umoci >/dev/null || { echo 'umoci is missing (make deps installs "
+                 "it)'; exit 1; }\n"
+                 "cd %s && umoci init --layout img && umoci new --image img:t1\n"
+                 "umoci unpack --image img:t1 b >/dev/null\n"
+                 "mkdir -p b/rootfs/etc b/rootfs/usr/bin && echo hi > b/rootfs/etc/hello\n"
+                 "head -c %uK /dev/urandom > b/rootfs/usr/blob\n"
+                 "echo bin > b/rootfs/usr/bin/tool && ln -s tool b/rootfs/usr/bin/alias\n"
+                 "umoci repack --image img:t1 b && rm -rf b\n"
+                 "umoci unpack --image img:t1 b >/dev/null && rm b/rootfs/etc/hello\n"
+                 "echo two > b/rootfs/usr/bin/tool && umoci repack --image img:t1 b\n"
+                 "rm -rf b\n",
+                 dir, blob_kib);
+        char *argv[] = { "sh", "-ec", script, NULL };
+        cr_assert_eq(rlt_run(argv, out, sizeof(out)), 0, "make an OCI layout in %s: %s", dir, out);
+}
+
 unsigned rlt_dir_count(const char *dir)
 {
         DIR *d = opendir(dir);

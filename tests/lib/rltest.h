@@ -74,6 +74,12 @@ bool rlt_dir_has_prefix(const char *dir, const char *prefix);
 /* Does dir hold no entry but . and ..? */
 bool rlt_dir_is_empty(const char *dir);
 
+/* A two-layer OCI image layout at dir/img, tagged t1, made by umoci (an independent tool):
+ * layer 1 adds etc/hello, usr/bin/tool, the symlink usr/bin/alias and usr/blob (blob_kib KiB
+ * of random data, which makes the layer that large); layer 2 deletes etc/hello and changes
+ * usr/bin/tool. */
+void rlt_oci_two_layers(const char *dir, unsigned blob_kib);
+
 /* How many entries dir holds, . and .. aside. */
 unsigned rlt_dir_count(const char *dir);
 
