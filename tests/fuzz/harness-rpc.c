@@ -128,9 +128,10 @@ const char *fuzz_rpc_one(const uint8_t *data, size_t size)
                 const char *nl = memchr(p, '\n', (size_t)(end - p));
                 size_t len = (size_t)((nl ? nl : end) - p);
                 rpc_fds fds = {};
-                if (fds_open(&fds) < 0) {
+                int r = fds_open(&fds);
+                if (r < 0) {
                         fds_close(&fds);
-                        return fuzz_fail("make the request's fds: %s", strerror(errno));
+                        return fuzz_fail("make the request's fds: %s", strerror(-r));
                 }
                 char *out = rpc_handle(&srv, &peer, &fds, p, len);
                 bad = check_response(p, len, out);
