@@ -92,17 +92,21 @@ int fuzz_sandbox(char *msg, size_t msg_size)
         if (n <= 0 || exe[0] != '/')
                 return sandbox_fail(msg, msg_size, "readlink /proc/self/exe");
         exe[n] = '\0';
-        snprintf(at, sizeof(at), "/tmp%s", exe);
-        snprintf(program_top, sizeof(program_top), "%.*s", (int)strcspn(exe + 1, "/"), exe + 1);
-        for (char *p = strchr(at + 5, '/'); p; p = strchr(p + 1, '/')) {
-                *p = '\0';
-                if (mkdir(at, 0755) < 0 && errno != EEXIST)
-                        return sandbox_fail(msg, msg_size, "mkdir for the program");
-                *p = '/';
+        /* A program under /tmp itself is hidden by the sandbox's tmpfs: then its reports
+         * go unsymbolized (only that; the checks are the same). */
+        if (strncmp(exe, "/tmp/", 5) != 0) {
+                snprintf(at, sizeof(at), "/tmp%s", exe);
+                snprintf(program_top, sizeof(program_top), "%.*s", (int)strcspn(exe + 1, "/"), exe + 1);
+                for (char *p = strchr(at + 5, '/'); p; p = strchr(p + 1, '/')) {
+                        *p = '\0';
+                        if (mkdir(at, 0755) < 0 && errno != EEXIST)
+                                return sandbox_fail(msg, msg_size, "mkdir for the program");
+                        *p = '/';
+                }
+                _cleanup_close_ int fd = open(at, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0755);
+                if (fd < 0 || bind_ro(exe, at) < 0)
+                        return sandbox_fail(msg, msg_size, "bind the program");
         }
-        _cleanup_close_ int fd = open(at, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0755);
-        if (fd < 0 || bind_ro(exe, at) < 0)
-                return sandbox_fail(msg, msg_size, "bind the program");
         /* The sanitizer's symbolizer is a process of its own, started at the first report and
          * then asked over a pipe: start it here, so it keeps the host's root and finds the
          * binaries and libraries it reads after the chroot. */
