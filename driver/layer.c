@@ -533,8 +533,13 @@ static int set_meta(apply *a, struct archive_entry *e, const rl_ref *ref, const 
 
         if (reused_dir) {
                 /* The entry says which xattrs the directory has: drop the lower's others. */
-                char names[4096];
-                ssize_t len = rl_ref_listxattr(ref, names, sizeof(names));
+                /* XATTR_LIST_MAX: one call, never a size probe; reused directories are few. */
+                _cleanup_free_ char *names = malloc(64 * 1024);
+                if (!names)
+                        return rl_error_set(err, -ENOMEM, "layer entry '%s'", path);
+                ssize_t len = rl_ref_listxattr(ref, names, 64 * 1024);
+                if (len < 0 && errno != EOPNOTSUPP && errno != ENOTSUP)
+                        return rl_error_set(err, -errno, "layer entry '%s': list xattrs", path);
                 for (const char *n = names; len > 0 && n < names + len; n += strlen(n) + 1) {
                         bool keep = rl_xattr_is_alias(n);
                         const char *xn;
