@@ -167,10 +167,13 @@ DEPS_DEBS += umoci
 DEPS_DEBS += zstd libcap2-bin
 # strace: tests/unit/tree.c counts the system calls a clone makes per entry.
 DEPS_DEBS += strace
-# containerd (with ctr): `make bench` sets its native snapshotter beside reflayerd's Prepare;
-# the script starts its own containerd on a private socket, never the system's. Only the
-# benchmark needs it: `make bench` installs it, `make check` does not.
-BENCH_DEBS := containerd
+# containerd (with ctr and its runc shim; runc is above): tests/integration/containerd.c runs
+# reflayerd as containerd's proxy snapshotter, and `make bench`/`bench-containerd` set its
+# native and overlayfs snapshotters beside reflayer. Each starts its own containerd on private
+# sockets, never the system's.
+DEPS_DEBS += containerd
+# bc: the benchmark scripts' arithmetic.
+BENCH_DEBS := bc
 # apt-get install of the packages in $(1) that are missing.
 define install_debs
 	$(Q)missing=$$(for p in $(1); do \

@@ -138,7 +138,7 @@ int rlt_run(char *const argv[], char *out, size_t out_size)
         return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-static void need_tool(const char *tool, const char *package)
+void rlt_need_tool(const char *tool, const char *package)
 {
         char *argv[] = { "sh", "-c", NULL, NULL };
         char cmd[256];
@@ -178,19 +178,19 @@ const char *rlt_mkfs(rlt_fs fs, uint64_t size_mb, const char *name)
 
         switch (fs) {
         case RLT_XFS: {
-                need_tool("mkfs.xfs", "xfsprogs");
+                rlt_need_tool("mkfs.xfs", "xfsprogs");
                 char *argv[] = { "mkfs.xfs", "-q", "-f", "-m", "reflink=1", img, NULL };
                 r = rlt_run(argv, out, sizeof(out));
                 break;
         }
         case RLT_BTRFS: {
-                need_tool("mkfs.btrfs", "btrfs-progs");
+                rlt_need_tool("mkfs.btrfs", "btrfs-progs");
                 char *argv[] = { "mkfs.btrfs", "-q", "-f", img, NULL };
                 r = rlt_run(argv, out, sizeof(out));
                 break;
         }
         case RLT_EXT4: {
-                need_tool("mkfs.ext4", "e2fsprogs");
+                rlt_need_tool("mkfs.ext4", "e2fsprogs");
                 char *argv[] = { "mkfs.ext4", "-q", "-F", img, NULL };
                 r = rlt_run(argv, out, sizeof(out));
                 break;
@@ -202,7 +202,7 @@ const char *rlt_mkfs(rlt_fs fs, uint64_t size_mb, const char *name)
         }
         cr_assert_eq(r, 0, "mkfs %s (%s) failed: %s", rlt_fs_name(fs), img, out);
 
-        need_tool("mount", "mount");
+        rlt_need_tool("mount", "mount");
         char *argv[] = { "mount", "-o", "loop", img, mnt, NULL };
         r = rlt_run(argv, out, sizeof(out));
         cr_assert_eq(r, 0, "mount -o loop %s %s failed (%d): %s", img, mnt, r, out);

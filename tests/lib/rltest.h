@@ -30,6 +30,9 @@ void rlt_init(void);
 void rlt_fini(void);
 const char *rlt_scratch(void);
 
+/* Fail the test when the command tool is not in PATH, naming the Debian package that has it. */
+void rlt_need_tool(const char *tool, const char *package);
+
 /* Make and mount a filesystem of `size` bytes (0: a default that every type accepts).
  * Returns the mount point (static storage per call: copy it). Fails the test loudly when a
  * tool is missing, naming the package. */
