@@ -11,6 +11,8 @@
 #   make bench         issue 7's side-by-side table on loop XFS and btrfs, two Debian rootfs:
 #                      reflayerd Prepare (cold, warm pool) vs cp -a --reflink=always vs containerd's
 #                      native snapshotter vs an overlayfs mount; Remove; chown; 50 snapshots [RUNS=5]
+#   make bench-containerd   through ctr: prepare and chown -R of a Debian image's snapshot with
+#                      reflayer (proxy snapshotter), native and overlayfs [RUNS=5 SNAPSHOTTERS=]
 #   make bench-load    reflayerd under 64 clients of mixed calls for LOAD_SECONDS (default 300)
 #   make fuzz [FUZZ_SECONDS=60]   the libFuzzer targets (clang, into build/fuzz/), each that long
 #   make install [PREFIX=/usr/local] [DESTDIR=]
@@ -94,7 +96,7 @@ DAEMON := $(BUILD)/reflayerd
 UNIT := $(BUILD)/tests/unit
 CRASH_CHILD := $(BUILD)/tests/crash-child
 
-.PHONY: all check tests deps bench-deps bench fuzz fuzz-deps run bench-clone bench-store bench-rpc bench-import bench-diff bench-load install format clean headers-check
+.PHONY: all check tests deps bench-deps bench bench-containerd fuzz fuzz-deps run bench-clone bench-store bench-rpc bench-import bench-diff bench-load install format clean headers-check
 all: $(LIB) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC) $(CLI) $(DAEMON)
 
 $(BUILD)/obj/driver/%.o: driver/%.c
@@ -228,6 +230,9 @@ $(PREPARE_BENCH): $(BUILD)/obj/tests/bench/prepare-bench.o $(CLIENT_LIB)
 
 bench: bench-deps all $(PREPARE_BENCH)
 	$(Q)tests/bench/bench.sh $(CLI) $(DAEMON) $(PREPARE_BENCH)
+
+bench-containerd: bench-deps all $(PREPARE_BENCH)
+	$(Q)tests/bench/containerd.sh $(CLI) $(DAEMON) $(PREPARE_BENCH)
 
 LOAD_BENCH := $(BUILD)/bench/load-bench
 $(LOAD_BENCH): $(BUILD)/obj/tests/bench/load-bench.o $(CLIENT_LIB)

@@ -241,33 +241,12 @@ fifty() {
         pb_remove "${keys[@]}"
 }
 
+# containerd on this filesystem, for `ctr snapshots`: no CRI, no snapshotter but native.
 start_containerd() {
-        CSOCK=$WORK/containerd-$FS.sock
-        mkdir -p "$MNT/containerd"
-        # Only what `ctr snapshots` needs: no CRI, no other snapshotter.
-        cat >"$WORK/containerd-$FS.toml" <<EOF
-version = 2
-root = "$MNT/containerd/root"
-state = "$MNT/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.overlayfs", "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = "$CSOCK"
-[ttrpc]
-  address = "$CSOCK.ttrpc"
-EOF
-        containerd --config "$WORK/containerd-$FS.toml" >"$WORK/containerd-$FS.log" 2>&1 &
-        local pid=$! i
-        on_exit "kill $pid; wait $pid"
-        for i in $(seq 101); do
-                ctr -a "$CSOCK" version >/dev/null 2>&1 && return 0
-                if ((i > 100)) || ! kill -0 "$pid" 2>/dev/null; then
-                        tail -n 20 "$WORK/containerd-$FS.log" >&2
-                        die "containerd did not start on $CSOCK (log above)"
-                fi
-                sleep 0.1
-        done
+        containerd_start "$FS" "$MNT/containerd" '"io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.overlayfs",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper"'
 }
 
 # ms SECONDS; mib BYTES; pct PART WHOLE; ratio A B (A/B); "-" (no samples) stays "-"

@@ -107,3 +107,53 @@ daemon_stop() {
         wait "$pid" || rc=$?
         ((rc == 0)) || { note "reflayerd exited with status $rc; its log:"; cat "$log" >&2; }
 }
+
+# containerd_start NAME DIR DISABLED [TABLES]: Debian's containerd with root and state under DIR
+# (on the filesystem measured), its own gRPC and ttrpc sockets in $WORK (never the system's),
+# the plugins in DISABLED (TOML strings, comma-separated) off, and the TOML TABLES appended
+# (proxy plugins, plugin settings). Returns once `ctr version` answers; stopped at exit. Sets
+# CSOCK (the gRPC socket) and CTRD_PID; its log is $WORK/containerd-NAME.log.
+containerd_start() {
+        local name=$1 dir=$2 disabled=$3 tables=${4:-} i
+        CSOCK=$WORK/containerd-$name.sock
+        mkdir -p "$dir"
+        cat >"$WORK/containerd-$name.toml" <<EOT
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = [$disabled]
+[grpc]
+  address = "$CSOCK"
+[ttrpc]
+  address = "$CSOCK.ttrpc"
+$tables
+EOT
+        containerd --config "$WORK/containerd-$name.toml" >"$WORK/containerd-$name.log" 2>&1 &
+        CTRD_PID=$!
+        on_exit "kill $CTRD_PID; wait $CTRD_PID"
+        for i in $(seq 101); do
+                ctr -a "$CSOCK" version >/dev/null 2>&1 && return 0
+                if ((i > 100)) || ! kill -0 "$CTRD_PID" 2>/dev/null; then
+                        tail -n 20 "$WORK/containerd-$name.log" >&2
+                        die "containerd did not start on $CSOCK (log above)"
+                fi
+                sleep 0.1
+        done
+}
+
+# oci_debian_layout: print the path of a Debian minbase OCI image layout (tests/lib/oci-fixture
+# debian: the rootfs as one gzip layer and a small second one, tagged "debian"), built once with
+# umoci and cached beside the rootfs (the cache `make bench-import` uses too).
+oci_debian_layout() {
+        local cache=${RL_CACHE:-/var/tmp/reflayer-cache}/oci-debian
+        local lib
+        lib=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
+        if [[ ! -d $cache/layout ]]; then
+                note "building the Debian OCI image once (umoci; cached in $cache)"
+                rm -rf "$cache.tmp"
+                mkdir -p "$cache.tmp"
+                "$lib/oci-fixture" debian "$cache.tmp" >/dev/null || die "oci-fixture debian failed"
+                mv -T "$cache.tmp" "$cache"
+        fi
+        echo "$cache/layout"
+}
