@@ -145,6 +145,17 @@ $(CRASH_CHILD): $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.o) $(LIB)
 
 tests: $(UNIT) $(CLI) $(DAEMON) $(CRASH_CHILD)
 
+# containerd's own snapshotter test suite (tests/containerd/suite_test.go), a Go test binary
+# that tests/integration/containerd-suite.c runs. Built offline: GOPATH mode against Debian's
+# containerd 1.6 sources (golang-github-containerd-containerd-dev), Go's cache in $(BUILD).
+CTR_SUITE := $(BUILD)/tests/containerd-suite
+CTR_SRC := /usr/share/gocode/src/github.com/containerd/containerd
+$(CTR_SUITE): $(wildcard tests/containerd/*.go) $(wildcard $(CTR_SRC)/snapshots/testsuite/*.go)
+	$(call say,GO,$@)mkdir -p $(@D) && cd tests/containerd && GO111MODULE=off \
+		GOPATH=/usr/share/gocode GOCACHE=$(abspath $(BUILD))/go-cache GOFLAGS=-buildvcs=false \
+		go test -c -o $(abspath $@) .
+tests: $(CTR_SUITE)
+
 # Every public header compiles on its own.
 headers-check: $(HEADERS)
 	$(Q)for h in $(HEADERS); do \
@@ -167,6 +178,8 @@ DEPS_DEBS += umoci
 DEPS_DEBS += zstd libcap2-bin
 # strace: tests/unit/tree.c counts the system calls a clone makes per entry.
 DEPS_DEBS += strace
+# Go and containerd's Go sources: tests/containerd builds containerd's snapshotter test suite.
+DEPS_DEBS += golang-go golang-github-containerd-containerd-dev
 # containerd (with ctr): `make bench` sets its native snapshotter beside reflayerd's Prepare;
 # the script starts its own containerd on a private socket, never the system's. Only the
 # benchmark needs it: `make bench` installs it, `make check` does not.
