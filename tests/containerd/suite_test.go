@@ -90,7 +90,7 @@ func dial(ctx context.Context, path string, alive func() error) (*grpc.ClientCon
 // A reflayerd of one case.
 type daemonProc struct {
 	cmd    *exec.Cmd
-	stderr bytes.Buffer // its stdout and stderr; read only once done is closed
+	stderr bytes.Buffer  // its stdout and stderr; read only once done is closed
 	done   chan struct{} // closed when Wait returned
 	err    error         // Wait's result, valid once done is closed
 }
