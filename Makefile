@@ -155,6 +155,17 @@ $(CRASH_CHILD): $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.o) $(LIB)
 
 tests: $(UNIT) $(CLI) $(DAEMON) $(CRASH_CHILD)
 
+# containerd's own snapshotter test suite (tests/containerd/suite_test.go), a Go test binary
+# that tests/integration/containerd-suite.c runs. Built offline: GOPATH mode against Debian's
+# containerd 1.6 sources (golang-github-containerd-containerd-dev), Go's cache in $(BUILD).
+CTR_SUITE := $(BUILD)/tests/containerd-suite
+CTR_SRC := /usr/share/gocode/src/github.com/containerd/containerd
+$(CTR_SUITE): $(wildcard tests/containerd/*.go) $(wildcard $(CTR_SRC)/snapshots/testsuite/*.go)
+	$(call say,GO,$@)mkdir -p $(@D) && cd tests/containerd && GO111MODULE=off \
+		GOPATH=/usr/share/gocode GOCACHE=$(abspath $(BUILD))/go-cache GOFLAGS=-buildvcs=false \
+		go test -c -o $(abspath $@) .
+tests: $(CTR_SUITE)
+
 # Every public header compiles on its own.
 headers-check: $(HEADERS)
 	$(Q)for h in $(HEADERS); do \
@@ -180,6 +191,8 @@ DEPS_DEBS += strace
 # The containerd door (daemon/grpc.c, daemon/snapshots.c): HTTP/2 from libnghttp2, protobuf
 # messages from protobuf-c, C generated from api/containerd/snapshots.proto by protoc-c.
 DEPS_DEBS += libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
+# Go and containerd's Go sources: tests/containerd builds containerd's snapshotter test suite.
+DEPS_DEBS += golang-go golang-github-containerd-containerd-dev
 # containerd (with ctr): `make bench` sets its native snapshotter beside reflayerd's Prepare;
 # the script starts its own containerd on a private socket, never the system's. Only the
 # benchmark needs it: `make bench` installs it, `make check` does not.
