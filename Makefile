@@ -50,7 +50,7 @@ CC ?= cc
 PKG_CONFIG ?= pkg-config
 DRIVER_PKGS := mount jansson libarchive libcrypto
 CLI_PKGS := jansson mount
-TEST_PKGS := criterion libcap libseccomp jansson libarchive
+TEST_PKGS := criterion libcap libseccomp jansson libarchive libnghttp2 libprotobuf-c
 
 WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes \
         -Wswitch-enum -Wundef -Wno-missing-field-initializers
@@ -73,9 +73,12 @@ CLI_OBJS := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
 CLIENT_SRCS := api/client.c driver/codec.c driver/types.c driver/error.c driver/idmap.c driver/util.c
 CLIENT_OBJS := $(CLIENT_SRCS:%.c=$(BUILD)/obj/%.o)
 CLIENT_PIC_OBJS := $(CLIENT_SRCS:%.c=$(BUILD)/pic/%.o)
-DAEMON_PKGS := jansson libsystemd mount libcap libseccomp
+DAEMON_PKGS := jansson libsystemd mount libcap libseccomp libnghttp2 libprotobuf-c
 DAEMON_SRCS := $(wildcard daemon/*.c)
-DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o)
+# containerd's snapshots.v1 messages: C generated at build time by protoc-c from our .proto.
+PROTO_GEN := $(BUILD)/gen/snapshots.pb-c.c $(BUILD)/gen/snapshots.pb-c.h
+PROTO_OBJ := $(BUILD)/obj/gen/snapshots.pb-c.o
+DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o) $(PROTO_OBJ)
 CRASH_CHILD_SRC := tests/conformance/crash-child.c
 # The fuzz harnesses (not their libFuzzer mains) are in the unit binary too: fuzz-regress
 # replays the kept inputs through them. The RPC one calls the daemon's JSON-RPC layer.
@@ -84,7 +87,7 @@ RPC_SRCS := daemon/rpc.c daemon/creds.c daemon/log.c
 TEST_SRCS := $(filter-out $(CRASH_CHILD_SRC),$(wildcard tests/unit/*.c) \
              $(wildcard tests/conformance/*.c) $(wildcard tests/integration/*.c) \
              $(wildcard tests/lib/*.c)) $(FUZZ_HARNESS_SRCS)
-TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o) $(RPC_SRCS:%.c=$(BUILD)/obj/%.o)
+TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o) $(RPC_SRCS:%.c=$(BUILD)/obj/%.o) $(PROTO_OBJ)
 HEADERS := $(wildcard include/reflayer/*.h)
 
 LIB := $(BUILD)/libreflayer.a
@@ -105,11 +108,18 @@ $(BUILD)/obj/driver/%.o: driver/%.c
 $(BUILD)/obj/api/%.o: api/%.c
 	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -Idriver $(call pc_cflags,$(CLI_PKGS)) -c $< -o $@
 
-$(BUILD)/obj/daemon/%.o: daemon/%.c
-	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -Idriver $(call pc_cflags,$(DAEMON_PKGS)) -c $< -o $@
+$(BUILD)/obj/daemon/%.o: daemon/%.c | $(PROTO_GEN)
+	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -Idriver -I$(BUILD)/gen $(call pc_cflags,$(DAEMON_PKGS)) -c $< -o $@
 
-$(BUILD)/obj/tests/%.o: tests/%.c
-	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -Idriver -Idaemon -Itests/lib -Itests/fuzz -Wno-format-truncation $(call pc_cflags,$(TEST_PKGS)) -c $< -o $@
+$(BUILD)/obj/tests/%.o: tests/%.c | $(PROTO_GEN)
+	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(CFLAGS) -Idriver -Idaemon -I$(BUILD)/gen -Itests/lib -Itests/fuzz -Wno-format-truncation $(call pc_cflags,$(TEST_PKGS)) -c $< -o $@
+
+$(PROTO_GEN) &: api/containerd/snapshots.proto
+	$(call say,PROTOC,$<)mkdir -p $(BUILD)/gen && protoc-c -Iapi/containerd --c_out=$(BUILD)/gen $<
+
+# Generated code: our warnings are for our code.
+$(PROTO_OBJ): $(PROTO_GEN)
+	$(call say,CC,$<)mkdir -p $(@D) && $(CC) $(filter-out -W%,$(CFLAGS)) $(call pc_cflags,libprotobuf-c) -c $(BUILD)/gen/snapshots.pb-c.c -o $@
 
 $(LIB): $(DRIVER_OBJS)
 	$(call say,AR,$@)rm -f $@ && ar rcs $@ $^
@@ -147,6 +157,17 @@ $(CRASH_CHILD): $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.o) $(LIB)
 
 tests: $(UNIT) $(CLI) $(DAEMON) $(CRASH_CHILD)
 
+# containerd's own snapshotter test suite (tests/containerd/suite_test.go), a Go test binary
+# that tests/integration/containerd-suite.c runs. Built offline: GOPATH mode against Debian's
+# containerd 1.6 sources (golang-github-containerd-containerd-dev), Go's cache in $(BUILD).
+CTR_SUITE := $(BUILD)/tests/containerd-suite
+CTR_SRC := /usr/share/gocode/src/github.com/containerd/containerd
+$(CTR_SUITE): $(wildcard tests/containerd/*.go) $(wildcard $(CTR_SRC)/snapshots/testsuite/*.go)
+	$(call say,GO,$@)mkdir -p $(@D) && cd tests/containerd && GO111MODULE=off \
+		GOPATH=/usr/share/gocode GOCACHE=$(abspath $(BUILD))/go-cache GOFLAGS=-buildvcs=false \
+		go test -c -o $(abspath $@) .
+tests: $(CTR_SUITE)
+
 # Every public header compiles on its own.
 headers-check: $(HEADERS)
 	$(Q)for h in $(HEADERS); do \
@@ -169,6 +190,11 @@ DEPS_DEBS += umoci
 DEPS_DEBS += zstd libcap2-bin
 # strace: tests/unit/tree.c counts the system calls a clone makes per entry.
 DEPS_DEBS += strace
+# The containerd door (daemon/grpc.c, daemon/snapshots.c): HTTP/2 from libnghttp2, protobuf
+# messages from protobuf-c, C generated from api/containerd/snapshots.proto by protoc-c.
+DEPS_DEBS += libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
+# Go and containerd's Go sources: tests/containerd builds containerd's snapshotter test suite.
+DEPS_DEBS += golang-go golang-github-containerd-containerd-dev
 # containerd (with ctr and its runc shim; runc is above): tests/integration/containerd.c runs
 # reflayerd as containerd's proxy snapshotter, and `make bench`/`bench-containerd` set its
 # native and overlayfs snapshotters beside reflayer. Each starts its own containerd on private

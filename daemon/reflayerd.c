@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * reflayerd: serves one store over a unix socket, JSON-RPC 2.0, one request per line.
+ * reflayerd: serves one store over two unix sockets: JSON-RPC 2.0, one request per line
+ * (rpc.c), and containerd's snapshots.v1 gRPC service (snapshots.c over grpc.c), for
+ * containerd's proxy snapshotter.
  *
  * Threads: the main thread accepts and reads signals (signalfd); every connection gets a
- * thread of its own (bounded by --max-connections), which reads a line, calls the store and
- * writes the answer, so a slow Prepare on one connection never delays another; the store's
- * own lock is never held across tree work.
+ * thread of its own (bounded by --max-connections, both sockets together). A JSON-RPC one
+ * reads a line, calls the store and writes the answer; a gRPC one runs each call on a thread
+ * of its own. So a slow Prepare never delays another client; the store's own lock is never
+ * held across tree work.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -29,14 +32,17 @@
 
 #include <reflayer/store.h>
 
+#include "grpc.h"
 #include "image.h"
 #include "log.h"
 #include "rpc.h"
 #include "sandbox.h"
+#include "snapshots.h"
 #include "util.h"
 
 static const char *arg_root = "/var/lib/reflayer";
 static const char *arg_socket = "/run/reflayer/reflayer.sock";
+static const char *arg_containerd_socket; /* NULL: containerd.sock beside --socket; "": none */
 static const char *arg_group = "reflayer";
 static unsigned arg_jobs;
 static unsigned arg_pool_size = 2, arg_pool_after = 4;
@@ -48,6 +54,9 @@ static uint64_t arg_image_size; /* 0: not given */
 
 typedef struct conn {
         rpc_server *srv;
+        const grpc_service *grpc; /* a containerd (gRPC) connection; NULL: JSON-RPC */
+        int refusal;              /* gRPC: the status every call gets, when not GRPC_OK */
+        const char *refusal_message;
         int fd;
         rpc_peer peer;
         struct conn *prev, *next;
@@ -59,7 +68,7 @@ static pthread_cond_t conns_empty = PTHREAD_COND_INITIALIZER;
 static conn *conns;
 static unsigned n_conns;
 static gid_t socket_gid = (gid_t)-1; /* members may connect; -1: root only */
-static bool activated;                 /* the socket came from systemd: not ours to unlink */
+static bool activated;                 /* the sockets came from systemd: not ours to unlink */
 
 static void usage(FILE *f)
 {
@@ -74,6 +83,11 @@ static void usage(FILE *f)
                 "                        K, M, G, T suffixes, at least 300M (e.g. 16G)\n"
                 "  --socket PATH         the socket (default %s); a socket passed by systemd\n"
                 "                        (LISTEN_FDS) is used instead when there is one\n"
+                "  --containerd-socket PATH\n"
+                "                        serve containerd's snapshots.v1 gRPC API there, for\n"
+                "                        a proxy snapshotter (default: containerd.sock beside\n"
+                "                        --socket; \"\": not at all); from systemd, the socket\n"
+                "                        named \"containerd\" (FileDescriptorName=)\n"
                 "  --group NAME          members may connect (default %s, if it exists; else\n"
                 "                        root only)\n"
                 "  --jobs N              tree workers per call (default: online CPUs)\n"
@@ -83,7 +97,8 @@ static void usage(FILE *f)
                 "  --pool-after K        pool a layer once it was prepared K times (default 4;\n"
                 "                        0: only layers labelled reflayer.io/pool=N)\n"
                 "  --max-connections N   at once (default 256)\n"
-                "  --max-request BYTES   one request line at most (default 1048576)\n"
+                "  --max-request BYTES   one request line or gRPC message at most (default\n"
+                "                        1048576)\n"
                 "  --log-level LEVEL     error, warning, info, debug (default info)\n"
                 "  --no-sandbox          keep every capability and allow every system call\n"
                 "                        (for debugging: the default is least privilege)\n",
@@ -92,11 +107,12 @@ static void usage(FILE *f)
 
 static int parse_args(int argc, char **argv)
 {
-        enum { O_ROOT = 256, O_SOCKET, O_GROUP, O_JOBS, O_MAXC, O_MAXR, O_LOG, O_IMAGE,
+        enum { O_ROOT = 256, O_SOCKET, O_CONTAINERD_SOCKET, O_GROUP, O_JOBS, O_MAXC, O_MAXR, O_LOG, O_IMAGE,
                O_IMAGE_SIZE, O_POOL_SIZE, O_POOL_AFTER, O_NO_SANDBOX };
         static const struct option options[] = {
                 { "root", required_argument, NULL, O_ROOT },
                 { "socket", required_argument, NULL, O_SOCKET },
+                { "containerd-socket", required_argument, NULL, O_CONTAINERD_SOCKET },
                 { "group", required_argument, NULL, O_GROUP },
                 { "jobs", required_argument, NULL, O_JOBS },
                 { "max-connections", required_argument, NULL, O_MAXC },
@@ -146,6 +162,9 @@ static int parse_args(int argc, char **argv)
                         break;
                 case O_SOCKET:
                         arg_socket = optarg;
+                        break;
+                case O_CONTAINERD_SOCKET:
+                        arg_containerd_socket = optarg;
                         break;
                 case O_GROUP:
                         arg_group = optarg;
@@ -276,9 +295,8 @@ static ssize_t recv_with_fds(int fd, char *buf, size_t size, rpc_fds *fds)
 
 /* One connection: read lines, answer each. A line past the limit gets an error, and the
  * connection is closed (what follows cannot be trusted to be a line boundary). */
-static void *conn_main(void *arg)
+static void serve_lines(conn *c)
 {
-        conn *c = arg;
         size_t cap = 64 * 1024, len = 0;
         char *buf = malloc(cap);
 
@@ -331,6 +349,15 @@ static void *conn_main(void *arg)
         for (unsigned i = 0; i < fds.n; i++)
                 closep(&fds.fd[i]);
         free(buf);
+}
+
+static void *conn_main(void *arg)
+{
+        conn *c = arg;
+        if (c->grpc)
+                grpc_serve(c->grpc, c->fd, &c->peer, c->refusal, c->refusal_message);
+        else
+                serve_lines(c);
         close(c->fd);
         atomic_fetch_sub(&c->srv->connections, 1);
         conn_unregister(c);
@@ -338,7 +365,8 @@ static void *conn_main(void *arg)
         return NULL;
 }
 
-static void accept_one(rpc_server *srv, int listen_fd)
+/* A new connection on the JSON-RPC socket (grpc NULL) or the containerd one. */
+static void accept_one(rpc_server *srv, int listen_fd, const grpc_service *grpc)
 {
         int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0) {
@@ -360,7 +388,7 @@ static void accept_one(rpc_server *srv, int listen_fd)
         if (!refusal && n_conns >= arg_max_connections)
                 refusal = "too many connections: try again later";
         pthread_mutex_unlock(&conns_lock);
-        if (refusal) {
+        if (refusal && !grpc) {
                 char *out = rpc_error_line(refusal[0] == 'p' ? -32004 : -32005,
                                            refusal[0] == 'p' ? "permission_denied" : "unavailable",
                                            refusal);
@@ -377,7 +405,16 @@ static void accept_one(rpc_server *srv, int listen_fd)
                 close(fd);
                 return;
         }
-        *c = (conn){ .srv = srv, .fd = fd };
+        /* A refused gRPC client is served anyway, so that each call gets a status saying
+         * why, which it shows its user; a closed connection would read as "unavailable,
+         * retry". */
+        *c = (conn){ .srv = srv, .grpc = grpc, .fd = fd, .refusal = GRPC_OK };
+        if (refusal) {
+                c->refusal = refusal[0] == 'p' ? GRPC_PERMISSION_DENIED : GRPC_UNAVAILABLE;
+                c->refusal_message = refusal;
+                log_info("refused pid %d uid %u: %s", (int)cred.pid, (unsigned)cred.uid,
+                         refusal);
+        }
         c->peer = (rpc_peer){ .pid = cred.pid, .uid = cred.uid, .gid = cred.gid, .fd = fd };
         /* The groups the client had at connect, for calls that act as the client. */
         sl = sizeof(c->peer.groups);
@@ -408,34 +445,18 @@ static void accept_one(rpc_server *srv, int listen_fd)
         pthread_attr_destroy(&attr);
 }
 
-static int make_socket(int *ret)
+/* Listen on a unix socket at path (its directory created if missing; a stale socket
+ * replaced: the store's lock says whether another daemon is alive), for root and the
+ * socket's group. */
+static int listen_unix(const char *path, int *ret)
 {
-        int n = sd_listen_fds(true);
-        if (n > 1) {
-                log_error("socket activation passed %d sockets; expected one", n);
-                return -EINVAL;
-        }
-        if (n == 1) {
-                int fd = SD_LISTEN_FDS_START;
-                if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0) {
-                        log_error("the socket systemd passed is not a listening unix stream socket");
-                        return -EINVAL;
-                }
-                fcntl(fd, F_SETFD, FD_CLOEXEC);
-                activated = true;
-                log_info("serving the socket systemd passed");
-                *ret = fd;
-                return 0;
-        }
-
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        if (strlen(arg_socket) >= sizeof(sa.sun_path)) {
-                log_error("socket path '%s' is too long", arg_socket);
+        if (strlen(path) >= sizeof(sa.sun_path)) {
+                log_error("socket path '%s' is too long", path);
                 return -ENAMETOOLONG;
         }
-        strcpy(sa.sun_path, arg_socket);
-        /* The socket's directory: created if missing (/run/reflayer). */
-        _cleanup_free_ char *dir = strdup(arg_socket);
+        strcpy(sa.sun_path, path);
+        _cleanup_free_ char *dir = strdup(path);
         char *slash = dir ? strrchr(dir, '/') : NULL;
         if (slash && slash != dir) {
                 *slash = '\0';
@@ -447,34 +468,89 @@ static int make_socket(int *ret)
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 return -errno;
-        (void)unlink(arg_socket); /* a stale socket of an earlier run; the store lock says
-                                     whether another daemon is alive */
+        (void)unlink(path);
         mode_t old = umask(0177);
         int r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
         umask(old);
         if (r < 0 || listen(fd, 128) < 0) {
                 r = -errno;
-                log_error("listen on %s: %s", arg_socket, rl_strerror(-r));
+                log_error("listen on %s: %s", path, rl_strerror(-r));
                 close(fd);
                 return r;
         }
-        if (socket_gid != (gid_t)-1 &&
-            (chown(arg_socket, 0, socket_gid) < 0 || chmod(arg_socket, 0660) < 0))
-                log_warning("give %s to group %s: %s", arg_socket, arg_group, rl_strerror(errno));
+        if (socket_gid != (gid_t)-1 && (chown(path, 0, socket_gid) < 0 || chmod(path, 0660) < 0))
+                log_warning("give %s to group %s: %s", path, arg_group, rl_strerror(errno));
         *ret = fd;
         return 0;
+}
+
+/* The sockets systemd passed: the one named "containerd" (FileDescriptorName=) is the
+ * containerd door, any other the JSON-RPC socket. Returns how many there were. */
+static int activated_sockets(int *rpc_fd, int *grpc_fd)
+{
+        char **names = NULL;
+        int n = sd_listen_fds_with_names(true, &names);
+        int r = n;
+        for (int i = 0; i < n && r >= 0; i++) {
+                int fd = SD_LISTEN_FDS_START + i;
+                bool grpc = names && names[i] && strcmp(names[i], "containerd") == 0;
+                int *slot = grpc ? grpc_fd : rpc_fd;
+                if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0 || *slot >= 0) {
+                        log_error("systemd passed socket %d (%s): expected one listening unix "
+                                  "stream socket for JSON-RPC and at most one named "
+                                  "\"containerd\"",
+                                  i, names && names[i] ? names[i] : "unnamed");
+                        r = -EINVAL;
+                        break;
+                }
+                fcntl(fd, F_SETFD, FD_CLOEXEC);
+                *slot = fd;
+        }
+        if (r > 0 && *rpc_fd < 0) {
+                log_error("systemd passed no JSON-RPC socket");
+                r = -EINVAL;
+        }
+        for (int i = 0; names && i < n; i++)
+                free(names[i]);
+        free(names);
+        return r;
+}
+
+static int make_sockets(int *rpc_fd, int *grpc_fd)
+{
+        int n = activated_sockets(rpc_fd, grpc_fd);
+        if (n < 0)
+                return n;
+        if (n > 0) {
+                activated = true;
+                log_info("serving the sockets systemd passed (%s)",
+                         *grpc_fd >= 0 ? "JSON-RPC and containerd" : "JSON-RPC only");
+                return 0;
+        }
+        int r = listen_unix(arg_socket, rpc_fd);
+        if (r < 0 || !*arg_containerd_socket)
+                return r;
+        return listen_unix(arg_containerd_socket, grpc_fd);
 }
 
 int main(int argc, char **argv)
 {
         /* Declared first, so cleaned up last: unmounted after every fd into it is closed. */
         _cleanup_(image_closep) image *img = NULL;
-        _cleanup_close_ int listen_fd = -EBADF, sig_fd = -EBADF;
+        _cleanup_close_ int listen_fd = -EBADF, grpc_fd = -EBADF, sig_fd = -EBADF;
+        char grpc_path[PATH_MAX];
         rl_error err = {};
         int r;
 
         if (parse_args(argc, argv) < 0)
                 return 2;
+        if (!arg_containerd_socket) {
+                const char *slash = strrchr(arg_socket, '/');
+                int dl = slash ? (int)(slash - arg_socket) : 1;
+                snprintf(grpc_path, sizeof(grpc_path), "%.*s/containerd.sock", dl,
+                         slash ? arg_socket : ".");
+                arg_containerd_socket = grpc_path;
+        }
         struct group gr, *gres = NULL;
         char gbuf[4096];
         if (getgrnam_r(arg_group, &gr, gbuf, sizeof(gbuf), &gres) == 0 && gres)
@@ -537,15 +613,19 @@ int main(int argc, char **argv)
                             "--image FILE --image-size SIZE keeps the store on an XFS image "
                             "that can",
                             rl_store_root(srv.store), rl_fsinfo_type(srv.fs));
-        r = make_socket(&listen_fd);
+        r = make_sockets(&listen_fd, &grpc_fd);
         if (r < 0) {
                 rl_fsinfo_free(srv.fs);
                 rl_store_free(srv.store);
                 return 1;
         }
-        log_info("reflayerd %s: store %s on %s (reflink %s), socket %s", RL_VERSION,
-                 rl_store_root(srv.store), rl_fsinfo_type(srv.fs),
-                 rl_reflink_to_string(rl_fsinfo_reflink(srv.fs)), arg_socket);
+        grpc_service snapshots;
+        snapshots_service(&srv, arg_max_request, &snapshots);
+        log_info("reflayerd %s: store %s on %s (reflink %s), socket %s, containerd socket %s",
+                 RL_VERSION, rl_store_root(srv.store), rl_fsinfo_type(srv.fs),
+                 rl_reflink_to_string(rl_fsinfo_reflink(srv.fs)),
+                 activated ? "from systemd" : arg_socket,
+                 grpc_fd < 0 ? "none" : activated ? "from systemd" : arg_containerd_socket);
         if (arg_sandbox) {
                 r = sandbox_seccomp(&err);
                 if (r < 0) {
@@ -562,8 +642,9 @@ int main(int argc, char **argv)
         sd_notifyf(false, "READY=1\nSTATUS=serving %s", rl_store_root(srv.store));
 
         for (;;) {
-                struct pollfd p[2] = { { listen_fd, POLLIN, 0 }, { sig_fd, POLLIN, 0 } };
-                if (poll(p, 2, -1) < 0) {
+                struct pollfd p[3] = { { listen_fd, POLLIN, 0 }, { sig_fd, POLLIN, 0 },
+                                       { grpc_fd, POLLIN, 0 } };
+                if (poll(p, 3, -1) < 0) {
                         if (errno == EINTR)
                                 continue;
                         log_error("poll: %s", rl_strerror(errno));
@@ -584,22 +665,28 @@ int main(int argc, char **argv)
                         }
                 }
                 if (p[0].revents & POLLIN)
-                        accept_one(&srv, listen_fd);
+                        accept_one(&srv, listen_fd, NULL);
+                if (p[2].revents & POLLIN)
+                        accept_one(&srv, grpc_fd, &snapshots);
         }
 
         /* Stop: accept nothing more; let every connection finish the request it is in (the
          * store publishes whole snapshots or nothing) by shutting down only its reading. */
         sd_notify(false, "STOPPING=1");
         closep(&listen_fd);
-        listen_fd = -EBADF;
+        closep(&grpc_fd);
+        listen_fd = grpc_fd = -EBADF;
         pthread_mutex_lock(&conns_lock);
         for (conn *c = conns; c; c = c->next)
                 shutdown(c->fd, SHUT_RD);
         while (n_conns > 0)
                 pthread_cond_wait(&conns_empty, &conns_lock);
         pthread_mutex_unlock(&conns_lock);
-        if (!activated)
+        if (!activated) {
                 (void)unlink(arg_socket);
+                if (*arg_containerd_socket)
+                        (void)unlink(arg_containerd_socket);
+        }
         rl_fsinfo_free(srv.fs);
         rl_store_free(srv.store);
         closep(&root_fd);

@@ -1364,8 +1364,9 @@ static const char *snap_field(void *obj, const char *const *path, size_t n)
                 return rl_kind_to_string(p->kind);
         if (n == 1 && !strcmp(path[0], "name"))
                 return p->name;
+        /* As containerd: every snapshot has a parent field, "" for none. */
         if (n == 1 && !strcmp(path[0], "parent"))
-                return p->parent ? p->parent->name : NULL;
+                return p->parent ? p->parent->name : "";
         if (n == 2 && !strcmp(path[0], "labels"))
                 return json_string_value(json_object_get(p->labels, path[1]));
         return NULL;

@@ -411,7 +411,10 @@ STORE_TEST(walk_with_filters)
                 { { "labels.\"containerd.io/gc.root\"" }, 1, "base" },
                 { { "kind==view", "labels.team==blue" }, 2, "a2 v1" },
                 { { "name~=^a" }, 1, "a2" },
-                { { "parent" }, 1, "a2 red-layer v1" },
+                /* containerd's rule: the parent field is always there, "" for none. */
+                { { "parent" }, 1, "a2 base red-layer v1" },
+                { { "parent!=\"\"" }, 1, "a2 red-layer v1" },
+                { { "parent==\"\"" }, 1, "base" },
                 { { "labels.team!=red" }, 1, "a2 v1" },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
