@@ -24,6 +24,7 @@
 #   - `ctr snapshots rm`, then a wait (untimed) until containerd's garbage collector has the
 #     backend remove the snapshot (`deletion_threshold = 1` runs it on every removal).
 #
+# reflayerd runs without its warm pool (--pool-size 0): every Prepare is a cold clone.
 # `sync -f` before each timed step; the page cache stays warm. Medians of RUNS (default 5).
 # One table. Run as root: make bench-containerd [RUNS=N]
 #   (or: tests/bench/containerd.sh CLI DAEMON PREPARE-BENCH)
@@ -172,8 +173,10 @@ tables='[plugins."io.containerd.gc.v1.scheduler"]
   deletion_threshold = 1'
 if ((RL)); then
         SOCK=$WORK/reflayer.sock
+        # No warm pool: every Prepare a cold clone, as native's copy is, and no clone built
+        # in the background while another snapshotter is timed (`make bench` has the pool).
         daemon_start "$DAEMON" "$CLI" "$MNT/store" "$SOCK" "$WORK/reflayerd.log" \
-                --containerd-socket "$WORK/reflayer-containerd.sock"
+                --containerd-socket "$WORK/reflayer-containerd.sock" --pool-size 0
         tables+="
 [proxy_plugins.reflayer]
   type = \"snapshot\"
@@ -223,7 +226,7 @@ num() { echo "$1"; }
 echo
 echo "== containerd $(containerd --version | awk '{ print $3 }'), Debian minbase image (2 layers)" \
         "on loop XFS (reflink=1); nproc $(nproc); kernel $(uname -r); $(date -u +%Y-%m-%d)"
-echo "   times in ms, medians of $RUNS rounds (order rotated each round); load average $LOAD0" \
+echo "   reflayerd --pool-size 0 (cold Prepares); times in ms, medians of $RUNS rounds (order rotated each round); load average $LOAD0" \
         "at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 printf '%-46s' ""
 printf ' %14s' "${SNS[@]}"
