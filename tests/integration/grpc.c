@@ -19,6 +19,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -694,4 +696,68 @@ Test(grpc, many_streams_on_one_connection)
                 gc_free(&calls[i]);
         }
         gc_close(&c);
+}
+
+static int listen_at(const char *path)
+{
+        unlink(path);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+        cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+                          listen(fd, 16) == 0,
+                  "listen %s: %s", path, strerror(errno));
+        return fd;
+}
+
+Test(grpc, socket_activation_tells_the_sockets_by_name)
+{
+        cr_assert_eq(rlt_daemon_stop(&D), 0);
+        /* systemd's two sockets, at paths the daemon is not told: it must serve these. */
+        char rpc_path[PATH_MAX];
+        snprintf(rpc_path, sizeof(rpc_path), "%s/passed.sock", rlt_scratch());
+        snprintf(gsock, sizeof(gsock), "%s/passed-containerd.sock", rlt_scratch());
+        int rfd = listen_at(rpc_path), gfd = listen_at(gsock);
+        snprintf(D.sock, sizeof(D.sock), "%s/unused.sock", rlt_scratch());
+        rlt_daemon_start_activated(&D, rfd, gfd);
+        close(rfd);
+        close(gfd);
+        cr_assert_eq(stat_key("via/systemd"), 5, "the passed containerd socket serves gRPC");
+        char unused[PATH_MAX];
+        snprintf(unused, sizeof(unused), "%s/containerd.sock", rlt_scratch());
+        cr_expect(access(D.sock, F_OK) < 0 && access(unused, F_OK) < 0,
+                  "made sockets of its own despite LISTEN_FDS");
+        int fd = connect_to(rpc_path);
+        const char v[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Version\"}\n";
+        cr_assert(send(fd, v, sizeof(v) - 1, MSG_NOSIGNAL) == sizeof(v) - 1);
+        char buf[512] = "";
+        cr_assert(recv(fd, buf, sizeof(buf) - 1, 0) > 0 && strstr(buf, "\"result\""),
+                  "the unnamed socket is the JSON-RPC one: %s", buf);
+        close(fd);
+}
+
+Test(grpc, sigterm_answers_the_call_in_flight)
+{
+        big_parent("big/base3", 30000);
+        PB(PrepareSnapshotRequest) pr = PB_INIT(PREPARE_SNAPSHOT_REQUEST);
+        pr.key = "big/inflight";
+        pr.parent = "big/base3";
+        gclient c;
+        gcall call;
+        gc_open(&c);
+        gc_start(&c, &call, METHOD("Prepare"), &pr.base, NULL);
+        gc_pump(&c, 100);
+        cr_assert(!call.closed, "the Prepare of 30,000 files was over in 100 ms");
+        cr_assert_eq(kill(D.pid, SIGTERM), 0);
+        gc_wait(&c, &call);
+        cr_assert_eq(call.status, 0, "the call in flight when reflayerd stopped: %d %s",
+                     call.status, call.message);
+        gc_free(&call);
+        gc_close(&c);
+        int status;
+        cr_assert_eq(waitpid(D.pid, &status, 0), D.pid);
+        D.pid = -1;
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+        rlt_daemon_start(&D, -1, NULL);
+        cr_assert_eq(stat_key("big/inflight"), 0, "answered, then lost");
 }
