@@ -578,6 +578,18 @@ static void closes_cleanly(const char *bytes, size_t len)
         close(fd);
 }
 
+/* A JSON-RPC Version call on path answers. */
+static void json_rpc_serves(const char *path)
+{
+        int fd = connect_to(path);
+        const char v[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Version\"}\n";
+        cr_assert(send(fd, v, sizeof(v) - 1, MSG_NOSIGNAL) == sizeof(v) - 1);
+        char buf[512] = "";
+        cr_assert(recv(fd, buf, sizeof(buf) - 1, 0) > 0 && strstr(buf, "\"result\""),
+                  "JSON-RPC on %s: %s", path, buf);
+        close(fd);
+}
+
 Test(grpc, not_http2_is_closed_and_both_sockets_serve_on)
 {
         const char http1[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -587,13 +599,7 @@ Test(grpc, not_http2_is_closed_and_both_sockets_serve_on)
         closes_cleanly("\x00\x01\x02garbage", 10);
 
         cr_assert_eq(stat_key("still/serving"), 5);
-        int fd = connect_to(D.sock);
-        const char v[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Version\"}\n";
-        cr_assert(send(fd, v, sizeof(v) - 1, MSG_NOSIGNAL) == sizeof(v) - 1);
-        char buf[512] = "";
-        cr_assert(recv(fd, buf, sizeof(buf) - 1, 0) > 0 && strstr(buf, "\"result\""),
-                  "the JSON-RPC socket serves: %s", buf);
-        close(fd);
+        json_rpc_serves(D.sock);
 }
 
 /* A parent with many files, so that a Prepare of it takes a while. */
@@ -727,13 +733,7 @@ Test(grpc, socket_activation_tells_the_sockets_by_name)
         snprintf(unused, sizeof(unused), "%s/containerd.sock", rlt_scratch());
         cr_expect(access(D.sock, F_OK) < 0 && access(unused, F_OK) < 0,
                   "made sockets of its own despite LISTEN_FDS");
-        int fd = connect_to(rpc_path);
-        const char v[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Version\"}\n";
-        cr_assert(send(fd, v, sizeof(v) - 1, MSG_NOSIGNAL) == sizeof(v) - 1);
-        char buf[512] = "";
-        cr_assert(recv(fd, buf, sizeof(buf) - 1, 0) > 0 && strstr(buf, "\"result\""),
-                  "the unnamed socket is the JSON-RPC one: %s", buf);
-        close(fd);
+        json_rpc_serves(rpc_path); /* the unnamed socket is the JSON-RPC one */
 }
 
 Test(grpc, sigterm_answers_the_call_in_flight)
