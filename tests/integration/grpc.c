@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -135,10 +137,11 @@ static int connect_to(const char *path)
         return fd;
 }
 
-static void gc_open(gclient *c)
+/* A client on the connection fd (-1: a new one to the containerd socket). */
+static void gc_open_fd(gclient *c, int fd)
 {
         nghttp2_session_callbacks *cbs;
-        *c = (gclient){ .fd = connect_to(gsock) };
+        *c = (gclient){ .fd = fd >= 0 ? fd : connect_to(gsock) };
         cr_assert(nghttp2_session_callbacks_new(&cbs) == 0);
         nghttp2_session_callbacks_set_send_callback(cbs, c_send);
         nghttp2_session_callbacks_set_on_header_callback(cbs, c_header);
@@ -147,6 +150,11 @@ static void gc_open(gclient *c)
         cr_assert(nghttp2_session_client_new(&c->s, cbs, c) == 0);
         nghttp2_session_callbacks_del(cbs);
         cr_assert(nghttp2_submit_settings(c->s, NGHTTP2_FLAG_NONE, NULL, 0) == 0);
+}
+
+static void gc_open(gclient *c)
+{
+        gc_open_fd(c, -1);
 }
 
 static void gc_close(gclient *c)
@@ -760,4 +768,44 @@ Test(grpc, sigterm_answers_the_call_in_flight)
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
         rlt_daemon_start(&D, -1, NULL);
         cr_assert_eq(stat_key("big/inflight"), 0, "answered, then lost");
+}
+
+static void *connect_as_nobody(void *arg)
+{
+        /* Only this thread becomes nobody (raw syscalls change one thread's credentials);
+         * SO_PEERCRED records them at connect. */
+        int *ret = arg;
+        if (syscall(SYS_setgroups, 0, NULL) < 0 || syscall(SYS_setresgid, 65534, 65534, 65534) < 0 ||
+            syscall(SYS_setresuid, 65534, 65534, 65534) < 0) {
+                *ret = -errno;
+                return NULL;
+        }
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", gsock);
+        *ret = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? fd : -errno;
+        return NULL;
+}
+
+Test(grpc, unauthorised_peer_gets_permission_denied)
+{
+        chmod(rlt_scratch(), 0755);
+        chmod(gsock, 0666); /* let it reach the socket: the daemon itself must refuse */
+        pthread_t t;
+        int fd = -1;
+        cr_assert(pthread_create(&t, NULL, connect_as_nobody, &fd) == 0);
+        pthread_join(t, NULL);
+        cr_assert_geq(fd, 0, "connect as nobody: %s", strerror(-fd));
+        PB(StatSnapshotRequest) sr = PB_INIT(STAT_SNAPSHOT_REQUEST);
+        sr.key = "x";
+        gclient c;
+        gcall call;
+        gc_open_fd(&c, fd);
+        gc_start(&c, &call, METHOD("Stat"), &sr.base, NULL);
+        gc_wait(&c, &call);
+        cr_assert_eq(call.status, 7, "PERMISSION_DENIED: %d %s", call.status, call.message);
+        cr_assert(strstr(call.message, "permission denied"), "says why: %s", call.message);
+        gc_free(&call);
+        gc_close(&c);
+        cr_assert_eq(stat_key("x"), 5, "root is still served");
 }
