@@ -303,7 +303,8 @@ install: all install-man
 	install -m 0755 $(DAEMON) $(DESTDIR)$(SBINDIR)/reflayerd
 	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
 		systemd/reflayerd.service.in > $(DESTDIR)$(SYSTEMDDIR)/reflayerd.service
-	install -m 0644 systemd/reflayerd.socket $(DESTDIR)$(SYSTEMDDIR)/
+	install -m 0644 systemd/reflayerd.socket systemd/reflayerd-containerd.socket \
+		$(DESTDIR)$(SYSTEMDDIR)/
 	install -m 0644 systemd/reflayer.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/reflayer.conf
 	install -m 0644 systemd/reflayer.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/reflayer.conf
 	install -m 0644 api/PROTOCOL.md README.md $(DESTDIR)$(DOCDIR)/

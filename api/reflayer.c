@@ -445,8 +445,9 @@ static int cmd_du(int argc, char **argv)
                 json_dumpf(p, stdout, JSON_ENCODE_ANY);
                 json_decref(p);
                 printf(",\"inodes\":%" PRIu64 ",\"bytes\":%" PRIu64
-                       ",\"bytes_exclusive\":%" PRIu64 ",\"bytes_shared\":%" PRIu64 "}\n",
-                       u.inodes, u.bytes, u.bytes_exclusive, u.bytes_shared);
+                       ",\"bytes_exclusive\":%" PRIu64 ",\"bytes_shared\":%" PRIu64
+                       ",\"bytes_metadata\":%" PRIu64 "}\n",
+                       u.inodes, u.bytes, u.bytes_exclusive, u.bytes_shared, u.bytes_metadata);
         } else {
                 char b[32], e[32], sh[32];
                 human_bytes(b, sizeof(b), u.bytes);

@@ -66,9 +66,9 @@ struct gconn {
         const rpc_peer *peer;
         int refusal;
         const char *refusal_message;
-        int fd, efd;
+        int fd, efd, stop_fd;
         nghttp2_session *session;
-        bool eof, dead;
+        bool eof, dead, stopping;
         gstream *streams;
         unsigned in_flight; /* jobs started and not yet collected */
         pthread_mutex_t lock;
@@ -571,7 +571,7 @@ static void cancel_all(gconn *c)
                         atomic_store(&st->job->cancel, true);
 }
 
-void grpc_serve(const grpc_service *svc, int fd, const rpc_peer *peer, int refusal,
+void grpc_serve(const grpc_service *svc, int fd, int stop_fd, const rpc_peer *peer, int refusal,
                 const char *refusal_message)
 {
         gconn c = { .svc = svc,
@@ -579,6 +579,7 @@ void grpc_serve(const grpc_service *svc, int fd, const rpc_peer *peer, int refus
                     .refusal = refusal,
                     .refusal_message = refusal_message,
                     .fd = fd,
+                    .stop_fd = stop_fd,
                     .efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) };
         nghttp2_session_callbacks *cbs = NULL;
         if (c.efd < 0 || nghttp2_session_callbacks_new(&cbs) != 0) {
@@ -628,14 +629,15 @@ void grpc_serve(const grpc_service *svc, int fd, const rpc_peer *peer, int refus
                         cancel_all(&c);
                 bool want_read = !c.eof && !c.dead && nghttp2_session_want_read(c.session);
                 bool want_write = !c.dead && nghttp2_session_want_write(c.session);
-                if (!want_read && !want_write && c.in_flight == 0)
+                if ((!want_read || c.stopping) && !want_write && c.in_flight == 0)
                         break;
-                struct pollfd p[2] = {
+                struct pollfd p[3] = {
                         { c.dead ? -1 : fd,
                           (short)((want_read ? POLLIN : 0) | (want_write ? POLLOUT : 0)), 0 },
                         { c.efd, POLLIN, 0 },
+                        { c.stopping ? -1 : c.stop_fd, POLLIN, 0 },
                 };
-                if (poll(p, 2, timeout) < 0) {
+                if (poll(p, 3, timeout) < 0) {
                         if (errno == EINTR)
                                 continue;
                         c.dead = true;
@@ -643,6 +645,15 @@ void grpc_serve(const grpc_service *svc, int fd, const rpc_peer *peer, int refus
                 }
                 if (p[1].revents & POLLIN)
                         collect(&c);
+                if (p[2].revents & POLLIN) {
+                        /* reflayerd stops: GOAWAY (no new calls), but go on reading, so
+                         * that the client keeps its side of HTTP/2 (acks, window updates)
+                         * while the calls in flight finish and are answered. */
+                        c.stopping = true;
+                        nghttp2_submit_goaway(c.session, NGHTTP2_FLAG_NONE,
+                                              nghttp2_session_get_last_proc_stream_id(c.session),
+                                              NGHTTP2_NO_ERROR, NULL, 0);
+                }
                 if (p[0].revents & POLLIN) {
                         ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
                         if (n > 0) {
@@ -653,7 +664,7 @@ void grpc_serve(const grpc_service *svc, int fd, const rpc_peer *peer, int refus
                                         c.dead = true;
                                 }
                         } else if (n == 0)
-                                c.eof = true; /* or reflayerd stopping: answer what runs */
+                                c.eof = true; /* a half-close: answer what runs */
                         else if (errno != EAGAIN && errno != EINTR)
                                 c.dead = true;
                 }

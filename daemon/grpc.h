@@ -77,10 +77,10 @@ void grpc_call_fail(grpc_call *c, int status, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
 
 /*
- * Serve one connection until the client goes or the reading side is shut down (reflayerd's
- * stop: calls in flight finish and are answered first). refusal: when not OK, every call
+ * Serve one connection until the client goes, or stop_fd becomes readable (reflayerd stops:
+ * no new calls; those in flight finish and are answered first). refusal: when not OK, every call
  * on this connection gets that status and refusal_message (a peer that may not use the
  * daemon still learns why, in gRPC's terms). Closes nothing: fd stays the caller's.
  */
-void grpc_serve(const grpc_service *svc, int fd, const rpc_peer *peer, int refusal,
+void grpc_serve(const grpc_service *svc, int fd, int stop_fd, const rpc_peer *peer, int refusal,
                 const char *refusal_message);

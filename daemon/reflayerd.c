@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -58,6 +59,7 @@ typedef struct conn {
         int refusal;              /* gRPC: the status every call gets, when not GRPC_OK */
         const char *refusal_message;
         int fd;
+        int stop_fd; /* gRPC: an eventfd written when reflayerd stops (-1 for JSON-RPC) */
         rpc_peer peer;
         struct conn *prev, *next;
 } conn;
@@ -355,12 +357,15 @@ static void *conn_main(void *arg)
 {
         conn *c = arg;
         if (c->grpc)
-                grpc_serve(c->grpc, c->fd, &c->peer, c->refusal, c->refusal_message);
+                grpc_serve(c->grpc, c->fd, c->stop_fd, &c->peer, c->refusal, c->refusal_message);
         else
                 serve_lines(c);
-        close(c->fd);
         atomic_fetch_sub(&c->srv->connections, 1);
+        /* Unregistered before its fds close: the stop loop uses them under the lock. */
         conn_unregister(c);
+        close(c->fd);
+        if (c->stop_fd >= 0)
+                close(c->stop_fd);
         free(c);
         return NULL;
 }
@@ -408,7 +413,13 @@ static void accept_one(rpc_server *srv, int listen_fd, const grpc_service *grpc)
         /* A refused gRPC client is served anyway, so that each call gets a status saying
          * why, which it shows its user; a closed connection would read as "unavailable,
          * retry". */
-        *c = (conn){ .srv = srv, .grpc = grpc, .fd = fd, .refusal = GRPC_OK };
+        *c = (conn){ .srv = srv, .grpc = grpc, .fd = fd, .refusal = GRPC_OK, .stop_fd = -1 };
+        if (grpc && (c->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+                log_warning("eventfd: %s", rl_strerror(errno));
+                close(fd);
+                free(c);
+                return;
+        }
         if (refusal) {
                 c->refusal = refusal[0] == 'p' ? GRPC_PERMISSION_DENIED : GRPC_UNAVAILABLE;
                 c->refusal_message = refusal;
@@ -440,6 +451,8 @@ static void accept_one(rpc_server *srv, int listen_fd, const grpc_service *grpc)
                 atomic_fetch_sub(&srv->connections, 1);
                 conn_unregister(c);
                 close(fd);
+                if (c->stop_fd >= 0)
+                        close(c->stop_fd);
                 free(c);
         }
         pthread_attr_destroy(&attr);
@@ -677,8 +690,16 @@ int main(int argc, char **argv)
         closep(&grpc_fd);
         listen_fd = grpc_fd = -EBADF;
         pthread_mutex_lock(&conns_lock);
-        for (conn *c = conns; c; c = c->next)
-                shutdown(c->fd, SHUT_RD);
+        for (conn *c = conns; c; c = c->next) {
+                /* JSON-RPC: a line connection ends after the answer in hand. gRPC: the
+                 * client must go on being read while its calls finish (HTTP/2 has acks
+                 * and window updates both ways), so it is told to stop instead. */
+                uint64_t one = 1;
+                if (c->stop_fd >= 0)
+                        (void)!write(c->stop_fd, &one, sizeof(one));
+                else
+                        shutdown(c->fd, SHUT_RD);
+        }
         while (n_conns > 0)
                 pthread_cond_wait(&conns_empty, &conns_lock);
         pthread_mutex_unlock(&conns_lock);

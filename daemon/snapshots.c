@@ -269,42 +269,42 @@ static void reply_mounts(rpc_server *srv, grpc_call *c, const char *key, Protobu
 
 /* --- methods --------------------------------------------------------------------------------- */
 
-static void m_prepare(void *userdata, grpc_call *c)
+/* Prepare and View: their requests and answers differ in type only. */
+static void create(rpc_server *srv, grpc_call *c, bool view, const char *key, const char *parent,
+                   pb_label *const *entries, size_t n_entries, ProtobufCMessage *resp,
+                   size_t *n_mounts, PB(Mount) ***mounts)
 {
-        rpc_server *srv = userdata;
-        _cleanup_msg_ PB(PrepareSnapshotRequest) *req = unpack(c, &PB_DESC(prepare_snapshot_request));
         _cleanup_free_ rl_label *labels = NULL;
         rl_error err = {};
         size_t n;
-        if (!req)
-                return;
-        if (LABELS_OF(req, &labels, &n) < 0)
+        if (labels_of(entries, n_entries, &labels, &n) < 0)
                 return fail_oom(c);
         rl_prepare_options o = { .cancel = c->cancel };
-        int r = rl_store_prepare(srv->store, req->key, req->parent, labels, n, &o, &err);
+        int r = view ? rl_store_view(srv->store, key, parent, labels, n, &o, &err)
+                     : rl_store_prepare(srv->store, key, parent, labels, n, &o, &err);
         if (r < 0)
                 return fail_store(c, r, &err);
+        reply_mounts(srv, c, key, resp, n_mounts, mounts);
+}
+
+static void m_prepare(void *userdata, grpc_call *c)
+{
+        _cleanup_msg_ PB(PrepareSnapshotRequest) *req = unpack(c, &PB_DESC(prepare_snapshot_request));
         PB(PrepareSnapshotResponse) resp = PB_INIT(PREPARE_SNAPSHOT_RESPONSE);
-        reply_mounts(srv, c, req->key, &resp.base, &resp.n_mounts, &resp.mounts);
+        if (req)
+                create(userdata, c, false, req->key, req->parent,
+                       (pb_label *const *)(void *)req->labels, req->n_labels, &resp.base,
+                       &resp.n_mounts, &resp.mounts);
 }
 
 static void m_view(void *userdata, grpc_call *c)
 {
-        rpc_server *srv = userdata;
         _cleanup_msg_ PB(ViewSnapshotRequest) *req = unpack(c, &PB_DESC(view_snapshot_request));
-        _cleanup_free_ rl_label *labels = NULL;
-        rl_error err = {};
-        size_t n;
-        if (!req)
-                return;
-        if (LABELS_OF(req, &labels, &n) < 0)
-                return fail_oom(c);
-        rl_prepare_options o = { .cancel = c->cancel };
-        int r = rl_store_view(srv->store, req->key, req->parent, labels, n, &o, &err);
-        if (r < 0)
-                return fail_store(c, r, &err);
         PB(ViewSnapshotResponse) resp = PB_INIT(VIEW_SNAPSHOT_RESPONSE);
-        reply_mounts(srv, c, req->key, &resp.base, &resp.n_mounts, &resp.mounts);
+        if (req)
+                create(userdata, c, true, req->key, req->parent,
+                       (pb_label *const *)(void *)req->labels, req->n_labels, &resp.base,
+                       &resp.n_mounts, &resp.mounts);
 }
 
 static void m_mounts(void *userdata, grpc_call *c)

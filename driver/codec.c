@@ -160,9 +160,10 @@ int rl_mount_from_json(json_t *o, rl_mount *ret)
 
 json_t *rl_usage_to_json(const rl_usage *u)
 {
-        return json_pack("{s:I, s:I, s:I, s:I}", "inodes", (json_int_t)u->inodes, "size",
+        return json_pack("{s:I, s:I, s:I, s:I, s:I}", "inodes", (json_int_t)u->inodes, "size",
                          (json_int_t)u->bytes, "exclusive", (json_int_t)u->bytes_exclusive,
-                         "shared", (json_int_t)u->bytes_shared);
+                         "shared", (json_int_t)u->bytes_shared, "metadata",
+                         (json_int_t)u->bytes_metadata);
 }
 
 static uint64_t u64_of(json_t *o, const char *key)
@@ -178,6 +179,7 @@ void rl_usage_from_json(json_t *o, rl_usage *ret)
                 .bytes = u64_of(o, "size"),
                 .bytes_exclusive = u64_of(o, "exclusive"),
                 .bytes_shared = u64_of(o, "shared"),
+                .bytes_metadata = u64_of(o, "metadata"),
         };
 }
 

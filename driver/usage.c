@@ -131,6 +131,8 @@ static int usage_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name
         }
         wk->sum.bytes += blocks;
         wk->sum.bytes_exclusive += blocks;
+        if (!S_ISREG(st.stx_mode))
+                wk->sum.bytes_metadata += blocks;
         return 0;
 }
 
@@ -144,6 +146,7 @@ static int usage_enter(void *ctx _unused_, void *worker, rl_walk_dir *d, rl_erro
         wk->sum.inodes++;
         wk->sum.bytes += st.stx_blocks * 512;
         wk->sum.bytes_exclusive += st.stx_blocks * 512;
+        wk->sum.bytes_metadata += st.stx_blocks * 512;
         return 0;
 }
 
@@ -163,6 +166,7 @@ static void usage_worker_done(void *ctx, void *worker)
         c->total.bytes += wk->sum.bytes;
         c->total.bytes_exclusive += wk->sum.bytes_exclusive;
         c->total.bytes_shared += wk->sum.bytes_shared;
+        c->total.bytes_metadata += wk->sum.bytes_metadata;
         pthread_mutex_unlock(&c->lock);
         free(wk->fm);
 }

@@ -15,6 +15,10 @@ typedef struct rl_usage {
         uint64_t bytes;           /* allocated bytes, each inode once */
         uint64_t bytes_exclusive; /* of which in extents no other file shares */
         uint64_t bytes_shared;    /* of which in extents shared with other files (reflinks) */
+        /* Of bytes_exclusive, the blocks of directories, symlinks and other entries that are
+         * not regular files: metadata every tree has its own of (a directory cannot be
+         * reflinked). bytes_exclusive - bytes_metadata is file data no other file shares. */
+        uint64_t bytes_metadata;
 } rl_usage;
 
 /*

@@ -912,15 +912,29 @@ STORE_TEST(usage_counts_shared_and_exclusive)
         prepare("a", NULL);
         snprintf(p, sizeof(p), "%s", pathf("a", "big"));
         rlt_write_file(p, 4 << 20, 7);
+        /* A directory too big to live in its inode: blocks of its own in every clone. */
+        snprintf(p, sizeof(p), "%s", pathf("a", "wide"));
+        cr_assert(mkdir(p, 0755) == 0);
+        for (int i = 0; i < 300; i++) {
+                snprintf(p, sizeof(p), "%s/an-entry-with-a-longish-name-%04d", pathf("a", "wide"), i);
+                int efd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+                cr_assert(efd >= 0);
+                close(efd);
+        }
         commit("c", "a");
         prepare("b", "c");
         rl_usage u;
         rl_error err = {};
         cr_assert_eq(st_usage("b", &u, &err), 0, "%s", err.msg);
-        cr_expect_eq(u.inodes, 2);
+        cr_expect_eq(u.inodes, 303);
+        cr_expect_gt(u.bytes_metadata, 0, "the wide directory's blocks are metadata");
+        cr_expect_leq(u.bytes_metadata, u.bytes_exclusive);
         if (fs_kind == RLT_XFS) {
                 cr_expect_geq(u.bytes_shared, 4 << 20, "shared %lu", u.bytes_shared);
                 cr_expect_lt(u.bytes_exclusive, 1 << 20, "exclusive %lu", u.bytes_exclusive);
+                cr_expect_eq(u.bytes_exclusive - u.bytes_metadata, 0,
+                             "a clone has no file data of its own: %lu exclusive, %lu metadata",
+                             u.bytes_exclusive, u.bytes_metadata);
         } else {
                 cr_expect_eq(u.bytes_shared, 0);
                 cr_expect_geq(u.bytes_exclusive, 4 << 20);

@@ -16,9 +16,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -133,10 +137,11 @@ static int connect_to(const char *path)
         return fd;
 }
 
-static void gc_open(gclient *c)
+/* A client on the connection fd (-1: a new one to the containerd socket). */
+static void gc_open_fd(gclient *c, int fd)
 {
         nghttp2_session_callbacks *cbs;
-        *c = (gclient){ .fd = connect_to(gsock) };
+        *c = (gclient){ .fd = fd >= 0 ? fd : connect_to(gsock) };
         cr_assert(nghttp2_session_callbacks_new(&cbs) == 0);
         nghttp2_session_callbacks_set_send_callback(cbs, c_send);
         nghttp2_session_callbacks_set_on_header_callback(cbs, c_header);
@@ -145,6 +150,11 @@ static void gc_open(gclient *c)
         cr_assert(nghttp2_session_client_new(&c->s, cbs, c) == 0);
         nghttp2_session_callbacks_del(cbs);
         cr_assert(nghttp2_submit_settings(c->s, NGHTTP2_FLAG_NONE, NULL, 0) == 0);
+}
+
+static void gc_open(gclient *c)
+{
+        gc_open_fd(c, -1);
 }
 
 static void gc_close(gclient *c)
@@ -576,6 +586,18 @@ static void closes_cleanly(const char *bytes, size_t len)
         close(fd);
 }
 
+/* A JSON-RPC Version call on path answers. */
+static void json_rpc_serves(const char *path)
+{
+        int fd = connect_to(path);
+        const char v[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Version\"}\n";
+        cr_assert(send(fd, v, sizeof(v) - 1, MSG_NOSIGNAL) == sizeof(v) - 1);
+        char buf[512] = "";
+        cr_assert(recv(fd, buf, sizeof(buf) - 1, 0) > 0 && strstr(buf, "\"result\""),
+                  "JSON-RPC on %s: %s", path, buf);
+        close(fd);
+}
+
 Test(grpc, not_http2_is_closed_and_both_sockets_serve_on)
 {
         const char http1[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -585,13 +607,7 @@ Test(grpc, not_http2_is_closed_and_both_sockets_serve_on)
         closes_cleanly("\x00\x01\x02garbage", 10);
 
         cr_assert_eq(stat_key("still/serving"), 5);
-        int fd = connect_to(D.sock);
-        const char v[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Version\"}\n";
-        cr_assert(send(fd, v, sizeof(v) - 1, MSG_NOSIGNAL) == sizeof(v) - 1);
-        char buf[512] = "";
-        cr_assert(recv(fd, buf, sizeof(buf) - 1, 0) > 0 && strstr(buf, "\"result\""),
-                  "the JSON-RPC socket serves: %s", buf);
-        close(fd);
+        json_rpc_serves(D.sock);
 }
 
 /* A parent with many files, so that a Prepare of it takes a while. */
@@ -694,4 +710,102 @@ Test(grpc, many_streams_on_one_connection)
                 gc_free(&calls[i]);
         }
         gc_close(&c);
+}
+
+static int listen_at(const char *path)
+{
+        unlink(path);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+        cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+                          listen(fd, 16) == 0,
+                  "listen %s: %s", path, strerror(errno));
+        return fd;
+}
+
+Test(grpc, socket_activation_tells_the_sockets_by_name)
+{
+        cr_assert_eq(rlt_daemon_stop(&D), 0);
+        /* systemd's two sockets, at paths the daemon is not told: it must serve these. */
+        char rpc_path[PATH_MAX];
+        snprintf(rpc_path, sizeof(rpc_path), "%s/passed.sock", rlt_scratch());
+        snprintf(gsock, sizeof(gsock), "%s/passed-containerd.sock", rlt_scratch());
+        int rfd = listen_at(rpc_path), gfd = listen_at(gsock);
+        snprintf(D.sock, sizeof(D.sock), "%s/unused.sock", rlt_scratch());
+        rlt_daemon_start_activated(&D, rfd, gfd);
+        close(rfd);
+        close(gfd);
+        cr_assert_eq(stat_key("via/systemd"), 5, "the passed containerd socket serves gRPC");
+        char unused[PATH_MAX];
+        snprintf(unused, sizeof(unused), "%s/containerd.sock", rlt_scratch());
+        cr_expect(access(D.sock, F_OK) < 0 && access(unused, F_OK) < 0,
+                  "made sockets of its own despite LISTEN_FDS");
+        json_rpc_serves(rpc_path); /* the unnamed socket is the JSON-RPC one */
+}
+
+Test(grpc, sigterm_answers_the_call_in_flight)
+{
+        big_parent("big/base3", 30000);
+        PB(PrepareSnapshotRequest) pr = PB_INIT(PREPARE_SNAPSHOT_REQUEST);
+        pr.key = "big/inflight";
+        pr.parent = "big/base3";
+        gclient c;
+        gcall call;
+        gc_open(&c);
+        gc_start(&c, &call, METHOD("Prepare"), &pr.base, NULL);
+        gc_pump(&c, 100);
+        cr_assert(!call.closed, "the Prepare of 30,000 files was over in 100 ms");
+        cr_assert_eq(kill(D.pid, SIGTERM), 0);
+        gc_wait(&c, &call);
+        cr_assert_eq(call.status, 0, "the call in flight when reflayerd stopped: %d %s",
+                     call.status, call.message);
+        gc_free(&call);
+        gc_close(&c);
+        int status;
+        cr_assert_eq(waitpid(D.pid, &status, 0), D.pid);
+        D.pid = -1;
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+        rlt_daemon_start(&D, -1, NULL);
+        cr_assert_eq(stat_key("big/inflight"), 0, "answered, then lost");
+}
+
+static void *connect_as_nobody(void *arg)
+{
+        /* Only this thread becomes nobody (raw syscalls change one thread's credentials);
+         * SO_PEERCRED records them at connect. */
+        int *ret = arg;
+        if (syscall(SYS_setgroups, 0, NULL) < 0 || syscall(SYS_setresgid, 65534, 65534, 65534) < 0 ||
+            syscall(SYS_setresuid, 65534, 65534, 65534) < 0) {
+                *ret = -errno;
+                return NULL;
+        }
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", gsock);
+        *ret = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? fd : -errno;
+        return NULL;
+}
+
+Test(grpc, unauthorised_peer_gets_permission_denied)
+{
+        chmod(rlt_scratch(), 0755);
+        chmod(gsock, 0666); /* let it reach the socket: the daemon itself must refuse */
+        pthread_t t;
+        int fd = -1;
+        cr_assert(pthread_create(&t, NULL, connect_as_nobody, &fd) == 0);
+        pthread_join(t, NULL);
+        cr_assert_geq(fd, 0, "connect as nobody: %s", strerror(-fd));
+        PB(StatSnapshotRequest) sr = PB_INIT(STAT_SNAPSHOT_REQUEST);
+        sr.key = "x";
+        gclient c;
+        gcall call;
+        gc_open_fd(&c, fd);
+        gc_start(&c, &call, METHOD("Stat"), &sr.base, NULL);
+        gc_wait(&c, &call);
+        cr_assert_eq(call.status, 7, "PERMISSION_DENIED: %d %s", call.status, call.message);
+        cr_assert(strstr(call.message, "permission denied"), "says why: %s", call.message);
+        gc_free(&call);
+        gc_close(&c);
+        cr_assert_eq(stat_key("x"), 5, "root is still served");
 }

@@ -25,7 +25,7 @@ const char *rlt_daemon_path(void)
         return p;
 }
 
-int rlt_daemon_try_start(rlt_daemon *d, int listen_fd, const char *const *extra)
+static int try_start(rlt_daemon *d, int listen_fd, int grpc_fd, const char *const *extra)
 {
         static unsigned seq;
         char notify[PATH_MAX], env_notify[PATH_MAX + 16];
@@ -38,7 +38,9 @@ int rlt_daemon_try_start(rlt_daemon *d, int listen_fd, const char *const *extra)
                   "notify socket %s: %s", notify, strerror(errno));
         snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", notify);
 
-        char *envp[] = { env_notify, "LISTEN_FDS=1", NULL, NULL };
+        char *envp[] = { env_notify, grpc_fd >= 0 ? "LISTEN_FDS=2" : "LISTEN_FDS=1",
+                         grpc_fd >= 0 ? "LISTEN_FDNAMES=reflayerd.socket:containerd" : NULL,
+                         NULL };
         char *argv[64];
         int a = 0;
         posix_spawn_file_actions_t fa;
@@ -46,6 +48,8 @@ int rlt_daemon_try_start(rlt_daemon *d, int listen_fd, const char *const *extra)
         if (listen_fd >= 0) {
                 /* LISTEN_PID must be the daemon's own pid: let a shell export it, then exec. */
                 posix_spawn_file_actions_adddup2(&fa, listen_fd, 3);
+                if (grpc_fd >= 0)
+                        posix_spawn_file_actions_adddup2(&fa, grpc_fd, 4);
                 argv[a++] = "sh";
                 argv[a++] = "-c";
                 argv[a++] = "export LISTEN_PID=$$; exec \"$@\"";
@@ -91,6 +95,17 @@ int rlt_daemon_try_start(rlt_daemon *d, int listen_fd, const char *const *extra)
         close(nfd);
         unlink(notify);
         return 0x10000;
+}
+
+int rlt_daemon_try_start(rlt_daemon *d, int listen_fd, const char *const *extra)
+{
+        return try_start(d, listen_fd, -1, extra);
+}
+
+void rlt_daemon_start_activated(rlt_daemon *d, int listen_fd, int grpc_fd)
+{
+        cr_assert_eq(try_start(d, listen_fd, grpc_fd, NULL), 0x10000,
+                     "reflayerd exited at start with two sockets passed");
 }
 
 void rlt_daemon_start(rlt_daemon *d, int listen_fd, const char *const *extra)

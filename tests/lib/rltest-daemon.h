@@ -25,6 +25,10 @@ void rlt_daemon_start(rlt_daemon *d, int listen_fd, const char *const *extra);
  * when it exits first (for tests of refused start-ups); 0x10000 when it got ready. */
 int rlt_daemon_try_start(rlt_daemon *d, int listen_fd, const char *const *extra);
 
+/* Start with two sockets passed as systemd does: listen_fd (JSON-RPC) and grpc_fd, named
+ * "containerd" (LISTEN_FDNAMES). */
+void rlt_daemon_start_activated(rlt_daemon *d, int listen_fd, int grpc_fd);
+
 /* SIGTERM and wait; returns the wait status (-1 if it was not running). */
 int rlt_daemon_stop(rlt_daemon *d);
 

@@ -33,13 +33,15 @@ Test(systemd, units_verify)
         char *sh[] = { "sh", "-c", cmd, NULL };
         cr_assert_eq(rlt_run(sh, out, sizeof(out)), 0, "make install: %s", out);
 
-        char unit[PATH_MAX], sock[PATH_MAX];
+        char unit[PATH_MAX], sock[PATH_MAX], csock[PATH_MAX];
         snprintf(unit, sizeof(unit), "%s/usr/lib/systemd/system/reflayerd.service", dest);
         snprintf(sock, sizeof(sock), "%s/usr/lib/systemd/system/reflayerd.socket", dest);
+        snprintf(csock, sizeof(csock), "%s/usr/lib/systemd/system/reflayerd-containerd.socket",
+                 dest);
         char *which[] = { "sh", "-c", "command -v systemd-analyze", NULL };
         cr_assert_eq(rlt_run(which, out, sizeof(out)), 0,
                      "systemd-analyze not found: apt-get install systemd (make deps does it)");
-        char *verify[] = { "systemd-analyze", "verify", "--man=no", unit, sock, NULL };
+        char *verify[] = { "systemd-analyze", "verify", "--man=no", unit, sock, csock, NULL };
         int r = rlt_run(verify, out, sizeof(out));
         cr_expect_eq(r, 0, "systemd-analyze verify: %s", out);
         cr_expect(!strstr(out, "reflayerd"), "systemd-analyze complained: %s", out);
@@ -50,8 +52,17 @@ Test(systemd, units_verify)
         out[n] = '\0';
         fclose(f);
         cr_expect(strstr(out, "Type=notify"), "%s", out);
+        cr_expect(strstr(out, "Wants=reflayerd-containerd.socket"), "%s", out);
         cr_expect(strstr(out, "ExecStart=/") && !strstr(out, "@SBINDIR@"), "%s", out);
         char p[PATH_MAX];
+        /* reflayerd tells the containerd socket by its name. */
+        f = fopen(csock, "r");
+        cr_assert(f, "reflayerd-containerd.socket is not installed");
+        n = fread(out, 1, sizeof(out) - 1, f);
+        out[n] = '\0';
+        fclose(f);
+        cr_expect(strstr(out, "FileDescriptorName=containerd"), "%s", out);
+        cr_expect(strstr(out, "Service=reflayerd.service"), "%s", out);
         snprintf(p, sizeof(p), "%s/usr/lib/sysusers.d/reflayer.conf", dest);
         cr_expect(access(p, F_OK) == 0, "the group's sysusers.d entry is not installed");
         snprintf(p, sizeof(p), "%s/usr/lib/tmpfiles.d/reflayer.conf", dest);
