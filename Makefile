@@ -289,7 +289,11 @@ fuzz-deps: deps
 $(FUZZ)/obj/%.o: %.c | fuzz-deps
 	$(call say,CC,$<)mkdir -p $(@D) && $(FUZZ_CC) $(FUZZ_CFLAGS) $(call pc_cflags,$(FUZZ_PKGS)) -c $< -o $@
 
-$(FUZZ_BINS): $(FUZZ)/%: $(FUZZ)/obj/tests/fuzz/%.o $(FUZZ_COMMON_OBJS)
+# One libFuzzer main (tests/fuzz/main.c) per target, told which by FUZZ_TARGET.
+$(FUZZ)/obj/tests/fuzz/main-%.o: tests/fuzz/main.c | fuzz-deps
+	$(call say,CC,$@)mkdir -p $(@D) && $(FUZZ_CC) $(FUZZ_CFLAGS) -DFUZZ_TARGET=$* $(call pc_cflags,$(FUZZ_PKGS)) -c $< -o $@
+
+$(FUZZ_BINS): $(FUZZ)/%: $(FUZZ)/obj/tests/fuzz/main-%.o $(FUZZ_COMMON_OBJS)
 	$(call say,LD,$@)$(FUZZ_CC) $(FUZZ_FLAGS) -pthread -o $@ $^ $(call pc_libs,$(FUZZ_PKGS))
 
 fuzz: $(FUZZ_BINS)
@@ -329,5 +333,5 @@ format:
 clean:
 	rm -rf build
 
--include $(FUZZ_COMMON_OBJS:.o=.d) $(FUZZ_TARGETS:%=$(FUZZ)/obj/tests/fuzz/%.d)
+-include $(FUZZ_COMMON_OBJS:.o=.d) $(FUZZ_TARGETS:%=$(FUZZ)/obj/tests/fuzz/main-%.d)
 -include $(DRIVER_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(CLIENT_OBJS:.o=.d) $(CLIENT_PIC_OBJS:.o=.d) $(DAEMON_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.d)

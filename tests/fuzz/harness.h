@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The fuzz harnesses: one body per target, shared by the libFuzzer mains (tests/fuzz/rpc.c,
- * layer.c, image.c, built with clang by `make fuzz`) and by the regression test that replays
+ * The fuzz harnesses: one body per target, shared by the libFuzzer main (tests/fuzz/main.c,
+ * built once per target with clang by `make fuzz`) and by the regression test that replays
  * tests/fuzz/regress/TARGET/ in the ordinary build (tests/unit/fuzz-regress.c).
  *
  * init enters the sandbox every target runs in: a private mount namespace, a tmpfs over /tmp,
