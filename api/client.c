@@ -320,6 +320,26 @@ static json_t *idmap_json(const rl_idmap *m)
         return a;
 }
 
+/* The id shifting every tree-building call takes (Prepare, View, Clone, Apply). */
+static void put_maps(json_t *p, const rl_idmap *uids, const rl_idmap *gids, bool keep_unmapped)
+{
+        if (uids)
+                json_object_set_new(p, "uid_map", idmap_json(uids));
+        if (gids)
+                json_object_set_new(p, "gid_map", idmap_json(gids));
+        if (keep_unmapped)
+                json_object_set_new(p, "keep_unmapped", json_true());
+}
+
+/* Progress and cancel of a long call, into f (its fds stay). */
+static void set_follow(follow *f, rl_tree_progress_fn progress, void *userdata,
+                       const atomic_bool *cancel)
+{
+        f->progress = progress;
+        f->userdata = userdata;
+        f->cancel = cancel;
+}
+
 static int create(rl_client *c, const char *method, const char *key, const char *parent,
                   const rl_label *labels, size_t n, const rl_prepare_options *opts,
                   rl_mount *ret_mount, rl_error *err)
@@ -332,15 +352,11 @@ static int create(rl_client *c, const char *method, const char *key, const char 
                 json_decref(p);
                 return not_utf8(method, key, err);
         }
-        if (opts && opts->uid_map)
-                json_object_set_new(p, "uid_map", idmap_json(opts->uid_map));
-        if (opts && opts->gid_map)
-                json_object_set_new(p, "gid_map", idmap_json(opts->gid_map));
-        if (opts && opts->keep_unmapped)
-                json_object_set_new(p, "keep_unmapped", json_true());
         follow f = {};
-        if (opts)
-                f = (follow){ opts->progress, opts->progress_userdata, opts->cancel };
+        if (opts) {
+                put_maps(p, opts->uid_map, opts->gid_map, opts->keep_unmapped);
+                set_follow(&f, opts->progress, opts->progress_userdata, opts->cancel);
+        }
         int r = call_follow(c, method, p, &f, &result, err);
         if (r < 0)
                 return r;
@@ -492,15 +508,10 @@ RL_EXPORT int rl_client_clone(rl_client *c, const char *src, const char *dst,
                 return rl_error_set(err, -EINVAL, "Clone: paths must be UTF-8");
         follow f = {};
         if (opts) {
-                if (opts->uid_map)
-                        json_object_set_new(p, "uid_map", idmap_json(opts->uid_map));
-                if (opts->gid_map)
-                        json_object_set_new(p, "gid_map", idmap_json(opts->gid_map));
-                if (opts->flags & RL_TREE_KEEP_UNMAPPED)
-                        json_object_set_new(p, "keep_unmapped", json_true());
+                put_maps(p, opts->uid_map, opts->gid_map, opts->flags & RL_TREE_KEEP_UNMAPPED);
                 if (opts->flags & RL_TREE_SYNC)
                         json_object_set_new(p, "sync", json_true());
-                f = (follow){ opts->progress, opts->progress_userdata, opts->cancel };
+                set_follow(&f, opts->progress, opts->progress_userdata, opts->cancel);
         }
         int r = call_follow(c, "Clone", p, &f, &result, err);
         if (r < 0)
@@ -527,19 +538,12 @@ RL_EXPORT int rl_client_apply(rl_client *c, const char *key, int tar_fd,
                 return rl_error_set(err, -EINVAL, "Apply: the key must be UTF-8");
         follow f = { .fds = &tar_fd, .n_fds = 1 };
         if (opts) {
-                if (opts->uid_map)
-                        json_object_set_new(p, "uid_map", idmap_json(opts->uid_map));
-                if (opts->gid_map)
-                        json_object_set_new(p, "gid_map", idmap_json(opts->gid_map));
-                if (opts->keep_unmapped)
-                        json_object_set_new(p, "keep_unmapped", json_true());
+                put_maps(p, opts->uid_map, opts->gid_map, opts->keep_unmapped);
                 if (opts->expect_digest)
                         json_object_set_new(p, "digest", json_string(opts->expect_digest));
                 if (opts->expect_diff_id)
                         json_object_set_new(p, "diff_id", json_string(opts->expect_diff_id));
-                f.progress = opts->progress;
-                f.userdata = opts->progress_userdata;
-                f.cancel = opts->cancel;
+                set_follow(&f, opts->progress, opts->progress_userdata, opts->cancel);
         }
         int r = call_follow(c, "Apply", p, &f, &result, err);
         if (r < 0)
@@ -566,9 +570,7 @@ RL_EXPORT int rl_client_import(rl_client *c, int layout_fd, const rl_import_opti
                         }
                         json_object_set_new(p, "ref", ref);
                 }
-                f.progress = opts->progress;
-                f.userdata = opts->progress_userdata;
-                f.cancel = opts->cancel;
+                set_follow(&f, opts->progress, opts->progress_userdata, opts->cancel);
         }
         int r = call_follow(c, "Import", p, &f, &result, err);
         if (r < 0)
