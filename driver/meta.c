@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * meta.c owns snapshot metadata records: info.json in jansson, validated on read, replaced
- * atomically and durably on write; and label validation.
+ * atomically and durably on write, or written in place into a placeholder reserved ahead of
+ * time (the warm pool's fast path); and label validation.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "meta.h"
@@ -95,23 +97,32 @@ int rl_meta_read(int dir_fd, rl_meta *ret, rl_error *err)
         return 0;
 }
 
-int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err)
+/* The record as JSON text (malloc'd). */
+static int encode(const rl_meta *m, char **ret, rl_error *err)
 {
         _cleanup_(json_decrefp) json_t *root = NULL;
-        _cleanup_free_ char *text = NULL;
-        _cleanup_close_ int fd = -EBADF;
-        int r;
 
         root = json_pack("{s:i, s:I, s:s, s:s, s:I, s:O, s:I, s:I}", "version", META_VERSION,
                          "id", (json_int_t)m->id, "kind", rl_kind_to_string(m->kind), "name",
                          m->name, "parent", (json_int_t)m->parent_id, "labels", m->labels,
                          "created_ns", (json_int_t)m->created_ns, "updated_ns",
                          (json_int_t)m->updated_ns);
-        if (!root)
-                return rl_error_set(err, -ENOMEM, "write %s", RL_META_FILE);
-        text = json_dumps(root, JSON_SORT_KEYS | JSON_COMPACT);
+        char *text = root ? json_dumps(root, JSON_SORT_KEYS | JSON_COMPACT) : NULL;
         if (!text)
                 return rl_error_set(err, -ENOMEM, "write %s", RL_META_FILE);
+        *ret = text;
+        return 0;
+}
+
+int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err)
+{
+        _cleanup_free_ char *text = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        int r;
+
+        r = encode(m, &text, err);
+        if (r < 0)
+                return r;
 
         /* Temporary file, fsync, rename over the old record, fsync the directory: a reader
          * (or a restart after a crash) sees the old record or the new one, never a mix. */
@@ -130,6 +141,76 @@ int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err)
          * the directory's fsync to fail, a power cut could bring back the old record, whole;
          * reporting failure now would make the caller's memory disagree with the disk. */
         (void)fsync(dir_fd);
+        return 0;
+}
+
+/* RL_META_RESERVED bytes of blanks, the last a newline: valid JSON text holds a value, this
+ * holds none, so a placeholder never reads as a record (rl_meta_read: -EUCLEAN). */
+static void blank(char *buf)
+{
+        memset(buf, ' ', RL_META_RESERVED - 1);
+        buf[RL_META_RESERVED - 1] = '\n';
+}
+
+int rl_meta_reserve(int dir_fd, rl_error *err)
+{
+        _cleanup_close_ int fd = -EBADF;
+        char buf[RL_META_RESERVED];
+        int r;
+
+        blank(buf);
+        fd = openat(dir_fd, RL_META_FILE, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                    0644);
+        if (fd < 0)
+                return rl_error_set(err, -errno, "reserve %s", RL_META_FILE);
+        r = rl_write_all(fd, buf, sizeof(buf));
+        if (r < 0)
+                return rl_error_set(err, r, "reserve %s", RL_META_FILE);
+        return 0;
+}
+
+int rl_meta_fill(int dir_fd, const rl_meta *m, rl_error *err)
+{
+        _cleanup_free_ char *text = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        char buf[RL_META_RESERVED];
+        struct stat st;
+        int r;
+
+        r = encode(m, &text, err);
+        if (r < 0)
+                return r;
+        size_t len = strlen(text);
+        fd = openat(dir_fd, RL_META_FILE, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 && errno != ENOENT)
+                return rl_error_set(err, -errno, "write %s", RL_META_FILE);
+        if (fd >= 0 && fstat(fd, &st) < 0)
+                return rl_error_set(err, -errno, "write %s", RL_META_FILE);
+        /* No placeholder, or a record too long for it: the usual way (new file, rename,
+         * two fsyncs). The newline at the end of the placeholder stays. */
+        if (fd < 0 || !S_ISREG(st.st_mode) || st.st_size != RL_META_RESERVED ||
+            len > RL_META_RESERVED - 1)
+                return rl_meta_write(dir_fd, m, err);
+
+        /* The record, then blanks to the placeholder's length (JSON allows whitespace after
+         * the value): the size stays, and the blocks were allocated and written (and synced,
+         * by whoever reserved them): an overwrite in place, which fdatasync makes durable
+         * with one write and a cache flush, no journal commit. It is not atomic, and needs
+         * not be: nobody reads this record until the directory is published, which the
+         * caller does only after this returns. */
+        blank(buf);
+        memcpy(buf, text, len);
+        for (size_t off = 0; off < sizeof(buf);) {
+                ssize_t n = pwrite(fd, buf + off, sizeof(buf) - off, (off_t)off);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return rl_error_set(err, n < 0 ? -errno : -EIO, "write %s",
+                                            RL_META_FILE);
+                off += (size_t)n;
+        }
+        if (fdatasync(fd) < 0)
+                return rl_error_set(err, -errno, "fdatasync %s", RL_META_FILE);
         return 0;
 }
 

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Snapshot metadata records (private): info.json of one snapshot, read and written atomically
- * (temporary file, fsync, rename, fsync of the directory).
+ * (temporary file, fsync, rename, fsync of the directory), or, for a snapshot not yet
+ * published, written in place into a placeholder reserved ahead of time (one fdatasync).
  */
 #pragma once
 
@@ -14,6 +15,9 @@
 #include <reflayer/store.h>
 
 #define RL_META_FILE "info.json"
+/* The size of a placeholder record (rl_meta_reserve): one filesystem block. Records of
+ * typical keys and labels fit; a longer one is written the usual way. */
+#define RL_META_RESERVED 4096
 
 typedef struct rl_meta {
         uint64_t id;
@@ -31,6 +35,22 @@ int rl_meta_read(int dir_fd, rl_meta *ret, rl_error *err);
 
 /* Replace dir_fd/info.json atomically and durably. */
 int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err);
+
+/*
+ * Create dir_fd/info.json as a placeholder of RL_META_RESERVED blanks, which is not a
+ * record (rl_meta_read: -EUCLEAN), for rl_meta_fill to write the record into later. Not
+ * synced: the caller makes it durable with the rest of the directory (a syncfs), ahead of
+ * time, which is the point: the later fill then needs no journal commit.
+ */
+int rl_meta_reserve(int dir_fd, rl_error *err);
+
+/*
+ * Write the record of a snapshot whose directory (dir_fd) is not published yet, durably,
+ * before it is: into the placeholder in place, padded with blanks (fdatasync only), or, when
+ * there is no placeholder or the record does not fit, as rl_meta_write does. Nobody may read
+ * dir_fd/info.json until this returns: an in-place write is not atomic.
+ */
+int rl_meta_fill(int dir_fd, const rl_meta *m, rl_error *err);
 
 /* Strict UTF-8 without NUL: keys and labels must be. */
 bool rl_utf8_valid(const char *s, size_t len);

@@ -37,8 +37,10 @@ int rl_pool_start(int root_fd, int snaps_fd, int trash_fd, const rl_pool_config 
 void rl_pool_stop(rl_pool *p);
 
 /*
- * Move a ready clone of parent (with these maps) to (dir_fd, name): 0 when taken, -ENOENT
- * when none is ready. Counts a hit or a miss.
+ * Move a ready clone of parent (with these maps) to (dir_fd, name): a directory holding the
+ * tree as fs/ and a placeholder record (rl_meta_reserve) as info.json, both durable. 0 when
+ * taken, -ENOENT when none is ready. Counts a hit or a miss. The refill waits for the next
+ * rl_pool_note: call it once the snapshot is published.
  */
 int rl_pool_take(rl_pool *p, uint64_t parent, const rl_prepare_options *popts, int dir_fd,
                  const char *name);

@@ -668,27 +668,50 @@ typedef struct layer_fill {
         rl_layer_stats *stats;
 } layer_fill;
 
-/* Build tmp/ID (fs/ and info.json), with fill's layer applied if there is one, then publish
- * it as snapshots/ID. */
+/*
+ * Build tmp/ID (fs/ and info.json), with fill's layer applied if there is one, then publish
+ * it as snapshots/ID.
+ *
+ * Crash safety: after a crash a key is whole or absent, and snapshots/ holds exactly what
+ * the index will hold (load_index refuses a directory whose record does not read). So
+ * snapshots/ID may reach the disk only after everything in it has: the tree (a syncfs, now
+ * or when the pool built it) and the record (an fsync or fdatasync of it) are durable before
+ * the rename into snapshots/, and the fsync of snapshots/ after it is what makes the
+ * Prepare done. What a crash leaves in tmp/ or pool/ is thrown away at the next open.
+ *
+ * From the warm pool that is two flushes: the record, written in place into the
+ * placeholder the pool reserved (fdatasync: data only, no journal commit), and the fsync of
+ * snapshots/. Neither can go: without the first, the rename could reach the disk before
+ * the record (a published directory whose record is a placeholder: the store would not
+ * open); without the second, a Prepare could return and then be lost. fsync covers one
+ * inode, so no single call does both, but syncfs, which would also flush every other
+ * writer on the filesystem (the containers' own writes included).
+ */
 static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
                              const rl_prepare_options *popts, const layer_fill *fill,
                              rl_error *err)
 {
         char idname[24];
         _cleanup_close_ int dir = -EBADF;
+        bool pooled = false;
         rl_meta m;
         int r;
 
         snprintf(idname, sizeof(idname), "%" PRIu64, n->id);
-        if (mkdirat(s->tmp_fd, idname, 0700) < 0)
+        /* A ready clone is a whole directory (fs/ and a placeholder record), durable since it
+         * was built: it becomes tmp/ID in one rename; nothing to clone or flush. */
+        if (parent && !fill && s->pool &&
+            rl_pool_take(s->pool, parent->id, popts, s->tmp_fd, idname) == 0)
+                pooled = true;
+        else if (mkdirat(s->tmp_fd, idname, 0700) < 0)
                 return rl_error_set(err, -errno, "create tmp/%s", idname);
         dir = openat(s->tmp_fd, idname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (dir < 0) {
                 r = rl_error_set(err, -errno, "open tmp/%s", idname);
                 goto out_remove_tmp;
         }
-        if (parent && !fill && s->pool && rl_pool_take(s->pool, parent->id, popts, dir, "fs") == 0) {
-                /* A ready clone, synced when it was built: nothing to clone or flush. */
+        if (pooled) {
+                /* fs/ is there already. */
         } else if (parent) {
                 char src[48];
                 snprintf(src, sizeof(src), "%" PRIu64 "/fs", parent->id);
@@ -742,7 +765,9 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
                         goto out_remove_tmp;
         }
         meta_of(n, &m);
-        r = rl_meta_write(dir, &m, err);
+        /* tmp/ID is ours alone: no reader needs the record replaced atomically, only durable
+         * before the rename below. */
+        r = pooled ? rl_meta_fill(dir, &m, err) : rl_meta_write(dir, &m, err);
         if (r < 0)
                 goto out_remove_tmp;
         /* The whole snapshot appears at once: tree and record in one rename. */

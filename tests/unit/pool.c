@@ -199,3 +199,89 @@ Test(pool, nothing_is_kept_on_a_full_filesystem)
         cr_expect_eq(ps.built, before.built, "clones built with under 10%% free");
         cr_expect_geq(ps.dropped, 1);
 }
+
+static rl_info stat_of(const char *key)
+{
+        rl_info i;
+        rl_error err = {};
+        cr_assert_eq(rl_store_stat(S, key, &i, &err), 0, "stat '%s': %s", key, err.msg);
+        return i;
+}
+
+/* Whatever the record's length: written into the pool's placeholder in place when it fits,
+ * the usual way when not; both read back, labels and all, after a reopen. */
+Test(pool, records_short_and_too_long_for_the_placeholder)
+{
+        open_with(2, 0);
+        rl_label l = { RL_POOL_LABEL, "2" };
+        make_base(&l, 1);
+        rl_pool_stats ps = wait_ready(2);
+        static char big[3000];
+        memset(big, 'v', sizeof(big) - 1);
+        rl_label longl[2] = { { "a", big }, { "b", big } }; /* 6 KB: past 4 KiB */
+        rl_label shortl = { "short", "yes" };
+        rl_error err = {};
+        cr_assert_eq(rl_store_prepare(S, "short", "base", &shortl, 1, NULL, &err), 0, "%s",
+                     err.msg);
+        cr_assert_eq(rl_store_prepare(S, "long", "base", longl, 2, NULL, &err), 0, "%s",
+                     err.msg);
+        rl_pool_stats after;
+        rl_store_pool_stats(S, &after);
+        cr_assert_eq(after.hits, ps.hits + 2, "both Prepares should come from the pool");
+
+        /* The short one is padded to the placeholder's size; the long one is not. */
+        char p[PATH_MAX + 64];
+        struct stat st;
+        rl_info si = stat_of("short"), li = stat_of("long");
+        snprintf(p, sizeof(p), "%s/snapshots/%" PRIu64 "/info.json", root, si.id);
+        cr_assert(stat(p, &st) == 0, "%s: %s", p, strerror(errno));
+        cr_expect_eq(st.st_size, 4096, "the short record was not written into the placeholder");
+        snprintf(p, sizeof(p), "%s/snapshots/%" PRIu64 "/info.json", root, li.id);
+        cr_assert(stat(p, &st) == 0, "%s: %s", p, strerror(errno));
+        cr_expect_gt(st.st_size, 6000, "the long record is cut");
+        rl_info_clear(&si);
+        rl_info_clear(&li);
+
+        S = rl_store_free(S);
+        open_with(2, 0);
+        si = stat_of("short");
+        li = stat_of("long");
+        cr_expect_eq(si.kind, RL_KIND_ACTIVE);
+        cr_expect_str_eq(si.parent, "base");
+        cr_assert_eq(si.n_labels, 1);
+        cr_expect_str_eq(si.labels[0].value, "yes");
+        cr_assert_eq(li.n_labels, 2);
+        cr_expect_str_eq(li.labels[0].value, big);
+        cr_expect_str_eq(li.labels[1].value, big);
+        rl_info_clear(&si);
+        rl_info_clear(&li);
+        char why[1024] = "";
+        cr_expect(rlt_tree_equal(tree_of("base"), tree_of("short"), NULL, NULL, why, sizeof(why)),
+                  "%s", why);
+        cr_expect(rlt_tree_equal(tree_of("base"), tree_of("long"), NULL, NULL, why, sizeof(why)),
+                  "%s", why);
+}
+
+/* A ready clone's placeholder is not a record: a clone that turned up in snapshots/ (which
+ * the publish order forbids) would make the open fail loudly, never pass as a snapshot. */
+Test(pool, a_placeholder_is_never_read_as_a_record)
+{
+        open_with(1, 0);
+        rl_label l = { RL_POOL_LABEL, "1" };
+        make_base(&l, 1);
+        wait_ready(1);
+        char pool[PATH_MAX + 8], src[PATH_MAX + 64], dst[PATH_MAX + 64];
+        snprintf(pool, sizeof(pool), "%s/pool", root);
+        cr_assert(rlt_dir_has_prefix(pool, "c"), "no ready clone in %s", pool);
+        /* The one ready clone: c0 (names count from 0 in each process). */
+        snprintf(src, sizeof(src), "%s/c0", pool);
+        snprintf(dst, sizeof(dst), "%s/snapshots/999", root);
+        S = rl_store_free(S);
+        char *cp[] = { "cp", "-a", src, dst, NULL };
+        cr_assert_eq(rlt_run(cp, NULL, 0), 0, "cp -a %s %s", src, dst);
+        rl_store_options o = { .no_sync = true };
+        rl_error err = {};
+        int r = rl_store_open(root, &o, &S, &err);
+        cr_expect_eq(r, -EUCLEAN, "open with a placeholder in snapshots/: %d %s", r, err.msg);
+        cr_expect(strstr(err.msg, "snapshots/999"), "the message names it: %s", err.msg);
+}
