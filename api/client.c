@@ -356,6 +356,8 @@ static int create(rl_client *c, const char *method, const char *key, const char 
         if (opts) {
                 put_maps(p, opts->uid_map, opts->gid_map, opts->keep_unmapped);
                 set_follow(&f, opts->progress, opts->progress_userdata, opts->cancel);
+                if (opts->ephemeral)
+                        json_object_set_new(p, "ephemeral", json_true());
         }
         int r = call_follow(c, method, p, &f, &result, err);
         if (r < 0)

@@ -38,8 +38,9 @@ static void usage(FILE *f)
                 "\n"
                 "Snapshots (through reflayerd, at --socket, $REFLAYER_SOCKET or %s):\n"
                 "  prepare KEY [PARENT] [--label K=V]... [--uid-map C:H:L]... [--gid-map C:H:L]...\n"
-                "                           a new writable snapshot (a clone of PARENT)\n"
-                "  view KEY PARENT [--label K=V]...   a new read-only snapshot\n"
+                "          [--ephemeral]    a new writable snapshot (a clone of PARENT);\n"
+                "                           --ephemeral: never flushed, gone after a reboot\n"
+                "  view KEY PARENT [--label K=V]... [--ephemeral]   a new read-only snapshot\n"
                 "  commit NAME KEY [--label K=V]...   make the active KEY the layer NAME\n"
                 "  rm KEY...                remove snapshots\n"
                 "  stat KEY                 kind, parent, labels, times\n"
@@ -526,6 +527,7 @@ typedef struct verb_args {
         const char *ref;         /* import --ref */
         const char *output;      /* export -o */
         const char *compression; /* export --compression */
+        bool ephemeral;          /* prepare, view --ephemeral */
         char *pos[8];
         size_t n_pos;
 } verb_args;
@@ -539,7 +541,8 @@ static void verb_args_clear(verb_args *a)
 /* --label K=V, --filter E, --field F, --uid-map, --gid-map, and positional arguments. */
 static int parse_verb(int argc, char **argv, verb_args *a)
 {
-        enum { O_LABEL = 256, O_FILTER, O_FIELD, O_UID, O_GID, O_REF, O_COMPRESSION };
+        enum { O_LABEL = 256, O_FILTER, O_FIELD, O_UID, O_GID, O_REF, O_COMPRESSION,
+               O_EPHEMERAL };
         static const struct option options[] = {
                 { "ref", required_argument, NULL, O_REF },
                 { "compression", required_argument, NULL, O_COMPRESSION },
@@ -549,6 +552,7 @@ static int parse_verb(int argc, char **argv, verb_args *a)
                 { "field", required_argument, NULL, O_FIELD },
                 { "uid-map", required_argument, NULL, O_UID },
                 { "gid-map", required_argument, NULL, O_GID },
+                { "ephemeral", no_argument, NULL, O_EPHEMERAL },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -564,6 +568,9 @@ static int parse_verb(int argc, char **argv, verb_args *a)
                         break;
                 case 'o':
                         a->output = optarg;
+                        break;
+                case O_EPHEMERAL:
+                        a->ephemeral = true;
                         break;
                 case O_LABEL: {
                         char *eq = strchr(optarg, '=');
@@ -812,7 +819,8 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                                          .gid_map = a.gids,
                                          .progress = ps.mode ? show_progress : NULL,
                                          .progress_userdata = &ps,
-                                         .cancel = &interrupted };
+                                         .cancel = &interrupted,
+                                         .ephemeral = a.ephemeral };
                 rl_mount m;
                 catch_signals();
                 r = (verb[0] == 'p' ? rl_client_prepare : rl_client_view)(
@@ -853,9 +861,10 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                                 char t1[64], t2[64];
                                 time_str(t1, sizeof(t1), i.created_ns);
                                 time_str(t2, sizeof(t2), i.updated_ns);
-                                printf("name:    %s\nkind:    %s\nparent:  %s\ncreated: %s\n"
+                                printf("name:    %s\nkind:    %s%s\nparent:  %s\ncreated: %s\n"
                                        "updated: %s\n",
                                        i.name, rl_kind_to_string(i.kind),
+                                       i.ephemeral ? " (ephemeral)" : "",
                                        i.parent ? i.parent : "-", t1, t2);
                                 for (size_t k = 0; k < i.n_labels; k++)
                                         printf("label:   %s=%s\n", i.labels[k].key,

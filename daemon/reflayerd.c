@@ -48,6 +48,7 @@ static const char *arg_group = "reflayer";
 static unsigned arg_jobs;
 static unsigned arg_pool_size = 2, arg_pool_after = 4;
 static bool arg_sandbox = true;
+static bool arg_ephemeral;
 static unsigned arg_max_connections = 256;
 static size_t arg_max_request = 1 << 20;
 static const char *arg_image;
@@ -98,6 +99,9 @@ static void usage(FILE *f)
                 "                        pool)\n"
                 "  --pool-after K        pool a layer once it was prepared K times (default 4;\n"
                 "                        0: only layers labelled reflayer.io/pool=N)\n"
+                "  --ephemeral           active snapshots and views are ephemeral unless a\n"
+                "                        request says otherwise (containerd's always are):\n"
+                "                        never flushed, quicker, gone after a reboot\n"
                 "  --max-connections N   at once (default 256)\n"
                 "  --max-request BYTES   one request line or gRPC message at most (default\n"
                 "                        1048576)\n"
@@ -110,7 +114,7 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv)
 {
         enum { O_ROOT = 256, O_SOCKET, O_CONTAINERD_SOCKET, O_GROUP, O_JOBS, O_MAXC, O_MAXR, O_LOG, O_IMAGE,
-               O_IMAGE_SIZE, O_POOL_SIZE, O_POOL_AFTER, O_NO_SANDBOX };
+               O_IMAGE_SIZE, O_POOL_SIZE, O_POOL_AFTER, O_NO_SANDBOX, O_EPHEMERAL };
         static const struct option options[] = {
                 { "root", required_argument, NULL, O_ROOT },
                 { "socket", required_argument, NULL, O_SOCKET },
@@ -125,6 +129,7 @@ static int parse_args(int argc, char **argv)
                 { "pool-size", required_argument, NULL, O_POOL_SIZE },
                 { "pool-after", required_argument, NULL, O_POOL_AFTER },
                 { "no-sandbox", no_argument, NULL, O_NO_SANDBOX },
+                { "ephemeral", no_argument, NULL, O_EPHEMERAL },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -152,6 +157,9 @@ static int parse_args(int argc, char **argv)
                 switch (c) {
                 case O_NO_SANDBOX:
                         arg_sandbox = false;
+                        break;
+                case O_EPHEMERAL:
+                        arg_ephemeral = true;
                         break;
                 case O_POOL_SIZE:
                         arg_pool_size = (unsigned)v;
@@ -605,7 +613,9 @@ int main(int argc, char **argv)
                 }
         }
 
-        rpc_server srv = { .jobs = arg_jobs, .image = img ? image_path(img) : NULL };
+        rpc_server srv = { .jobs = arg_jobs,
+                           .image = img ? image_path(img) : NULL,
+                           .ephemeral = arg_ephemeral };
         rl_store_options so = { .jobs = arg_jobs,
                                 .pool_size = arg_pool_size,
                                 .pool_after = arg_pool_after };

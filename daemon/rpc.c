@@ -272,14 +272,16 @@ static int create(call *c, bool view, json_t **ret)
         _cleanup_free_ rl_label *labels = NULL;
         const char *key, *parent = NULL;
         json_t *lj = NULL, *um = NULL, *gm = NULL;
-        int keep = 0, progress = 0;
+        int keep = 0, progress = 0, ephemeral = c->srv->ephemeral;
         size_t n;
         json_error_t jerr;
         int r;
 
-        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s, s?s, s?o, s?o, s?o, s?b, s?b}",
-                           "key", &key, "parent", &parent, "labels", &lj, "uid_map", &um,
-                           "gid_map", &gm, "keep_unmapped", &keep, "progress", &progress) < 0)
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT,
+                           "{s:s, s?s, s?o, s?o, s?o, s?b, s?b, s?b}", "key", &key, "parent",
+                           &parent, "labels", &lj, "uid_map", &um, "gid_map", &gm,
+                           "keep_unmapped", &keep, "progress", &progress, "ephemeral",
+                           &ephemeral) < 0)
                 return bad_params(c, &jerr);
         if ((r = labels_of(c, lj, &labels, &n)) < 0 || (r = idmap_of(c, um, "uid_map", &uids)) < 0 ||
             (r = idmap_of(c, gm, "gid_map", &gids)) < 0)
@@ -290,7 +292,8 @@ static int create(call *c, bool view, json_t **ret)
                                  .keep_unmapped = keep,
                                  .progress = on_progress,
                                  .progress_userdata = c,
-                                 .cancel = &c->hung_up };
+                                 .cancel = &c->hung_up,
+                                 .ephemeral = ephemeral };
         r = view ? rl_store_view(c->srv->store, key, parent, labels, n, &o, &c->err)
                  : rl_store_prepare(c->srv->store, key, parent, labels, n, &o, &c->err);
         if (r < 0)

@@ -28,6 +28,7 @@ typedef struct rpc_server {
         rl_fsinfo *fs;    /* the store's filesystem */
         const char *image; /* the image file it is on (--image), or NULL */
         unsigned jobs;    /* tree workers per call */
+        bool ephemeral;   /* Prepare and View make ephemeral snapshots unless told (--ephemeral) */
         atomic_uint_fast64_t requests, errors;
         atomic_uint connections;
 } rpc_server;

@@ -279,7 +279,7 @@ static void create(rpc_server *srv, grpc_call *c, bool view, const char *key, co
         size_t n;
         if (labels_of(entries, n_entries, &labels, &n) < 0)
                 return fail_oom(c);
-        rl_prepare_options o = { .cancel = c->cancel };
+        rl_prepare_options o = { .cancel = c->cancel, .ephemeral = srv->ephemeral };
         int r = view ? rl_store_view(srv->store, key, parent, labels, n, &o, &err)
                      : rl_store_prepare(srv->store, key, parent, labels, n, &o, &err);
         if (r < 0)

@@ -81,6 +81,8 @@ json_t *rl_info_to_json(const rl_info *i)
                               rl_json_time(i->updated_ns), "id", (json_int_t)i->id);
         if (o && i->parent)
                 json_object_set_new(o, "parent", rl_json_string_lossy(i->parent));
+        if (o && i->ephemeral)
+                json_object_set_new(o, "ephemeral", json_true());
         return o;
 }
 
@@ -101,6 +103,7 @@ int rl_info_from_json(json_t *o, rl_info *ret)
         i.id = (uint64_t)json_integer_value(json_object_get(o, "id"));
         i.created_ns = rl_json_time_parse(json_string_value(json_object_get(o, "created")));
         i.updated_ns = rl_json_time_parse(json_string_value(json_object_get(o, "updated")));
+        i.ephemeral = json_is_true(json_object_get(o, "ephemeral"));
         i.n_labels = json_object_size(labels);
         i.labels = calloc(i.n_labels ? i.n_labels : 1, sizeof(*i.labels));
         size_t k = 0;

@@ -133,14 +133,17 @@ int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err)
         r = rl_write_all(fd, text, strlen(text));
         if (r < 0)
                 return rl_error_set(err, r, "write %s", META_TMP);
-        if (fsync(fd) < 0)
+        /* Ephemeral: no fsync at all. Only a crash of the process can come between, which
+         * the page cache survives; a power cut takes the whole snapshot anyway. */
+        if (!m->ephemeral && fsync(fd) < 0)
                 return rl_error_set(err, -errno, "fsync %s", META_TMP);
         if (renameat(dir_fd, META_TMP, dir_fd, RL_META_FILE) < 0)
                 return rl_error_set(err, -errno, "rename %s", META_TMP);
         /* The new record is in place: the change is made, whatever fsync says next. Were
          * the directory's fsync to fail, a power cut could bring back the old record, whole;
          * reporting failure now would make the caller's memory disagree with the disk. */
-        (void)fsync(dir_fd);
+        if (!m->ephemeral)
+                (void)fsync(dir_fd);
         return 0;
 }
 
@@ -209,7 +212,7 @@ int rl_meta_fill(int dir_fd, const rl_meta *m, rl_error *err)
                                             RL_META_FILE);
                 off += (size_t)n;
         }
-        if (fdatasync(fd) < 0)
+        if (!m->ephemeral && fdatasync(fd) < 0)
                 return rl_error_set(err, -errno, "fdatasync %s", RL_META_FILE);
         return 0;
 }

@@ -26,6 +26,7 @@ typedef struct rl_meta {
         uint64_t parent_id; /* 0: no parent */
         json_t *labels;     /* object of strings, never NULL once read or built */
         int64_t created_ns, updated_ns;
+        bool ephemeral; /* where it was found (ROOT/ephemeral/); not part of the record */
 } rl_meta;
 
 void rl_meta_clear(rl_meta *m);
@@ -33,7 +34,7 @@ void rl_meta_clear(rl_meta *m);
 /* Read dir_fd/info.json. -EUCLEAN (with a message) when it is not a valid record. */
 int rl_meta_read(int dir_fd, rl_meta *ret, rl_error *err);
 
-/* Replace dir_fd/info.json atomically and durably. */
+/* Replace dir_fd/info.json atomically, and durably unless m is ephemeral (no fsync). */
 int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err);
 
 /*
@@ -45,8 +46,8 @@ int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err);
 int rl_meta_reserve(int dir_fd, rl_error *err);
 
 /*
- * Write the record of a snapshot whose directory (dir_fd) is not published yet, durably,
- * before it is: into the placeholder in place, padded with blanks (fdatasync only), or, when
+ * Write the record of a snapshot whose directory (dir_fd) is not published yet, durably
+ * (unless m is ephemeral), before it is: into the placeholder in place, padded with blanks (fdatasync only), or, when
  * there is no placeholder or the record does not fit, as rl_meta_write does. Nobody may read
  * dir_fd/info.json until this returns: an in-place write is not atomic.
  */

@@ -44,12 +44,15 @@ struct snap {
         unsigned pins;     /* prepares, views and usage reading this tree right now */
         bool pending;      /* being built: holds its key, invisible otherwise */
         bool busy;         /* a commit, update or remove is writing it: others wait */
+        bool ephemeral;    /* lives in ephemeral/BOOT/, not snapshots/; changes only when busy */
         snap *hnext;
 };
 
 struct rl_store {
         char *root;
         int root_fd, snaps_fd, tmp_fd, trash_fd, lock_fd;
+        int eph_fd;        /* ephemeral/BOOT/: this boot's ephemeral snapshots */
+        char eph_dir[64];  /* "ephemeral/BOOT", for messages and mount sources */
         rl_store_options opts;
 
         /* Lock order: lock, then trash_lock. */
@@ -183,6 +186,7 @@ static int fill_info(const snap *n, rl_info *ret)
                 .parent = n->parent ? strdup(n->parent->name) : NULL,
                 .created_ns = n->created_ns,
                 .updated_ns = n->updated_ns,
+                .ephemeral = n->ephemeral,
         };
         if (!info.name || (n->parent && !info.parent) ||
             rl_meta_labels_to(n->labels, &info.labels, &info.n_labels) < 0) {
@@ -203,7 +207,31 @@ static void meta_of(const snap *n, rl_meta *m)
                 .labels = n->labels,
                 .created_ns = n->created_ns,
                 .updated_ns = n->updated_ns,
+                .ephemeral = n->ephemeral,
         };
+}
+
+/* The directory that holds n's: snapshots/, or ephemeral/BOOT/. Under s->lock, or with n
+ * busy (only a commit, while busy, moves one from the second to the first). */
+static int home_fd(const rl_store *s, const snap *n)
+{
+        return n->ephemeral ? s->eph_fd : s->snaps_fd;
+}
+
+static const char *home_name(const rl_store *s, const snap *n)
+{
+        return n->ephemeral ? s->eph_dir : "snapshots";
+}
+
+/* Open the tree of snapshot id in home (home_fd), named for messages as where. */
+static int open_tree(int home, const char *where, uint64_t id, rl_error *err)
+{
+        char fs[48];
+        snprintf(fs, sizeof(fs), "%" PRIu64 "/fs", id);
+        int fd = rl_openat_beneath(home, fs, O_RDONLY | O_DIRECTORY, 0);
+        if (fd < 0)
+                return rl_error_set(err, fd, "open %s/%s", where, fs);
+        return fd;
 }
 
 /* --- ids --------------------------------------------------------------------------------- */
@@ -383,61 +411,141 @@ static int sweep_tmp(rl_store *s, uint64_t *max_id, rl_error *err)
         return r;
 }
 
-/* Read every snapshots/ID/info.json and rebuild the index. */
-static int load_index(rl_store *s, uint64_t *max_id, rl_error *err)
+/*
+ * Append the record of every ID/ in dir_fd (where: its name for messages) to metas. In
+ * ephemeral/BOOT/ (trash_fd >= 0), one whose record does not read is thrown away: it was
+ * never flushed, and the filesystem went down and came back since (an I/O error, a forced
+ * shutdown) without a reboot.
+ */
+static int read_records(int dir_fd, const char *where, int trash_fd, rl_meta **metas,
+                        size_t *n, size_t *cap, uint64_t *max_id, rl_error *err)
 {
-        DIR *d = opendir_fd(s->snaps_fd);
-        rl_meta *metas = NULL;
-        snap **byid = NULL;
-        size_t n = 0, cap = 0;
+        bool ephemeral = trash_fd >= 0;
+        DIR *d = opendir_fd(dir_fd);
         struct dirent *e;
         int r = 0;
 
         if (!d)
-                return rl_error_set(err, -errno, "store: list snapshots/");
+                return rl_error_set(err, -errno, "store: list %s/", where);
         while ((e = readdir(d))) {
                 if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
                         continue;
                 uint64_t id = parse_id(e->d_name);
                 if (!id) {
-                        r = rl_error_set(err, -EUCLEAN, "store: snapshots/%s is not ours",
+                        r = rl_error_set(err, -EUCLEAN, "store: %s/%s is not ours", where,
                                          e->d_name);
-                        goto out;
+                        break;
                 }
-                if (n == cap) {
-                        cap = cap ? cap * 2 : 256;
-                        rl_meta *m = realloc(metas, cap * sizeof(*m));
+                if (*n == *cap) {
+                        size_t c = *cap ? *cap * 2 : 256;
+                        rl_meta *m = realloc(*metas, c * sizeof(*m));
                         if (!m) {
                                 r = rl_error_set(err, -ENOMEM, "store: index");
-                                goto out;
+                                break;
                         }
-                        metas = m;
+                        *metas = m;
+                        *cap = c;
                 }
                 _cleanup_close_ int sfd =
-                        openat(s->snaps_fd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-                                                               O_CLOEXEC);
+                        openat(dir_fd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
                 if (sfd < 0) {
-                        r = rl_error_set(err, -errno, "store: open snapshots/%s", e->d_name);
-                        goto out;
+                        r = rl_error_set(err, -errno, "store: open %s/%s", where, e->d_name);
+                        break;
                 }
                 (void)unlinkat(sfd, RL_META_FILE ".tmp", 0); /* a write cut short */
-                r = rl_meta_read(sfd, &metas[n], err);
+                rl_meta *m = &(*metas)[*n];
+                r = rl_meta_read(sfd, m, err);
+                if (r < 0 && r != -ENOMEM && ephemeral) {
+                        char name[NAME_MAX + 16];
+                        snprintf(name, sizeof(name), "ephemeral-%s", e->d_name);
+                        r = RL_NERRNO(renameat(dir_fd, e->d_name, trash_fd, name));
+                        if (r == 0)
+                                continue;
+                }
                 if (r < 0) {
-                        rl_error_prefix(err, r, "store: snapshots/%s", e->d_name);
-                        goto out;
+                        rl_error_prefix(err, r, "store: %s/%s", where, e->d_name);
+                        break;
                 }
-                if (metas[n].id != id) {
-                        r = rl_error_set(err, -EUCLEAN, "store: snapshots/%s holds id %" PRIu64,
-                                         e->d_name, metas[n].id);
-                        rl_meta_clear(&metas[n]);
-                        goto out;
+                m->ephemeral = ephemeral;
+                (*n)++;
+                if (m->id != id || (ephemeral && m->kind == RL_KIND_COMMITTED)) {
+                        r = rl_error_set(err, -EUCLEAN, "store: %s/%s holds %s %" PRIu64, where,
+                                         e->d_name, m->id != id ? "id" : "committed snapshot",
+                                         m->id);
+                        break;
                 }
-                n++;
                 if (id > *max_id)
                         *max_id = id;
         }
+        closedir(d);
+        return r;
+}
+
+/*
+ * Open ephemeral/BOOT/ for this boot (the kernel's boot id), after moving every other boot's
+ * directory into trash/: the ephemeral snapshots of an earlier boot were never flushed, so
+ * whatever of them reached the disk is thrown away whole, readable or not.
+ */
+static int open_ephemeral(rl_store *s, rl_error *err)
+{
+        _cleanup_close_ int eph = -EBADF;
+        char boot[40] = "";
+        int r;
+
+        _cleanup_close_ int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+        ssize_t len = fd < 0 ? -1 : read(fd, boot, sizeof(boot) - 1);
+        if (len < 36)
+                return rl_error_set(err, len < 0 ? -errno : -EIO,
+                                    "store: read the boot id (/proc/sys/kernel/random/boot_id)");
+        boot[36] = '\0';
+        if (strspn(boot, "0123456789abcdef-") != 36)
+                return rl_error_set(err, -EIO, "store: boot id '%s' is not a UUID", boot);
+        snprintf(s->eph_dir, sizeof(s->eph_dir), "ephemeral/%s", boot);
+
+        if ((r = open_subdir(s->root_fd, "ephemeral", &eph, err)) < 0)
+                return r;
+        DIR *d = opendir_fd(eph);
+        if (!d)
+                return rl_error_set(err, -errno, "store: list ephemeral/");
+        struct dirent *e;
+        while ((e = readdir(d))) {
+                if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") ||
+                    !strcmp(e->d_name, boot))
+                        continue;
+                char name[NAME_MAX + 16];
+                snprintf(name, sizeof(name), "ephemeral-%s", e->d_name);
+                if (renameat(eph, e->d_name, s->trash_fd, name) < 0) {
+                        r = rl_error_set(err, -errno, "store: move ephemeral/%s to trash/",
+                                         e->d_name);
+                        break;
+                }
+        }
+        closedir(d);
+        return r < 0 ? r : open_subdir(eph, boot, &s->eph_fd, err);
+}
+
+/* Read every snapshots/ID/info.json and ephemeral/BOOT/ID/info.json; rebuild the index. */
+static int load_index(rl_store *s, uint64_t *max_id, rl_error *err)
+{
+        rl_meta *metas = NULL;
+        snap **byid = NULL;
+        size_t n = 0, cap = 0;
+        int r;
+
+        r = read_records(s->snaps_fd, "snapshots", -1, &metas, &n, &cap, max_id, err);
+        if (r == 0)
+                r = read_records(s->eph_fd, s->eph_dir, s->trash_fd, &metas, &n, &cap, max_id,
+                                 err);
+        if (r < 0)
+                goto out;
         if (n)
                 qsort(metas, n, sizeof(*metas), cmp_meta_id);
+        for (size_t i = 1; i < n; i++)
+                if (metas[i].id == metas[i - 1].id) {
+                        r = rl_error_set(err, -EUCLEAN, "store: snapshot %" PRIu64 " is both in "
+                                         "snapshots/ and in %s/", metas[i].id, s->eph_dir);
+                        goto out;
+                }
         byid = calloc(n ? n : 1, sizeof(*byid));
         if (!byid) {
                 r = rl_error_set(err, -ENOMEM, "store: index");
@@ -452,7 +560,8 @@ static int load_index(rl_store *s, uint64_t *max_id, rl_error *err)
                 /* The snapshot takes over the record's strings. */
                 *p = (snap){ .id = metas[i].id, .kind = metas[i].kind, .name = metas[i].name,
                              .labels = metas[i].labels, .created_ns = metas[i].created_ns,
-                             .updated_ns = metas[i].updated_ns };
+                             .updated_ns = metas[i].updated_ns,
+                             .ephemeral = metas[i].ephemeral };
                 metas[i].name = NULL;
                 metas[i].labels = NULL;
                 if (find(s, p->name)) {
@@ -486,7 +595,6 @@ static int load_index(rl_store *s, uint64_t *max_id, rl_error *err)
                 byid[i]->parent->children++;
         }
 out:
-        closedir(d);
         for (size_t i = 0; i < n; i++)
                 rl_meta_clear(&metas[i]);
         free(metas);
@@ -526,7 +634,7 @@ RL_EXPORT int rl_store_open(const char *root, const rl_store_options *opts, rl_s
 
         if (!s)
                 return rl_error_set(err, -ENOMEM, "store");
-        s->root_fd = s->snaps_fd = s->tmp_fd = s->trash_fd = s->lock_fd = -EBADF;
+        s->root_fd = s->snaps_fd = s->tmp_fd = s->trash_fd = s->lock_fd = s->eph_fd = -EBADF;
         s->closed = true; /* until it is whole: rl_store_free must not wait for anything */
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->idle, NULL);
@@ -552,7 +660,8 @@ RL_EXPORT int rl_store_open(const char *root, const rl_store_options *opts, rl_s
                                     "store '%s': in use by another process (lock)", s->root);
         if ((r = open_subdir(s->root_fd, "snapshots", &s->snaps_fd, err)) < 0 ||
             (r = open_subdir(s->root_fd, "tmp", &s->tmp_fd, err)) < 0 ||
-            (r = open_subdir(s->root_fd, "trash", &s->trash_fd, err)) < 0)
+            (r = open_subdir(s->root_fd, "trash", &s->trash_fd, err)) < 0 ||
+            (r = open_ephemeral(s, err)) < 0)
                 return rl_error_prefix(err, r, "store '%s'", s->root);
         r = sweep_tmp(s, &max_id, err);
         if (r < 0)
@@ -621,11 +730,12 @@ RL_EXPORT int rl_store_close(rl_store *s)
 out_fds:
         free_index(s);
         closep(&s->snaps_fd);
+        closep(&s->eph_fd);
         closep(&s->tmp_fd);
         closep(&s->trash_fd);
         closep(&s->root_fd);
         closep(&s->lock_fd); /* releases the flock */
-        s->snaps_fd = s->tmp_fd = s->trash_fd = s->root_fd = s->lock_fd = -EBADF;
+        s->snaps_fd = s->tmp_fd = s->trash_fd = s->root_fd = s->lock_fd = s->eph_fd = -EBADF;
         return 0;
 }
 
@@ -678,6 +788,9 @@ typedef struct layer_fill {
  * or when the pool built it) and the record (an fsync or fdatasync of it) are durable before
  * the rename into snapshots/, and the fsync of snapshots/ after it is what makes the
  * Prepare done. What a crash leaves in tmp/ or pool/ is thrown away at the next open.
+ * An ephemeral snapshot is published into ephemeral/BOOT/ with none of these flushes: what
+ * of it reaches the disk before a power cut is thrown away whole after the reboot, and a
+ * crash of this process alone loses nothing the page cache holds.
  *
  * From the warm pool that is two flushes: the record, written in place into the
  * placeholder the pool reserved (fdatasync: data only, no journal commit), and the fsync of
@@ -713,18 +826,15 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
         if (pooled) {
                 /* fs/ is there already. */
         } else if (parent) {
-                char src[48];
-                snprintf(src, sizeof(src), "%" PRIu64 "/fs", parent->id);
-                _cleanup_close_ int src_fd = rl_openat_beneath(s->snaps_fd, src,
-                                                               O_RDONLY | O_DIRECTORY, 0);
+                _cleanup_close_ int src_fd = open_tree(s->snaps_fd, "snapshots", parent->id, err);
                 if (src_fd < 0) {
-                        r = rl_error_set(err, src_fd, "open the parent's tree");
+                        r = rl_error_prefix(err, src_fd, "the parent's tree");
                         goto out_remove_tmp;
                 }
                 rl_tree_options t = {
                         .jobs = s->opts.jobs,
                         /* With a layer to come, one syncfs after it does for both. */
-                        .flags = (s->opts.no_sync || fill ? 0 : RL_TREE_SYNC) |
+                        .flags = (s->opts.no_sync || fill || n->ephemeral ? 0 : RL_TREE_SYNC) |
                                  (popts && popts->keep_unmapped ? RL_TREE_KEEP_UNMAPPED : 0),
                         .uid_map = popts ? popts->uid_map : NULL,
                         .gid_map = popts ? popts->gid_map : NULL,
@@ -771,14 +881,15 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
         if (r < 0)
                 goto out_remove_tmp;
         /* The whole snapshot appears at once: tree and record in one rename. */
-        if (renameat(s->tmp_fd, idname, s->snaps_fd, idname) < 0) {
-                r = rl_error_set(err, -errno, "publish snapshots/%s", idname);
+        int home = home_fd(s, n);
+        if (renameat(s->tmp_fd, idname, home, idname) < 0) {
+                r = rl_error_set(err, -errno, "publish %s/%s", home_name(s, n), idname);
                 goto out_remove_tmp;
         }
-        if (fsync(s->snaps_fd) < 0) {
+        if (!n->ephemeral && fsync(home) < 0) {
                 /* Not durable, so not done: take it back, so disk and index agree. */
                 r = rl_error_set(err, -errno, "fsync snapshots/");
-                if (renameat(s->snaps_fd, idname, s->tmp_fd, idname) < 0)
+                if (renameat(home, idname, s->tmp_fd, idname) < 0)
                         return r; /* still published; the next open will find it */
                 goto out_remove_tmp;
         }
@@ -850,6 +961,7 @@ static int create_snapshot(rl_store *s, rl_kind kind, const char *key, const cha
         }
         n->kind = kind;
         n->parent = parent;
+        n->ephemeral = popts && popts->ephemeral && kind != RL_KIND_COMMITTED;
         n->labels = TAKE_PTR(lj);
         n->created_ns = n->updated_ns = now_realtime();
         n->pending = true;
@@ -920,14 +1032,47 @@ static int do_commit_layer(rl_store *s, const char *name, const char *parent,
 
 /* --- commit, update, remove ------------------------------------------------------------- */
 
-static int open_snapdir(rl_store *s, uint64_t id, rl_error *err)
+/* The directory of n (busy, or under s->lock). */
+static int open_snapdir(rl_store *s, const snap *n, rl_error *err)
 {
         char idname[24];
-        snprintf(idname, sizeof(idname), "%" PRIu64, id);
-        int fd = openat(s->snaps_fd, idname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        snprintf(idname, sizeof(idname), "%" PRIu64, n->id);
+        int fd = openat(home_fd(s, n), idname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
-                return rl_error_set(err, -errno, "open snapshots/%s", idname);
+                return rl_error_set(err, -errno, "open %s/%s", home_name(s, n), idname);
         return fd;
+}
+
+/*
+ * Make a's tree and record durable before it becomes a committed snapshot: a layer must
+ * survive a power cut whole, the files a container wrote into it included. An ephemeral one
+ * moves to snapshots/ first (its record still says active, flushed by the syncfs before the
+ * move), so that at every instant it is either in ephemeral/ (thrown away after a reboot:
+ * the commit did not return) or in snapshots/, whole. a is busy.
+ */
+static int commit_flush(rl_store *s, snap *a, rl_error *err)
+{
+        char idname[24];
+        if (!s->opts.no_sync) {
+                _cleanup_close_ int tree = open_tree(home_fd(s, a), home_name(s, a), a->id, err);
+                if (tree < 0)
+                        return tree;
+                if (syncfs(tree) < 0)
+                        return rl_error_set(err, -errno, "syncfs");
+        }
+        if (!a->ephemeral)
+                return 0;
+        snprintf(idname, sizeof(idname), "%" PRIu64, a->id);
+        if (renameat(s->eph_fd, idname, s->snaps_fd, idname) < 0)
+                return rl_error_set(err, -errno, "move %s/%s to snapshots/", s->eph_dir, idname);
+        pthread_mutex_lock(&s->lock);
+        a->ephemeral = false;
+        pthread_mutex_unlock(&s->lock);
+        /* The rename is durable once snapshots/ is (the record's write syncs only the
+         * snapshot's own directory). */
+        if (!s->opts.no_sync && fsync(s->snaps_fd) < 0)
+                return rl_error_set(err, -errno, "fsync snapshots/");
+        return 0;
 }
 
 /* Under s->lock, for a busy snapshot: done writing; wake whoever waits for it. */
@@ -993,10 +1138,13 @@ static int do_commit(rl_store *s, const char *name, const char *key,
         a->busy = true;
         pthread_mutex_unlock(&s->lock);
 
-        dir = open_snapdir(s, c->id, err);
+        r = commit_flush(s, a, err);
+        if (r == 0)
+                r = dir = open_snapdir(s, a, err);
         rl_meta m;
         meta_of(c, &m);
-        r = dir < 0 ? dir : rl_meta_write(dir, &m, err);
+        if (r >= 0)
+                r = rl_meta_write(dir, &m, err);
 
         pthread_mutex_lock(&s->lock);
         unlink_snap(s, c);
@@ -1070,7 +1218,7 @@ static int do_remove(rl_store *s, const char *key, rl_error *err)
         /* One rename takes the snapshot out of the store; deleting the tree is the trash
          * thread's work, so this returns at once whatever the tree's size. */
         snprintf(idname, sizeof(idname), "%" PRIu64, n->id);
-        r = RL_NERRNO(renameat(s->snaps_fd, idname, s->trash_fd, idname));
+        r = RL_NERRNO(renameat(home_fd(s, n), idname, s->trash_fd, idname));
         /* No fsync: once renamed it is gone for every reader, and a power cut before the
          * journal reaches the disk can only bring it back whole (an fsync here would wait
          * for the journal, which holds the trash thread's deletions: 10-80 ms, measured). */
@@ -1078,7 +1226,8 @@ static int do_remove(rl_store *s, const char *key, rl_error *err)
         pthread_mutex_lock(&s->lock);
         if (r < 0) {
                 release(s, n);
-                rl_error_set(err, r, "remove '%s': move snapshots/%s to trash/", key, idname);
+                rl_error_set(err, r, "remove '%s': move %s/%s to trash/", key, home_name(s, n),
+                             idname);
         } else {
                 if (n->parent)
                         n->parent->children--;
@@ -1131,11 +1280,9 @@ static int do_apply(rl_store *s, const char *key, int tar_fd, const rl_apply_opt
 
         snprintf(fs, sizeof(fs), "%" PRIu64 "/fs", n->id);
         snprintf(tmpname, sizeof(tmpname), "%" PRIu64 "-apply", n->id);
-        src = rl_openat_beneath(s->snaps_fd, fs, O_RDONLY | O_DIRECTORY, 0);
-        if (src < 0) {
-                r = rl_error_set(err, src, "open snapshots/%s", fs);
+        src = r = open_tree(home_fd(s, n), home_name(s, n), n->id, err);
+        if (src < 0)
                 goto out;
-        }
         rl_tree_options t = { .jobs = s->opts.jobs, .cancel = opts ? opts->cancel : NULL };
         r = rl_tree_clone(src, s->tmp_fd, tmpname, &t, NULL, err);
         if (r < 0)
@@ -1145,9 +1292,9 @@ static int do_apply(rl_store *s, const char *key, int tar_fd, const rl_apply_opt
                 r = rl_error_set(err, -errno, "open tmp/%s", tmpname);
         else
                 r = rl_layer_apply(tree, tar_fd, opts, ret ? ret : &st, err);
-        if (r == 0 && !s->opts.no_sync && syncfs(tree) < 0)
+        if (r == 0 && !s->opts.no_sync && !n->ephemeral && syncfs(tree) < 0)
                 r = rl_error_set(err, -errno, "syncfs");
-        if (r == 0 && (dir = open_snapdir(s, n->id, err)) < 0)
+        if (r == 0 && (dir = open_snapdir(s, n, err)) < 0)
                 r = dir;
         /* Moving a directory to another parent rewrites its ".." entry, and XFS counts that
          * as a change of its mtime: the tree's root keeps the times the layer gave it. */
@@ -1155,14 +1302,15 @@ static int do_apply(rl_store *s, const char *key, int tar_fd, const rl_apply_opt
         if (r == 0 && fstat(tree, &root_st) < 0)
                 r = rl_error_set(err, -errno, "stat tmp/%s", tmpname);
         if (r == 0 && renameat2(s->tmp_fd, tmpname, dir, "fs", RENAME_EXCHANGE) < 0)
-                r = rl_error_set(err, -errno, "replace snapshots/%s", fs);
+                r = rl_error_set(err, -errno, "replace %s/%s", home_name(s, n), fs);
         if (r == 0 && futimens(tree, (struct timespec[]){ root_st.st_atim, root_st.st_mtim }) < 0)
-                r = rl_error_set(err, -errno, "set the times of snapshots/%s", fs);
+                r = rl_error_set(err, -errno, "set the times of %s/%s", home_name(s, n), fs);
         if (r < 0) {
                 rl_tree_remove(s->tmp_fd, tmpname, s->opts.jobs, NULL, NULL);
                 goto out;
         }
-        (void)fsync(dir);
+        if (!n->ephemeral)
+                (void)fsync(dir);
         /* The old tree is in tmp/ now: the trash thread deletes it. */
         snprintf(trashname, sizeof(trashname), "%" PRIu64 "-replaced-%" PRIu64, n->id,
                  rl_now_ns());
@@ -1184,7 +1332,6 @@ out:
 static int open_pair(rl_store *s, const char *verb, const char *key, snap **ret_n,
                      int *ret_upper, int *ret_lower, rl_error *err)
 {
-        char fs[48];
         snap *n;
         int r;
 
@@ -1201,22 +1348,14 @@ static int open_pair(rl_store *s, const char *verb, const char *key, snap **ret_
         n->pins++;
         if (n->parent)
                 n->parent->pins++;
-        pthread_mutex_unlock(&s->lock);
-
+        /* Opened under the lock: a commit may move an ephemeral tree (open_snapdir). */
         *ret_n = n;
         *ret_lower = -EBADF;
-        snprintf(fs, sizeof(fs), "%" PRIu64 "/fs", n->id);
-        *ret_upper = rl_openat_beneath(s->snaps_fd, fs, O_RDONLY | O_DIRECTORY, 0);
-        if (*ret_upper < 0)
-                return rl_error_set(err, *ret_upper, "%s '%s': open snapshots/%s", verb, key, fs);
-        if (n->parent) {
-                snprintf(fs, sizeof(fs), "%" PRIu64 "/fs", n->parent->id);
-                *ret_lower = rl_openat_beneath(s->snaps_fd, fs, O_RDONLY | O_DIRECTORY, 0);
-                if (*ret_lower < 0)
-                        return rl_error_set(err, *ret_lower, "%s '%s': open snapshots/%s", verb,
-                                            key, fs);
-        }
-        return 0;
+        *ret_upper = r = open_tree(home_fd(s, n), home_name(s, n), n->id, err);
+        if (r >= 0 && n->parent)
+                *ret_lower = r = open_tree(s->snaps_fd, "snapshots", n->parent->id, err);
+        pthread_mutex_unlock(&s->lock);
+        return r < 0 ? rl_error_prefix(err, r, "%s '%s'", verb, key) : 0;
 }
 
 static void unpin_pair(rl_store *s, snap *n)
@@ -1357,7 +1496,7 @@ static int do_update(rl_store *s, const rl_info *info, const char *const *fieldp
         next.updated_ns = now_realtime();
         rl_meta m;
         meta_of(&next, &m);
-        dir = open_snapdir(s, n->id, err);
+        dir = open_snapdir(s, n, err);
         r = dir < 0 ? dir : rl_meta_write(dir, &m, err);
 
         pthread_mutex_lock(&s->lock);
@@ -1442,7 +1581,6 @@ static int do_walk(rl_store *s, const char *const *filters, size_t n_filters,
 
 static int do_usage(rl_store *s, const char *key, rl_usage *ret, rl_error *err)
 {
-        char fs[48];
         snap *n;
         int r;
 
@@ -1457,14 +1595,11 @@ static int do_usage(rl_store *s, const char *key, rl_usage *ret, rl_error *err)
                 return r;
         }
         n->pins++; /* not removed while measured */
-        snprintf(fs, sizeof(fs), "%" PRIu64 "/fs", n->id);
+        /* Opened under the lock: a commit may move an ephemeral tree (open_snapdir). */
+        int fd = open_tree(home_fd(s, n), home_name(s, n), n->id, err);
         pthread_mutex_unlock(&s->lock);
 
-        int fd = rl_openat_beneath(s->snaps_fd, fs, O_RDONLY | O_DIRECTORY, 0);
-        if (fd < 0)
-                r = rl_error_set(err, fd, "usage '%s': open snapshots/%s", key, fs);
-        else
-                r = rl_usage_tree(fd, s->opts.jobs, ret, err);
+        r = fd < 0 ? fd : rl_usage_tree(fd, s->opts.jobs, ret, err);
         if (fd >= 0)
                 close(fd);
         if (r < 0)
@@ -1494,7 +1629,7 @@ static int do_mounts(rl_store *s, const char *key, rl_mount *ret, rl_error *err)
                 return r;
         }
         bool rw = n->kind == RL_KIND_ACTIVE;
-        if (asprintf(&m.source, "%s/snapshots/%" PRIu64 "/fs", s->root, n->id) < 0)
+        if (asprintf(&m.source, "%s/%s/%" PRIu64 "/fs", s->root, home_name(s, n), n->id) < 0)
                 m.source = NULL;
         pthread_mutex_unlock(&s->lock);
 

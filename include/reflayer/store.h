@@ -5,6 +5,7 @@
  * A store is a directory (ROOT) on one filesystem:
  *   ROOT/snapshots/ID/fs/        the tree of snapshot ID (decimal, never reused)
  *   ROOT/snapshots/ID/info.json  its metadata
+ *   ROOT/ephemeral/BOOT/ID/      an ephemeral snapshot (same layout) made during boot BOOT
  *   ROOT/tmp/                    trees being built (emptied at open)
  *   ROOT/trash/                  removed trees (deleted in the background)
  *   ROOT/lock                    flock: one process per store
@@ -12,6 +13,13 @@
  * of an active snapshot; immutable; the only kind that may be a parent). Keys are unique
  * across kinds. Every change is built aside and published with rename(2), so a process that
  * dies at any instant leaves each snapshot either fully there or not there at all.
+ *
+ * Durability: a call that returns has reached the disk (a power cut loses nothing it did),
+ * except for ephemeral snapshots (rl_prepare_options.ephemeral): active snapshots and views
+ * that are never flushed, so much quicker to make, and that do not outlive the boot they
+ * were made in: the first open after a reboot throws them away, whole, whether the machine
+ * went down cleanly or not. A container whose rootfs is rebuilt after a reboot anyway
+ * loses nothing. Committing one makes it durable.
  *
  * Errors: negative errnos with a message in rl_error; rl_store_error_code() gives each its
  * stable protocol code (-ENOENT not_found, -EEXIST already_exists, -EINVAL invalid_argument,
@@ -65,6 +73,7 @@ typedef struct rl_info {
         size_t n_labels;
         int64_t created_ns; /* CLOCK_REALTIME */
         int64_t updated_ns;
+        bool ephemeral;     /* gone after a reboot (rl_prepare_options.ephemeral) */
 } rl_info;
 
 /* Free what an rl_info holds (not the struct itself); leaves it zeroed. */
@@ -137,6 +146,10 @@ typedef struct rl_prepare_options {
         /* Set to true to abandon the clone: the call fails with -ECANCELED and nothing is
          * published. NULL: not cancellable. */
         const atomic_bool *cancel;
+        /* Never flushed, gone at the first open after a reboot (see the top of this file):
+         * the snapshot is published with no flush at all (no syncfs of a cold clone, no
+         * fsync of its record or of the directory it appears in). */
+        bool ephemeral;
 } rl_prepare_options;
 
 /*
@@ -153,6 +166,8 @@ int rl_store_view(rl_store *s, const char *key, const char *parent, const rl_lab
 /*
  * Commit the active snapshot `key` as the committed snapshot `name`: the active one is
  * consumed, its tree becomes the layer without a copy. The committed snapshot gets `labels`.
+ * The tree is flushed first (syncfs), so a committed snapshot is durable whole, data
+ * included; an ephemeral active snapshot moves to snapshots/ and stops being ephemeral.
  */
 int rl_store_commit(rl_store *s, const char *name, const char *key, const rl_label *labels,
                     size_t n_labels, rl_error *err);

@@ -19,6 +19,11 @@
  *     the disk. A real power cut leaves no code running to believe it.)
  *   - snapshots/ holds nothing the index does not know (or the open would have failed).
  * The first round cuts right after a Prepare returned, so that case is always checked.
+ *
+ * With ephemeral snapshots mixed in (every odd Prepare), the store must open after the cut
+ * all the same (they were never flushed: what of them reached the disk is anything), and
+ * after the reboot that follows a real power cut (simulated) none of them is left, while
+ * every durable one is whole.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -52,6 +57,7 @@ typedef struct world {
         rlt_fs fs;
         char mnt[PATH_MAX], root[PATH_MAX], dev[PATH_MAX];
         rl_store *s;
+        bool mix; /* odd Prepares are ephemeral */
 } world;
 
 typedef struct runner {
@@ -107,7 +113,8 @@ static void *prepare_loop(void *arg)
                 rl_error err = {};
                 key_of(key, ru->round, i);
                 rl_store_pool_stats(ru->w->s, &before);
-                int r = rl_store_prepare(ru->w->s, key, "base", NULL, 0, NULL, &err);
+                rl_prepare_options o = { .ephemeral = ru->w->mix && (i & 1) };
+                int r = rl_store_prepare(ru->w->s, key, "base", NULL, 0, &o, &err);
                 if (r < 0) {
                         ru->last_r = r;
                         ru->last_err = err;
@@ -144,14 +151,14 @@ static void remount(world *w)
         cr_assert_eq(r, 0, "mount %s on %s again: %s", w->dev, w->mnt, strerror(e));
 }
 
-static void cut_loop(rlt_fs fs, unsigned rounds, unsigned seed)
+static void cut_loop(rlt_fs fs, unsigned rounds, unsigned seed, bool mix)
 {
         world w;
         char p[PATH_MAX], a[PATH_MAX], b[PATH_MAX], key[64];
         rl_error err = {};
         unsigned total_done = 0, total_hits = 0, mid_prepare = 0;
 
-        w = (world){ .fs = fs };
+        w = (world){ .fs = fs, .mix = mix };
         snprintf(w.mnt, sizeof(w.mnt), "%s", rlt_mkfs(fs, 0, rlt_fs_name(fs)));
         snprintf(w.root, sizeof(w.root), "%s/store", w.mnt);
         struct stat st;
@@ -210,12 +217,24 @@ static void cut_loop(rlt_fs fs, unsigned rounds, unsigned seed)
                 w.s = rl_store_free(w.s);
                 remount(&w);
                 open_store(&w);
+                if (mix) {
+                        /* The open above is the one without a reboot; now the reboot. */
+                        w.s = rl_store_free(w.s);
+                        rlt_fake_reboot(w.root);
+                        open_store(&w);
+                }
 
-                /* Every Prepare that returned before the cut survived, whole. */
+                /* Every Prepare that returned before the cut survived, whole; no ephemeral
+                 * one outlived the reboot. */
                 for (unsigned i = 0; i < before_cut; i++) {
                         rl_info info;
                         key_of(key, round, i);
                         int r = rl_store_stat(w.s, key, &info, &err);
+                        if (mix && (i & 1)) {
+                                cr_assert_eq(r, -ENOENT, "round %u: ephemeral '%s' outlived a "
+                                             "reboot", round, key);
+                                continue;
+                        }
                         cr_assert_eq(r, 0, "round %u: '%s' returned before the cut, and is gone: %s",
                                      round, key, err.msg);
                         cr_assert_eq(info.kind, RL_KIND_ACTIVE, "%s", key);
@@ -234,6 +253,8 @@ static void cut_loop(rlt_fs fs, unsigned rounds, unsigned seed)
                         key_of(key, round, i);
                         if (rl_store_stat(w.s, key, &info, &err) < 0)
                                 continue;
+                        cr_assert(!mix || !(i & 1), "round %u: ephemeral '%s' outlived a reboot",
+                                  round, key);
                         char why[1024] = "";
                         cr_assert(rlt_tree_equal(tree_of(&w, "base", a), tree_of(&w, key, b), NULL,
                                                  NULL, why, sizeof(why)),
@@ -249,7 +270,8 @@ static void cut_loop(rlt_fs fs, unsigned rounds, unsigned seed)
                 for (unsigned i = 0; i < present; i++) {
                         key_of(key, round, i);
                         int r = rl_store_remove(w.s, key, &err);
-                        cr_assert(r == 0 || (r == -ENOENT && i >= before_cut), "%s", err.msg);
+                        cr_assert(r == 0 || (r == -ENOENT && (i >= before_cut || (mix && (i & 1)))),
+                                  "%s", err.msg);
                 }
                 cr_assert_eq(rl_store_cleanup(w.s, &err), 0, "%s", err.msg);
         }
@@ -263,10 +285,15 @@ static void cut_loop(rlt_fs fs, unsigned rounds, unsigned seed)
 
 Test(crash_powercut, pool_xfs, .init = rlt_init, .fini = rlt_fini, .timeout = 600)
 {
-        cut_loop(RLT_XFS, 12, 0xc07);
+        cut_loop(RLT_XFS, 12, 0xc07, false);
+}
+
+Test(crash_powercut, ephemeral_mixed_xfs, .init = rlt_init, .fini = rlt_fini, .timeout = 600)
+{
+        cut_loop(RLT_XFS, 8, 0xc09, true);
 }
 
 Test(crash_powercut, pool_ext4, .init = rlt_init, .fini = rlt_fini, .timeout = 600)
 {
-        cut_loop(RLT_EXT4, 8, 0xc08);
+        cut_loop(RLT_EXT4, 8, 0xc08, false);
 }

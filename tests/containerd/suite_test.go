@@ -44,6 +44,16 @@ const readyTimeout = 20 * time.Second
 const stopTimeout = 10 * time.Second
 
 func TestReflayer(t *testing.T) {
+	runReflayer(t)
+}
+
+// The same cases against reflayerd --ephemeral: every Prepare and View unflushed, under
+// ephemeral/BOOT/; Commit moves a snapshot into snapshots/ and makes it durable.
+func TestReflayerEphemeral(t *testing.T) {
+	runReflayer(t, "--ephemeral")
+}
+
+func runReflayer(t *testing.T, extra ...string) {
 	testutil.RequiresRoot(t)
 	daemon := os.Getenv("RL_DAEMON")
 	if daemon == "" {
@@ -53,7 +63,7 @@ func TestReflayer(t *testing.T) {
 		t.Fatalf("RL_DAEMON: %v", err)
 	}
 	testsuite.SnapshotterSuite(t, "reflayer", func(ctx context.Context, root string) (snapshots.Snapshotter, func() error, error) {
-		return startReflayerd(ctx, daemon, root)
+		return startReflayerd(ctx, daemon, root, extra)
 	})
 }
 
@@ -121,12 +131,13 @@ func (p *daemonProc) stop() error {
 	return nil
 }
 
-func startReflayerd(ctx context.Context, daemon, root string) (snapshots.Snapshotter, func() error, error) {
+func startReflayerd(ctx context.Context, daemon, root string, extra []string) (snapshots.Snapshotter, func() error, error) {
 	sock := filepath.Join(root, "containerd.sock")
 	p := &daemonProc{done: make(chan struct{})}
-	p.cmd = exec.Command(daemon, "--root", filepath.Join(root, "store"),
+	args := append([]string{"--root", filepath.Join(root, "store"),
 		"--socket", filepath.Join(root, "rl.sock"), "--containerd-socket", sock,
-		"--log-level", "debug")
+		"--log-level", "debug"}, extra...)
+	p.cmd = exec.Command(daemon, args...)
 	p.cmd.Stdout = &p.stderr
 	p.cmd.Stderr = &p.stderr
 	// Its own process group: a SIGINT to the test run does not reach it before cleanup does.

@@ -310,3 +310,8 @@ Test(containerd_suite, reflayer)
 {
         assert_suite("TestReflayer");
 }
+
+Test(containerd_suite, reflayer_ephemeral)
+{
+        assert_suite("TestReflayerEphemeral");
+}

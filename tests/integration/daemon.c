@@ -649,6 +649,48 @@ static void chown_tree(const char *dir, uid_t uid, gid_t gid)
         cr_assert_eq(rlt_run(argv, out, sizeof(out)), 0, "chown: %s", out);
 }
 
+/* --ephemeral on the CLI; reflayerd --ephemeral makes it the default, which a request's
+ * "ephemeral": false overrides; stat and the mounts say where a snapshot lives. */
+Test(daemon, ephemeral_snapshots)
+{
+        static char out[65536];
+        const char *cli = cli_path();
+        cr_assert_eq(RUN("prepare", "b"), 0, "%s", out);
+        cr_assert_eq(RUN("commit", "base", "b"), 0, "%s", out);
+        cr_assert_eq(RUN("prepare", "e1", "base", "--ephemeral"), 0, "%s", out);
+        cr_expect(strstr(out, "/ephemeral/") && strstr(out, "rbind,rw"), "%s", out);
+        cr_assert_eq(RUN("stat", "e1"), 0, "%s", out);
+        cr_expect(strstr(out, "kind:    active (ephemeral)"), "%s", out);
+        cr_assert_eq(RUN("--json", "stat", "e1"), 0, "%s", out);
+        cr_expect(strstr(out, "\"ephemeral\":true"), "%s", out);
+        cr_assert_eq(RUN("prepare", "d1", "base"), 0, "%s", out);
+        cr_expect(strstr(out, "/snapshots/"), "%s", out);
+        cr_assert_eq(RUN("--json", "stat", "d1"), 0, "%s", out);
+        cr_expect(!strstr(out, "ephemeral"), "%s", out);
+
+        stop_daemon();
+        const char *extra[] = { "--ephemeral", NULL };
+        rlt_daemon_start(&D, -1, extra);
+        cr_assert_eq(RUN("stat", "e1"), 0, "a restart lost an ephemeral snapshot: %s", out);
+        cr_assert_eq(RUN("view", "e2", "base"), 0, "%s", out);
+        cr_expect(strstr(out, "/ephemeral/") && strstr(out, "rbind,ro"), "%s", out);
+        rl_client *c;
+        rl_error err = {};
+        cr_assert_eq(rl_client_connect(sock, &c, &err), 0, "%s", err.msg);
+        char *res = NULL;
+        cr_assert_eq(rl_client_call(c, "Prepare",
+                                    "{\"key\":\"d2\",\"parent\":\"base\",\"ephemeral\":false}",
+                                    &res, &err),
+                     0, "%s", err.msg);
+        cr_expect(strstr(res, "/snapshots/"), "%s", res);
+        free(res);
+        rl_client_free(c);
+        /* A commit moves it out of ephemeral/. */
+        cr_assert_eq(RUN("commit", "layer", "e1"), 0, "%s", out);
+        cr_assert_eq(RUN("mounts", "layer"), 0, "%s", out);
+        cr_expect(strstr(out, "/snapshots/") && strstr(out, "rbind,ro"), "%s", out);
+}
+
 /* Clone acts with the caller's identity: a member of the socket's group clones what it owns
  * into a directory it may write, and nothing more; in particular no capability of the daemon
  * (CAP_DAC_OVERRIDE, CAP_SETFCAP) works for it. */

@@ -672,6 +672,18 @@ bool rlt_dir_has_prefix(const char *dir, const char *prefix)
         return found;
 }
 
+void rlt_fake_reboot(const char *root)
+{
+        char boot[64] = "", from[PATH_MAX + 64], to[PATH_MAX + 64];
+        FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+        cr_assert(f && fgets(boot, sizeof(boot), f), "read the boot id: %s", strerror(errno));
+        fclose(f);
+        boot[strcspn(boot, "\n")] = '\0';
+        snprintf(from, sizeof(from), "%s/ephemeral/%s", root, boot);
+        snprintf(to, sizeof(to), "%s/ephemeral/00000000-0000-4000-8000-000000000000", root);
+        cr_assert(rename(from, to) == 0, "rename %s: %s", from, strerror(errno));
+}
+
 bool rlt_dir_is_empty(const char *dir)
 {
         DIR *d = opendir(dir);

@@ -77,6 +77,10 @@ bool rlt_dir_has_prefix(const char *dir, const char *prefix);
 /* Does dir hold no entry but . and ..? */
 bool rlt_dir_is_empty(const char *dir);
 
+/* What a reboot does to the store at root (closed): its ephemeral snapshots become another
+ * boot's (ephemeral/BOOT renamed to a boot id that is not this one's). */
+void rlt_fake_reboot(const char *root);
+
 /* A two-layer OCI image layout at dir/img, tagged t1, made by umoci (an independent tool):
  * layer 1 adds etc/hello, usr/bin/tool, the symlink usr/bin/alias and usr/blob (blob_kib KiB
  * of random data, which makes the layer that large); layer 2 deletes etc/hello and changes
