@@ -77,16 +77,6 @@ static void open_store(world *w)
         cr_assert_eq(r, 0, "open after a power cut: %s", err.msg);
 }
 
-static const char *tree_of(world *w, const char *key, char *buf)
-{
-        rl_mount m;
-        rl_error err = {};
-        cr_assert_eq(rl_store_mounts(w->s, key, &m, &err), 0, "%s", err.msg);
-        snprintf(buf, PATH_MAX, "%s", m.source);
-        rl_mount_clear(&m);
-        return buf;
-}
-
 static void wait_ready(world *w)
 {
         rl_pool_stats ps;
@@ -154,7 +144,7 @@ static void remount(world *w)
 static void cut_loop(rlt_fs fs, unsigned rounds, unsigned seed, bool mix)
 {
         world w;
-        char p[PATH_MAX], a[PATH_MAX], b[PATH_MAX], key[64];
+        char p[PATH_MAX], key[64];
         rl_error err = {};
         unsigned total_done = 0, total_hits = 0, mid_prepare = 0;
 
@@ -168,10 +158,8 @@ static void cut_loop(rlt_fs fs, unsigned rounds, unsigned seed, bool mix)
                   major(st.st_dev), minor(st.st_dev), strerror(errno));
 
         open_store(&w);
-        cr_assert_eq(rl_store_prepare(w.s, "b", NULL, NULL, 0, NULL, &err), 0, "%s", err.msg);
-        rlt_make_rich_tree(tree_of(&w, "b", a), "t");
         rl_label l = { RL_POOL_LABEL, "2" };
-        cr_assert_eq(rl_store_commit(w.s, "base", "b", &l, 1, &err), 0, "%s", err.msg);
+        rlt_store_base(w.s, &l, 1);
         srandom(seed);
 
         for (unsigned round = 0; round < rounds; round++) {
@@ -231,8 +219,10 @@ static void cut_loop(rlt_fs fs, unsigned rounds, unsigned seed, bool mix)
                         key_of(key, round, i);
                         int r = rl_store_stat(w.s, key, &info, &err);
                         if (mix && (i & 1)) {
-                                cr_assert_eq(r, -ENOENT, "round %u: ephemeral '%s' outlived a "
-                                             "reboot", round, key);
+                                cr_assert_eq(r, -ENOENT,
+                                             "round %u: ephemeral '%s' outlived a "
+                                             "reboot",
+                                             round, key);
                                 continue;
                         }
                         cr_assert_eq(r, 0, "round %u: '%s' returned before the cut, and is gone: %s",
@@ -241,8 +231,9 @@ static void cut_loop(rlt_fs fs, unsigned rounds, unsigned seed, bool mix)
                         cr_assert_str_eq(info.parent, "base", "%s", key);
                         rl_info_clear(&info);
                         char why[1024] = "";
-                        cr_assert(rlt_tree_equal(tree_of(&w, "base", a), tree_of(&w, key, b), NULL,
-                                                 NULL, why, sizeof(why)),
+                        cr_assert(rlt_tree_equal(rlt_store_tree(w.s, "base"),
+                                                 rlt_store_tree(w.s, key), NULL, NULL, why,
+                                                 sizeof(why)),
                                   "round %u: '%s' is not whole: %s", round, key, why);
                 }
                 /* Those that returned after it, and the one it interrupted: whole or
@@ -256,10 +247,11 @@ static void cut_loop(rlt_fs fs, unsigned rounds, unsigned seed, bool mix)
                         cr_assert(!mix || !(i & 1), "round %u: ephemeral '%s' outlived a reboot",
                                   round, key);
                         char why[1024] = "";
-                        cr_assert(rlt_tree_equal(tree_of(&w, "base", a), tree_of(&w, key, b), NULL,
-                                                 NULL, why, sizeof(why)),
-                                  "round %u: '%s', cut mid-Prepare, is half there: %s", round,
-                                  key, why);
+                        cr_assert(rlt_tree_equal(rlt_store_tree(w.s, "base"),
+                                                 rlt_store_tree(w.s, key), NULL, NULL, why,
+                                                 sizeof(why)),
+                                  "round %u: '%s', cut mid-Prepare, is half there: %s", round, key,
+                                  why);
                         cr_assert_eq(info.kind, RL_KIND_ACTIVE, "%s", key);
                         rl_info_clear(&info);
                         present = i + 1;

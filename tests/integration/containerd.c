@@ -376,30 +376,6 @@ static void umount_snapshot(const char *target)
 }
 
 /* The content of dir/rel (at most 4 KiB), or NULL with errno set. */
-static char *read_at(const char *dir, const char *rel)
-{
-        static char buf[4096];
-        char p[PATH_MAX];
-        snprintf(p, sizeof(p), "%s/%s", dir, rel);
-        int fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0)
-                return NULL;
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (n < 0)
-                return NULL;
-        buf[n] = '\0';
-        return buf;
-}
-
-static bool exists_at(const char *dir, const char *rel)
-{
-        char p[PATH_MAX];
-        struct stat st;
-        snprintf(p, sizeof(p), "%s/%s", dir, rel);
-        return lstat(p, &st) == 0;
-}
-
 /* reflayer's snapshots, from `reflayer --json ls` (the caller frees). */
 static json_t *store_ls(void)
 {
@@ -499,7 +475,7 @@ Test(containerd, run_writes_land_in_its_snapshot_only)
 {
         const char *top = import_image(make_image());
         char want[64], layer[PATH_MAX], before[PATH_MAX], ctree[PATH_MAX], id[64], id2[64];
-        snprintf(want, sizeof(want), "%s", read_at(ref, "etc/debian_version"));
+        snprintf(want, sizeof(want), "%s", rlt_read_at(ref, "etc/debian_version"));
         cr_assert(want[0], "%s/etc/debian_version is empty", ref);
 
         /* Through reflayer, the image's top layer is a tree in its store: keep a reflink
@@ -537,18 +513,18 @@ Test(containerd, run_writes_land_in_its_snapshot_only)
 
         /* Through its mounts, the container's snapshot holds the write and lacks the file. */
         const char *t = mount_snapshot(id, "ctr-rootfs");
-        char *c = read_at(t, "written");
+        char *c = rlt_read_at(t, "written");
         cr_assert(c, "%s/written: %s", t, strerror(errno));
         cr_expect_str_eq(c, "hi\n");
-        cr_expect(!exists_at(t, "etc/issue"), "rm /etc/issue in the container did not land");
-        cr_expect(exists_at(t, "etc/debian_version"), "the container's rootfs lost more");
+        cr_expect(!rlt_exists_at(t, "etc/issue"), "rm /etc/issue in the container did not land");
+        cr_expect(rlt_exists_at(t, "etc/debian_version"), "the container's rootfs lost more");
         umount_snapshot(t);
 
         /* A view of the top layer: what the image holds, none of the container's doing. */
         cr_assert_eq(SNAP("view", "check-view", (char *)top), 0, "ctr snapshots view: %s", out);
         t = mount_snapshot("check-view", "view");
-        cr_expect(!exists_at(t, "written"), "the container's write reached the image's layer");
-        cr_expect(exists_at(t, "etc/issue"), "the container's rm reached the image's layer");
+        cr_expect(!rlt_exists_at(t, "written"), "the container's write reached the image's layer");
+        cr_expect(rlt_exists_at(t, "etc/issue"), "the container's rm reached the image's layer");
         /* And all the image holds, as umoci's own unpack has it: names, modes, data and link
          * targets (times are the applier's business, not the snapshotter's). */
         cr_expect_eq(rlt_tree_hash(t, NULL), rlt_tree_hash(ref, NULL),
@@ -561,11 +537,11 @@ Test(containerd, run_writes_land_in_its_snapshot_only)
         if (is_reflayer()) {
                 store_tree(store_name(id), ctree, sizeof(ctree));
                 cr_assert_str_neq(ctree, layer);
-                c = read_at(ctree, "written");
+                c = rlt_read_at(ctree, "written");
                 cr_expect(c && strcmp(c, "hi\n") == 0, "%s/written: %s", ctree,
                           c ? c : strerror(errno));
-                cr_expect(!exists_at(ctree, "etc/issue"), "%s/etc/issue is still there", ctree);
-                cr_expect(!exists_at(layer, "written"), "the write reached the layer's tree");
+                cr_expect(!rlt_exists_at(ctree, "etc/issue"), "%s/etc/issue is still there", ctree);
+                cr_expect(!rlt_exists_at(layer, "written"), "the write reached the layer's tree");
                 assert_same_tree(before, layer, 0, "the committed layer changed under ctr run");
         }
 
@@ -625,7 +601,8 @@ Test(containerd, snapshot_commands)
         char p[PATH_MAX];
         snprintf(p, sizeof(p), "%s/added", t);
         rlt_write_file(p, 1 << 20, 7);
-        cr_expect(exists_at(t, "etc/issue"), "the prepared snapshot lacks the layer's etc/issue");
+        cr_expect(rlt_exists_at(t, "etc/issue"),
+                  "the prepared snapshot lacks the layer's etc/issue");
         umount_snapshot(t);
         r = SNAP("usage", "work");
         cr_assert_eq(r, 0, "ctr snapshots usage work: %s", out);

@@ -423,28 +423,11 @@ Test(daemon, stat_answered_during_a_long_prepare)
         close(fd);
 }
 
-static void *connect_as_nobody(void *arg)
-{
-        /* Only this thread becomes nobody (the raw syscall changes one thread's credentials),
-         * and SO_PEERCRED records the credentials at connect. */
-        int *ret = arg;
-        if (syscall(SYS_setgroups, 0, NULL) < 0 || syscall(SYS_setresgid, 65534, 65534, 65534) < 0 ||
-            syscall(SYS_setresuid, 65534, 65534, 65534) < 0) {
-                *ret = -errno;
-                return NULL;
-        }
-        *ret = connect_daemon();
-        return NULL;
-}
-
 Test(daemon, unprivileged_client_is_refused)
 {
         chmod(rlt_scratch(), 0755);
         chmod(sock, 0666); /* let it reach the socket: the daemon itself must refuse */
-        pthread_t t;
-        int fd = -1;
-        cr_assert(pthread_create(&t, NULL, connect_as_nobody, &fd) == 0);
-        pthread_join(t, NULL);
+        int fd = rlt_connect_as(sock, 65534, 65534);
         cr_assert_geq(fd, 0, "connect as nobody: %s", strerror(-fd));
         json_t *resp = read_response(fd);
         cr_assert(resp, "refused without a word");
@@ -711,10 +694,7 @@ Test(daemon, clone_acts_as_the_caller)
         cr_assert(mkdir(mine, 0755) == 0 && chown(mine, 65534, 65534) == 0);
         cr_assert(mkdir(secret, 0700) == 0);
 
-        pthread_t t;
-        int fd = -1;
-        cr_assert(pthread_create(&t, NULL, connect_as_nobody, &fd) == 0);
-        pthread_join(t, NULL);
+        int fd = rlt_connect_as(sock, 65534, 65534);
         cr_assert_geq(fd, 0, "connect as nobody: %s", strerror(-fd));
 
         /* Its own tree into its own directory: done, owned by it, data shared. */
@@ -1038,10 +1018,7 @@ Test(daemon, import_reads_only_what_the_caller_may)
                  layout, layout);
         sh(script);
 
-        pthread_t t;
-        int fd = -1;
-        cr_assert(pthread_create(&t, NULL, connect_as_nobody, &fd) == 0);
-        pthread_join(t, NULL);
+        int fd = rlt_connect_as(sock, 65534, 65534);
         cr_assert_geq(fd, 0, "connect as nobody: %s", strerror(-fd));
         int lfd = open(layout, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         cr_assert(lfd >= 0);

@@ -629,18 +629,28 @@ static void big_parent(const char *name, int files)
         commit(name, "big/tmp", NULL, 0);
 }
 
+/* Open c and start on it the Prepare of key from a new parent of that many files (named
+ * KEY-parent): long enough to act while it runs. timeout: grpc-timeout (NULL: none). */
+static void start_slow_prepare(gclient *c, gcall *call, const char *key, int files,
+                               const char *timeout)
+{
+        char parent[128];
+        snprintf(parent, sizeof(parent), "%s-parent", key);
+        big_parent(parent, files);
+        PB(PrepareSnapshotRequest) pr = PB_INIT(PREPARE_SNAPSHOT_REQUEST);
+        pr.key = (char *)key;
+        pr.parent = parent;
+        gc_open(c);
+        gc_start(c, call, METHOD("Prepare"), &pr.base, timeout);
+}
+
 Test(grpc, slow_prepare_never_blocks_a_stat_and_a_reset_abandons_it)
 {
-        big_parent("big/base", 40000);
-        PB(PrepareSnapshotRequest) pr = PB_INIT(PREPARE_SNAPSHOT_REQUEST);
-        pr.key = "big/child";
-        pr.parent = "big/base";
-        PB(StatSnapshotRequest) sr = PB_INIT(STAT_SNAPSHOT_REQUEST);
-        sr.key = "big/base";
         gclient c;
         gcall prep, st;
-        gc_open(&c);
-        gc_start(&c, &prep, METHOD("Prepare"), &pr.base, NULL);
+        start_slow_prepare(&c, &prep, "big/child", 40000, NULL);
+        PB(StatSnapshotRequest) sr = PB_INIT(STAT_SNAPSHOT_REQUEST);
+        sr.key = "big/child-parent";
         gc_pump(&c, 50);
         /* A Stat on the same connection while the Prepare clones. */
         gc_start(&c, &st, METHOD("Stat"), &sr.base, NULL);
@@ -666,16 +676,11 @@ Test(grpc, slow_prepare_never_blocks_a_stat_and_a_reset_abandons_it)
 
 Test(grpc, deadline_exceeded_publishes_nothing)
 {
-        big_parent("big/base2", 40000);
-        PB(PrepareSnapshotRequest) pr = PB_INIT(PREPARE_SNAPSHOT_REQUEST);
-        pr.key = "big/late";
-        pr.parent = "big/base2";
         gclient c;
         gcall call;
-        gc_open(&c);
         struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        gc_start(&c, &call, METHOD("Prepare"), &pr.base, "30m");
+        start_slow_prepare(&c, &call, "big/late", 40000, "30m");
+        clock_gettime(CLOCK_MONOTONIC, &t0); /* the request is only submitted so far */
         gc_wait(&c, &call);
         clock_gettime(CLOCK_MONOTONIC, &t1);
         double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
@@ -746,14 +751,9 @@ Test(grpc, socket_activation_tells_the_sockets_by_name)
 
 Test(grpc, sigterm_answers_the_call_in_flight)
 {
-        big_parent("big/base3", 30000);
-        PB(PrepareSnapshotRequest) pr = PB_INIT(PREPARE_SNAPSHOT_REQUEST);
-        pr.key = "big/inflight";
-        pr.parent = "big/base3";
         gclient c;
         gcall call;
-        gc_open(&c);
-        gc_start(&c, &call, METHOD("Prepare"), &pr.base, NULL);
+        start_slow_prepare(&c, &call, "big/inflight", 30000, NULL);
         gc_pump(&c, 100);
         cr_assert(!call.closed, "the Prepare of 30,000 files was over in 100 ms");
         cr_assert_eq(kill(D.pid, SIGTERM), 0);
@@ -770,31 +770,11 @@ Test(grpc, sigterm_answers_the_call_in_flight)
         cr_assert_eq(stat_key("big/inflight"), 0, "answered, then lost");
 }
 
-static void *connect_as_nobody(void *arg)
-{
-        /* Only this thread becomes nobody (raw syscalls change one thread's credentials);
-         * SO_PEERCRED records them at connect. */
-        int *ret = arg;
-        if (syscall(SYS_setgroups, 0, NULL) < 0 || syscall(SYS_setresgid, 65534, 65534, 65534) < 0 ||
-            syscall(SYS_setresuid, 65534, 65534, 65534) < 0) {
-                *ret = -errno;
-                return NULL;
-        }
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", gsock);
-        *ret = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? fd : -errno;
-        return NULL;
-}
-
 Test(grpc, unauthorised_peer_gets_permission_denied)
 {
         chmod(rlt_scratch(), 0755);
         chmod(gsock, 0666); /* let it reach the socket: the daemon itself must refuse */
-        pthread_t t;
-        int fd = -1;
-        cr_assert(pthread_create(&t, NULL, connect_as_nobody, &fd) == 0);
-        pthread_join(t, NULL);
+        int fd = rlt_connect_as(gsock, 65534, 65534);
         cr_assert_geq(fd, 0, "connect as nobody: %s", strerror(-fd));
         PB(StatSnapshotRequest) sr = PB_INIT(STAT_SNAPSHOT_REQUEST);
         sr.key = "x";

@@ -249,30 +249,6 @@ static int runc_wait(pid_t pid, const char *dir)
 }
 
 /* The content of dir/rel (at most 4 KiB), or NULL with errno set. */
-static char *read_at(const char *dir, const char *rel)
-{
-        static char buf[4096];
-        char p[PATH_MAX];
-        snprintf(p, sizeof(p), "%s/%s", dir, rel);
-        int fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0)
-                return NULL;
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (n < 0)
-                return NULL;
-        buf[n] = '\0';
-        return buf;
-}
-
-static bool exists_at(const char *dir, const char *rel)
-{
-        char p[PATH_MAX];
-        struct stat st;
-        snprintf(p, sizeof(p), "%s/%s", dir, rel);
-        return lstat(p, &st) == 0;
-}
-
 static ino_t ino_at(const char *dir, const char *rel)
 {
         char p[PATH_MAX];
@@ -290,7 +266,8 @@ static void remove_container_snapshot(const char *dir, const char *key, const ch
         cr_assert_eq(CLI("umount", rootfs), 0, "reflayer umount %s: %s", rootfs, out);
         cr_assert_eq(CLI("rm", (char *)key), 0, "reflayer rm %s: %s", key, out);
         cr_assert_eq(CLI("cleanup"), 0, "reflayer cleanup: %s", out);
-        cr_expect(!exists_at(tree, "."), "%s: the tree of removed %s is still there", tree, key);
+        cr_expect(!rlt_exists_at(tree, "."), "%s: the tree of removed %s is still there", tree,
+                  key);
 }
 
 Test(runc, container_writes_land_in_its_snapshot_only)
@@ -316,27 +293,28 @@ Test(runc, container_writes_land_in_its_snapshot_only)
         cr_expect(strstr(out, "done-in-container"), "the container's output: %s", out);
 
         /* In the snapshot's own tree, not only through the mount. */
-        char *s = read_at(ctr, "written-by-runc");
+        char *s = rlt_read_at(ctr, "written-by-runc");
         cr_assert(s, "%s/written-by-runc: %s", ctr, strerror(errno));
         cr_expect_str_eq(s, "hello\n");
-        s = read_at(ctr, "uid");
+        s = rlt_read_at(ctr, "uid");
         cr_assert(s, "%s/uid: %s", ctr, strerror(errno));
         cr_expect_str_eq(s, "0\n", "the container ran as uid %s", s);
-        cr_expect(!exists_at(ctr, "etc/issue"), "%s/etc/issue: rm in the container did not land",
-                  ctr);
-        s = read_at(bundle, "rootfs/written-by-runc");
+        cr_expect(!rlt_exists_at(ctr, "etc/issue"),
+                  "%s/etc/issue: rm in the container did not land", ctr);
+        s = rlt_read_at(bundle, "rootfs/written-by-runc");
         cr_expect(s && strcmp(s, "hello\n") == 0, "the bundle's mount does not show the write");
 
         /* The layer: none of it, the same inodes, every attribute as before the run. */
-        cr_expect(!exists_at(layer, "written-by-runc"), "the container's write reached the layer");
-        cr_expect(!exists_at(layer, "uid"), "the container's write reached the layer");
-        cr_assert(exists_at(layer, "etc/issue"), "the container's rm reached the layer");
+        cr_expect(!rlt_exists_at(layer, "written-by-runc"),
+                  "the container's write reached the layer");
+        cr_expect(!rlt_exists_at(layer, "uid"), "the container's write reached the layer");
+        cr_assert(rlt_exists_at(layer, "etc/issue"), "the container's rm reached the layer");
         cr_expect_eq(ino_at(layer, "etc/issue"), issue_ino);
         cr_expect_eq(ino_at(layer, "usr/bin/dash"), dash_ino);
         assert_same_tree(before, layer, "the committed layer changed under a container");
 
         remove_container_snapshot(bundle, "ctr", ctr);
-        cr_expect(exists_at(layer, "etc/issue"), "removing ctr touched the layer");
+        cr_expect(rlt_exists_at(layer, "etc/issue"), "removing ctr touched the layer");
 }
 
 /*
@@ -425,13 +403,13 @@ Test(runc, two_containers_of_one_layer_at_once)
         for (int i = 0; i < 2; i++) {
                 char want[8];
                 snprintf(want, sizeof(want), "%s\n", names[i]);
-                char *s = read_at(trees[i], "who");
+                char *s = rlt_read_at(trees[i], "who");
                 cr_assert(s, "%s/who: %s", trees[i], strerror(errno));
                 cr_expect_str_eq(s, want, "%s/who", trees[i]);
-                s = read_at(trees[i], "etc/hostname");
+                s = rlt_read_at(trees[i], "etc/hostname");
                 cr_expect(s && strcmp(s, want) == 0, "%s/etc/hostname: %s", trees[i], s);
         }
-        cr_expect(!exists_at(layer, "who"), "a container's write reached the layer");
+        cr_expect(!rlt_exists_at(layer, "who"), "a container's write reached the layer");
 
         for (int i = 0; i < 2; i++) {
                 cr_assert_eq(write(go[i], "go\n", 3), 3, "write go-%s: %s", names[i],

@@ -2,12 +2,14 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -124,4 +126,43 @@ int rlt_daemon_stop(rlt_daemon *d)
                 d->pid = -1;
         }
         return status;
+}
+
+typedef struct connect_as {
+        const char *path;
+        uid_t uid;
+        gid_t gid;
+        int ret;
+} connect_as;
+
+static void *connect_as_main(void *arg)
+{
+        connect_as *a = arg;
+        /* Raw system calls: glibc's would change every thread's credentials. */
+        if (syscall(SYS_setgroups, 0, NULL) < 0 ||
+            syscall(SYS_setresgid, a->gid, a->gid, a->gid) < 0 ||
+            syscall(SYS_setresuid, a->uid, a->uid, a->uid) < 0) {
+                a->ret = -errno;
+                return NULL;
+        }
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", a->path);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                a->ret = -errno;
+                if (fd >= 0)
+                        close(fd);
+                return NULL;
+        }
+        a->ret = fd;
+        return NULL;
+}
+
+int rlt_connect_as(const char *path, uid_t uid, gid_t gid)
+{
+        connect_as a = { .path = path, .uid = uid, .gid = gid, .ret = -EINVAL };
+        pthread_t t;
+        cr_assert(pthread_create(&t, NULL, connect_as_main, &a) == 0);
+        pthread_join(t, NULL);
+        return a.ret;
 }

@@ -32,5 +32,10 @@ void rlt_daemon_start_activated(rlt_daemon *d, int listen_fd, int grpc_fd);
 /* SIGTERM and wait; returns the wait status (-1 if it was not running). */
 int rlt_daemon_stop(rlt_daemon *d);
 
+/* A connection to the unix socket at path made as uid/gid with no supplementary groups (by a
+ * thread of its own, whose credentials alone change: SO_PEERCRED records them at connect).
+ * Returns the fd, or -errno. */
+int rlt_connect_as(const char *path, uid_t uid, gid_t gid);
+
 /* The path of the built reflayerd ($RL_DAEMON). */
 const char *rlt_daemon_path(void);

@@ -672,6 +672,51 @@ bool rlt_dir_has_prefix(const char *dir, const char *prefix)
         return found;
 }
 
+char *rlt_read_at(const char *dir, const char *rel)
+{
+        static char buf[4096];
+        char p[PATH_MAX];
+        snprintf(p, sizeof(p), "%s/%s", dir, rel);
+        int fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return NULL;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n < 0)
+                return NULL;
+        buf[n] = '\0';
+        return buf;
+}
+
+bool rlt_exists_at(const char *dir, const char *rel)
+{
+        char p[PATH_MAX];
+        struct stat st;
+        snprintf(p, sizeof(p), "%s/%s", dir, rel);
+        return lstat(p, &st) == 0;
+}
+
+const char *rlt_store_tree(rl_store *s, const char *key)
+{
+        static char buf[4][PATH_MAX];
+        static unsigned i;
+        rl_mount m;
+        rl_error err = {};
+        cr_assert_eq(rl_store_mounts(s, key, &m, &err), 0, "%s", err.msg);
+        char *p = buf[i++ % 4];
+        snprintf(p, PATH_MAX, "%s", m.source);
+        rl_mount_clear(&m);
+        return p;
+}
+
+void rlt_store_base(rl_store *s, const rl_label *labels, size_t n)
+{
+        rl_error err = {};
+        cr_assert_eq(rl_store_prepare(s, "b", NULL, NULL, 0, NULL, &err), 0, "%s", err.msg);
+        rlt_make_rich_tree(rlt_store_tree(s, "b"), "t");
+        cr_assert_eq(rl_store_commit(s, "base", "b", labels, n, &err), 0, "%s", err.msg);
+}
+
 void rlt_fake_reboot(const char *root)
 {
         char boot[64] = "", from[PATH_MAX + 64], to[PATH_MAX + 64];

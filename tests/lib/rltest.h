@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include <reflayer/idmap.h>
+#include <reflayer/store.h>
 
 typedef enum rlt_fs {
         RLT_XFS,
@@ -76,6 +77,20 @@ bool rlt_dir_has_prefix(const char *dir, const char *prefix);
 
 /* Does dir hold no entry but . and ..? */
 bool rlt_dir_is_empty(const char *dir);
+
+/* The first 4 KiB of the file dir/rel (not followed if a symlink), in a static buffer;
+ * NULL when it cannot be read. */
+char *rlt_read_at(const char *dir, const char *rel);
+
+/* Is there an entry (of any kind, a dangling symlink included) at dir/rel? */
+bool rlt_exists_at(const char *dir, const char *rel);
+
+/* The tree of snapshot key in s (its mount's source): one of 4 buffers used in turn. */
+const char *rlt_store_tree(rl_store *s, const char *key);
+
+/* The committed snapshot "base" in s holding rlt_make_rich_tree's tree (named "t"), with
+ * labels (may be NULL); built as the active snapshot "b", which the commit consumes. */
+void rlt_store_base(rl_store *s, const rl_label *labels, size_t n);
 
 /* What a reboot does to the store at root (closed): its ephemeral snapshots become another
  * boot's (ephemeral/BOOT renamed to a boot id that is not this one's). */

@@ -49,27 +49,6 @@ static void teardown(void)
 
 TestSuite(ephemeral, .init = setup, .fini = teardown, .timeout = 120);
 
-static const char *tree_of(const char *key)
-{
-        static char buf[4][PATH_MAX];
-        static int i;
-        rl_mount m;
-        rl_error err = {};
-        cr_assert_eq(rl_store_mounts(S, key, &m, &err), 0, "%s", err.msg);
-        char *p = buf[i++ % 4];
-        snprintf(p, PATH_MAX, "%s", m.source);
-        rl_mount_clear(&m);
-        return p;
-}
-
-static void make_base(const rl_label *labels, size_t n)
-{
-        rl_error err = {};
-        cr_assert_eq(rl_store_prepare(S, "b", NULL, NULL, 0, NULL, &err), 0, "%s", err.msg);
-        rlt_make_rich_tree(tree_of("b"), "t");
-        cr_assert_eq(rl_store_commit(S, "base", "b", labels, n, &err), 0, "%s", err.msg);
-}
-
 static void create(const char *key, bool view, bool ephemeral)
 {
         rl_prepare_options o = { .ephemeral = ephemeral };
@@ -103,14 +82,14 @@ static bool exists(const char *key)
 static void write_in(const char *key, const char *name)
 {
         char p[PATH_MAX + 64];
-        snprintf(p, sizeof(p), "%s/%s", tree_of(key), name);
+        snprintf(p, sizeof(p), "%s/%s", rlt_store_tree(S, key), name);
         rlt_write_file(p, 5000, 7);
 }
 
 static bool has(const char *key, const char *name)
 {
         char p[PATH_MAX + 64];
-        snprintf(p, sizeof(p), "%s/%s", tree_of(key), name);
+        snprintf(p, sizeof(p), "%s/%s", rlt_store_tree(S, key), name);
         return access(p, F_OK) == 0;
 }
 
@@ -118,16 +97,19 @@ Test(ephemeral, kept_across_a_reopen_gone_after_a_reboot)
 {
         rl_error err = {};
         open_store(0);
-        make_base(NULL, 0);
+        rlt_store_base(S, NULL, 0);
         create("e", false, true);
         create("v", true, true);
         create("d", false, false);
         write_in("e", "written");
         cr_expect(is_ephemeral("e") && is_ephemeral("v") && !is_ephemeral("d"));
-        cr_expect(strstr(tree_of("e"), "/ephemeral/") != NULL, "%s", tree_of("e"));
-        cr_expect(strstr(tree_of("d"), "/snapshots/") != NULL, "%s", tree_of("d"));
+        cr_expect(strstr(rlt_store_tree(S, "e"), "/ephemeral/") != NULL, "%s",
+                  rlt_store_tree(S, "e"));
+        cr_expect(strstr(rlt_store_tree(S, "d"), "/snapshots/") != NULL, "%s",
+                  rlt_store_tree(S, "d"));
         char why[1024] = "";
-        cr_expect(rlt_tree_equal(tree_of("base"), tree_of("v"), NULL, NULL, why, sizeof(why)),
+        cr_expect(rlt_tree_equal(rlt_store_tree(S, "base"), rlt_store_tree(S, "v"), NULL, NULL, why,
+                                 sizeof(why)),
                   "an ephemeral view differs from its parent: %s", why);
         /* The parent counts them as children like any other. */
         cr_expect_eq(rl_store_remove(S, "base", &err), -EBUSY);
@@ -159,15 +141,16 @@ Test(ephemeral, a_commit_makes_it_durable)
 {
         rl_error err = {};
         open_store(0);
-        make_base(NULL, 0);
+        rlt_store_base(S, NULL, 0);
         create("e", false, true);
         write_in("e", "written");
-        rl_label l = { "k", "v" };
+        rl_label l = {"k", "v"};
         rl_info upd = { .name = "e", .labels = &l, .n_labels = 1 };
         cr_assert_eq(rl_store_update(S, &upd, NULL, 0, NULL, &err), 0, "%s", err.msg);
         cr_assert_eq(rl_store_commit(S, "layer2", "e", NULL, 0, &err), 0, "%s", err.msg);
         cr_expect(!is_ephemeral("layer2"));
-        cr_expect(strstr(tree_of("layer2"), "/snapshots/") != NULL, "%s", tree_of("layer2"));
+        cr_expect(strstr(rlt_store_tree(S, "layer2"), "/snapshots/") != NULL, "%s",
+                  rlt_store_tree(S, "layer2"));
 
         S = rl_store_free(S);
         rlt_fake_reboot(root);
@@ -189,7 +172,7 @@ Test(ephemeral, an_unreadable_record_is_dropped)
         rl_info i;
         rl_error err = {};
         open_store(0);
-        make_base(NULL, 0);
+        rlt_store_base(S, NULL, 0);
         create("e", false, true);
         create("d", false, false);
         cr_assert_eq(rl_store_stat(S, "e", &i, &err), 0, "%s", err.msg);
@@ -225,8 +208,8 @@ Test(ephemeral, served_by_the_warm_pool)
 {
         rl_error err = {};
         open_store(1);
-        rl_label l = { RL_POOL_LABEL, "1" };
-        make_base(&l, 1);
+        rl_label l = {RL_POOL_LABEL, "1"};
+        rlt_store_base(S, &l, 1);
         rl_pool_stats ps;
         for (int i = 0; i < 600; i++) {
                 rl_store_pool_stats(S, &ps);
@@ -240,7 +223,8 @@ Test(ephemeral, served_by_the_warm_pool)
         cr_expect_eq(ps.hits, 1, "the ephemeral Prepare did not come from the pool");
         cr_expect(is_ephemeral("e"));
         char why[1024] = "";
-        cr_expect(rlt_tree_equal(tree_of("base"), tree_of("e"), NULL, NULL, why, sizeof(why)),
+        cr_expect(rlt_tree_equal(rlt_store_tree(S, "base"), rlt_store_tree(S, "e"), NULL, NULL, why,
+                                 sizeof(why)),
                   "%s", why);
         S = rl_store_free(S);
         rlt_fake_reboot(root);

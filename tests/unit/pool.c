@@ -46,28 +46,6 @@ static void teardown(void)
 
 TestSuite(pool, .init = setup, .fini = teardown, .timeout = 120);
 
-static const char *tree_of(const char *key)
-{
-        static char buf[4][PATH_MAX];
-        static int i;
-        rl_mount m;
-        rl_error err = {};
-        cr_assert_eq(rl_store_mounts(S, key, &m, &err), 0, "%s", err.msg);
-        char *p = buf[i++ % 4];
-        snprintf(p, PATH_MAX, "%s", m.source);
-        rl_mount_clear(&m);
-        return p;
-}
-
-/* A committed layer "base" holding the rich tree, with labels. */
-static void make_base(const rl_label *labels, size_t n)
-{
-        rl_error err = {};
-        cr_assert_eq(rl_store_prepare(S, "b", NULL, NULL, 0, NULL, &err), 0, "%s", err.msg);
-        rlt_make_rich_tree(tree_of("b"), "t");
-        cr_assert_eq(rl_store_commit(S, "base", "b", labels, n, &err), 0, "%s", err.msg);
-}
-
 static rl_pool_stats wait_ready(uint64_t want)
 {
         rl_pool_stats ps;
@@ -86,7 +64,7 @@ Test(pool, labelled_parent_is_served_from_the_pool)
 {
         open_with(2, 0);
         rl_label l = { RL_POOL_LABEL, "2" };
-        make_base(&l, 1);
+        rlt_store_base(S, &l, 1);
         /* Labelled at commit: warmed by the first Prepare (or at open). */
         rl_error err = {};
         cr_assert_eq(rl_store_prepare(S, "first", "base", NULL, 0, NULL, &err), 0, "%s",
@@ -97,13 +75,14 @@ Test(pool, labelled_parent_is_served_from_the_pool)
         rl_store_pool_stats(S, &ps);
         cr_expect_eq(ps.hits, 1, "the Prepare did not come from the pool");
         char why[1024] = "";
-        cr_expect(rlt_tree_equal(tree_of("base"), tree_of("k"), NULL, NULL, why, sizeof(why)),
+        cr_expect(rlt_tree_equal(rlt_store_tree(S, "base"), rlt_store_tree(S, "k"), NULL, NULL, why,
+                                 sizeof(why)),
                   "a pool clone differs from its parent: %s", why);
         /* It is the snapshot's own tree: writes stay in it. */
         char p[PATH_MAX + 8];
-        snprintf(p, sizeof(p), "%s/new", tree_of("k"));
+        snprintf(p, sizeof(p), "%s/new", rlt_store_tree(S, "k"));
         rlt_write_file(p, 10, 1);
-        snprintf(p, sizeof(p), "%s/new", tree_of("base"));
+        snprintf(p, sizeof(p), "%s/new", rlt_store_tree(S, "base"));
         cr_expect(access(p, F_OK) < 0);
         /* Topped up again in the background. */
         wait_ready(2);
@@ -117,7 +96,7 @@ Test(pool, labelled_parent_is_served_from_the_pool)
 Test(pool, automatic_after_k_prepares_and_keyed_by_maps)
 {
         open_with(1, 2);
-        make_base(NULL, 0);
+        rlt_store_base(S, NULL, 0);
         rl_error err = {};
         rl_idmap *u = NULL, *g = NULL;
         cr_assert_eq(rl_idmap_new(&u, &err), 0);
@@ -146,7 +125,8 @@ Test(pool, automatic_after_k_prepares_and_keyed_by_maps)
         rl_store_pool_stats(S, &ps);
         cr_expect_eq(ps.hits, 1);
         char why[1024] = "";
-        cr_expect(rlt_tree_equal(tree_of("base"), tree_of("s3"), u, g, why, sizeof(why)),
+        cr_expect(rlt_tree_equal(rlt_store_tree(S, "base"), rlt_store_tree(S, "s3"), u, g, why,
+                                 sizeof(why)),
                   "a shifted pool clone is not the parent shifted: %s", why);
 
         /* The parent goes: so do its clones. */
@@ -173,7 +153,7 @@ Test(pool, nothing_is_kept_on_a_full_filesystem)
 {
         open_with(2, 0);
         rl_label l = { RL_POOL_LABEL, "2" };
-        make_base(&l, 1);
+        rlt_store_base(S, &l, 1);
         rl_error err = {};
         rl_pool_stats before = wait_ready(2);
         /* Leave less than 10% of the filesystem free. */
@@ -214,7 +194,7 @@ Test(pool, records_short_and_too_long_for_the_placeholder)
 {
         open_with(2, 0);
         rl_label l = { RL_POOL_LABEL, "2" };
-        make_base(&l, 1);
+        rlt_store_base(S, &l, 1);
         rl_pool_stats ps = wait_ready(2);
         static char big[3000];
         memset(big, 'v', sizeof(big) - 1);
@@ -256,9 +236,11 @@ Test(pool, records_short_and_too_long_for_the_placeholder)
         rl_info_clear(&si);
         rl_info_clear(&li);
         char why[1024] = "";
-        cr_expect(rlt_tree_equal(tree_of("base"), tree_of("short"), NULL, NULL, why, sizeof(why)),
+        cr_expect(rlt_tree_equal(rlt_store_tree(S, "base"), rlt_store_tree(S, "short"), NULL, NULL,
+                                 why, sizeof(why)),
                   "%s", why);
-        cr_expect(rlt_tree_equal(tree_of("base"), tree_of("long"), NULL, NULL, why, sizeof(why)),
+        cr_expect(rlt_tree_equal(rlt_store_tree(S, "base"), rlt_store_tree(S, "long"), NULL, NULL,
+                                 why, sizeof(why)),
                   "%s", why);
 }
 
@@ -268,7 +250,7 @@ Test(pool, a_placeholder_is_never_read_as_a_record)
 {
         open_with(1, 0);
         rl_label l = { RL_POOL_LABEL, "1" };
-        make_base(&l, 1);
+        rlt_store_base(S, &l, 1);
         wait_ready(1);
         char pool[PATH_MAX + 8], src[PATH_MAX + 64], dst[PATH_MAX + 64];
         snprintf(pool, sizeof(pool), "%s/pool", root);

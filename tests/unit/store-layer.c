@@ -42,17 +42,6 @@ static void teardown(void)
 
 TestSuite(store_layer, .init = setup, .fini = teardown, .timeout = 120);
 
-static const char *tree_of(const char *key)
-{
-        static char buf[PATH_MAX];
-        rl_mount m;
-        rl_error err = {};
-        cr_assert_eq(rl_store_mounts(S, key, &m, &err), 0, "%s", err.msg);
-        snprintf(buf, sizeof(buf), "%s", m.source);
-        rl_mount_clear(&m);
-        return buf;
-}
-
 /* tar (GNU) of DIR's content as FILE: our layer files. */
 static void tar_of(const char *dir, const char *file, const char *compress)
 {
@@ -99,7 +88,7 @@ Test(store_layer, apply_changes_an_active_snapshot_whole_or_not_at_all)
         rl_error err = {};
         rl_layer_stats st;
         cr_assert_eq(rl_store_prepare(S, "k", NULL, NULL, 0, NULL, &err), 0, "%s", err.msg);
-        snprintf(p, sizeof(p), "%s/old", tree_of("k"));
+        snprintf(p, sizeof(p), "%s/old", rlt_store_tree(S, "k"));
         put(p, "old\n");
 
         snprintf(src, sizeof(src), "%s/layer", rlt_scratch());
@@ -116,16 +105,16 @@ Test(store_layer, apply_changes_an_active_snapshot_whole_or_not_at_all)
         close(fd);
         cr_expect_eq(st.whiteouts, 1);
         cr_expect_neq(strcmp(st.digest, st.diff_id), 0, "gzip: digest and diff_id differ");
-        snprintf(p, sizeof(p), "%s/new", tree_of("k"));
+        snprintf(p, sizeof(p), "%s/new", rlt_store_tree(S, "k"));
         cr_expect_str_eq(get(p), "new\n");
-        snprintf(p, sizeof(p), "%s/old", tree_of("k"));
+        snprintf(p, sizeof(p), "%s/old", rlt_store_tree(S, "k"));
         cr_expect_str_eq(get(p), "<missing>");
 
         /* A layer that fails halfway (a good entry, then one leading out): nothing of it. */
         snprintf(copy, sizeof(copy), "%s/copy", rlt_scratch());
         {
                 /* The clone engine reads without touching atimes (cp -a does not). */
-                int sfd = open(tree_of("k"), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                int sfd = open(rlt_store_tree(S, "k"), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
                 int dfd = open(rlt_scratch(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
                 cr_assert_eq(rl_tree_clone(sfd, dfd, "copy", NULL, NULL, &err), 0, "%s", err.msg);
                 close(sfd);
@@ -146,7 +135,7 @@ Test(store_layer, apply_changes_an_active_snapshot_whole_or_not_at_all)
         cr_expect(strstr(err.msg, "../escape"), "%s", err.msg);
         cr_expect(strstr(err.msg, "'k'"), "%s", err.msg);
         char why[1024] = "";
-        cr_expect(rlt_tree_equal(copy, tree_of("k"), NULL, NULL, why, sizeof(why)),
+        cr_expect(rlt_tree_equal(copy, rlt_store_tree(S, "k"), NULL, NULL, why, sizeof(why)),
                   "a failed apply changed the snapshot: %s", why);
         char tmp[PATH_MAX];
         snprintf(tmp, sizeof(tmp), "%s/store/tmp", mnt);
@@ -206,9 +195,9 @@ Test(store_layer, commit_layer_makes_a_chain_and_leaves_nothing_on_failure)
                                            &err),
                      0, "%s", err.msg);
         close(fd);
-        snprintf(p, sizeof(p), "%s/a", tree_of("sha256:two"));
+        snprintf(p, sizeof(p), "%s/a", rlt_store_tree(S, "sha256:two"));
         cr_expect_str_eq(get(p), "two\n");
-        snprintf(p, sizeof(p), "%s/a", tree_of("sha256:one"));
+        snprintf(p, sizeof(p), "%s/a", rlt_store_tree(S, "sha256:one"));
         cr_expect_str_eq(get(p), "one\n");
         /* The parent can no longer be removed. */
         cr_expect_eq(rl_store_remove(S, "sha256:one", &err), -EBUSY);
