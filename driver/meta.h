@@ -47,9 +47,9 @@ int rl_meta_reserve(int dir_fd, rl_error *err);
 
 /*
  * Write the record of a snapshot whose directory (dir_fd) is not published yet, durably
- * (unless m is ephemeral), before it is: into the placeholder in place, padded with blanks (fdatasync only), or, when
- * there is no placeholder or the record does not fit, as rl_meta_write does. Nobody may read
- * dir_fd/info.json until this returns: an in-place write is not atomic.
+ * (unless m is ephemeral), before it is: into the placeholder in place, padded with blanks
+ * (fdatasync only), or, when there is no placeholder or the record does not fit, as rl_meta_write
+ * does. Nobody may read dir_fd/info.json until this returns: an in-place write is not atomic.
  */
 int rl_meta_fill(int dir_fd, const rl_meta *m, rl_error *err);
 

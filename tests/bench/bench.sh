@@ -5,7 +5,8 @@
 #
 #   - reflayerd Prepare, cold (a plain committed layer) and from the warm pool (a layer
 #     labelled reflayer.io/pool=1, reflayerd --pool-size 1), timed around the one request in
-#     a C client (prepare-bench.c), so no process start-up is counted;
+#     a C client (prepare-bench.c), so no process start-up is counted; both again with
+#     --ephemeral (published without any flush; gone after a reboot);
 #   - cp -a --reflink=always of the same tree (and with the syncfs that makes a Prepare
 #     durable, the like-for-like figure);
 #   - containerd's native snapshotter: `ctr snapshots prepare` against a containerd started
@@ -103,25 +104,30 @@ pool_wait() {
 }
 
 # --- one timed step each; $1 is the round ---
+# step_cold ROUND [--ephemeral]: samples cold (or cold_eph)
 step_cold() {
+        local s=cold${2:+_eph}
         sync -f "$MNT"
-        pb_prepare "base-$NAME" "cold-$NAME-$1"
-        add cold "$T"
-        pb_remove "cold-$NAME-$1"
+        pb_prepare "base-$NAME" "$s-$NAME-$1" ${2:-}
+        add "$s" "$T"
+        pb_remove "$s-$NAME-$1"
 }
+step_cold_eph() { step_cold "$1" --ephemeral; }
+# step_warm ROUND [--ephemeral]: samples warm (or warm_eph) and their misses
 step_warm() {
         ((POOL)) || return 0
-        local hits
+        local hits s=warm${2:+_eph}
         pool_wait "pool-$NAME"
         sync -f "$MNT"
         hits=$(pool_stat hits)
-        pb_prepare "pool-$NAME" "warm-$NAME-$1"
-        add warm "$T"
+        pb_prepare "pool-$NAME" "$s-$NAME-$1" ${2:-}
+        add "$s" "$T"
         # A miss would be a cold Prepare counted as a warm one: count them in the table.
-        add warm_miss $((hits + 1 - $(pool_stat hits)))
-        pb_remove "warm-$NAME-$1"
+        add "${s}_miss" $((hits + 1 - $(pool_stat hits)))
+        pb_remove "$s-$NAME-$1"
         pool_wait "pool-$NAME"
 }
+step_warm_eph() { step_warm "$1" --ephemeral; }
 step_cp() {
         local t0 t1 t2
         sync -f "$MNT"
@@ -205,7 +211,7 @@ step_shift() {
                 die "Prepare --uid-map $MAP: $SRC/etc/passwd is $(stat -c %u:%g "$SRC/etc/passwd"), not 100000:100000"
         pb_remove "$k"
 }
-STEPS=(cold warm cp ctr ovl chown_rl chown_ovl shift)
+STEPS=(cold warm cp ctr ovl chown_rl chown_ovl shift cold_eph warm_eph)
 
 # load_rootfs: the rootfs as reflayer layer base-NAME (and pool-NAME, a clone labelled for
 # the pool), as the native snapshotter's committed cbase-NAME, and as the plain tree LOWER
@@ -278,10 +284,10 @@ c_mib() { mib "$(med "$1")"; }
 c_us() { awk -v v="$(med "$1")" -v e="${ENTRIES[$NAME]}" 'BEGIN { printf "%.1f", v * 1e6 / e }'; }
 c_entries() { echo "${ENTRIES[$NAME]}"; }
 c_data() { mib "${DATA[$NAME]}"; }
-c_warm() {
+c_warm() { # c_warm SAMPLES (warm, warm_eph)
         ((POOL)) || { echo "n/a (no pool yet)"; return; }
-        local miss; miss=$(samples warm_miss | awk '{ n += $1 } END { print n + 0 }')
-        if ((miss)); then echo "$(ms "$(med warm)") ($miss misses)"; else ms "$(med warm)"; fi
+        local miss; miss=$(samples "$1_miss" | awk '{ n += $1 } END { print n + 0 }')
+        if ((miss)); then echo "$(ms "$(med "$1")") ($miss misses)"; else ms "$(med "$1")"; fi
 }
 c_remove() { local m mx; read -r m _ mx < <(st remove); echo "$(ms "$m") / $(ms "$mx")"; }
 c_pair() { echo "$("$1" "$2") / $("$1" "$3")"; }
@@ -292,13 +298,13 @@ g_faster() { # g_faster SLOW FAST: SLOW/FAST >= 2
         local v; v=$(ratio "$(med "$1")" "$(med "$2")")
         awk -v v="$v" 'BEGIN { if (v == "-") print "-"; else printf "%sx %s", v, (v >= 2 ? "ok" : "MISS") }'
 }
-g_warm() {
+g_warm() { # g_warm SAMPLES
         ((POOL)) || { echo "n/a (no pool yet)"; return; }
-        awk -v v="$(med warm)" 'BEGIN { printf "%.2f ms %s", v * 1000, (v < 0.005 ? "ok" : "MISS") }'
+        awk -v v="$(med "$1")" 'BEGIN { printf "%.2f ms %s", v * 1000, (v < 0.005 ? "ok" : "MISS") }'
 }
-g_warm_ovl() {
+g_warm_ovl() { # g_warm_ovl SAMPLES
         ((POOL)) || { echo "n/a (no pool yet)"; return; }
-        awk -v v="$(ratio "$(med warm)" "$(med ovl)")" 'BEGIN { printf "%sx %s", v, (v <= 3 ? "ok" : "MISS") }'
+        awk -v v="$(ratio "$(med "$1")" "$(med ovl)")" 'BEGIN { printf "%sx %s", v, (v <= 3 ? "ok" : "MISS") }'
 }
 g_remove() {
         local mx; read -r _ _ mx < <(st remove)
@@ -321,7 +327,9 @@ print_table() {
         row "rootfs: entries" c_entries
         row "rootfs: data (usage of the layer)" c_data
         row "reflayer Prepare, cold (pool off)" c_ms cold
-        row "reflayer Prepare, warm pool" c_warm
+        row "reflayer Prepare, warm pool" c_warm warm
+        row "reflayer Prepare --ephemeral, cold" c_ms cold_eph
+        row "reflayer Prepare --ephemeral, warm pool" c_warm warm_eph
         row "cp -a --reflink=always" c_ms cp
         row "cp -a --reflink=always, + syncfs" c_ms cp_sync
         row "ctr snapshots prepare (native)" c_ms ctr
@@ -346,8 +354,10 @@ print_table() {
         row "  (cp -a + syncfs, like for like)" g_faster cp_sync cold
         row "cold Prepare >= 2x faster than ctr" g_faster ctr cold
         row "  (ctr minus ctr version)" g_faster ctr_net cold
-        row "warm-pool Prepare p50 < 5 ms" g_warm
-        row "warm-pool Prepare <= 3x overlayfs mount" g_warm_ovl
+        row "warm-pool Prepare p50 < 5 ms" g_warm warm
+        row "  (--ephemeral)" g_warm warm_eph
+        row "warm-pool Prepare <= 3x overlayfs mount" g_warm_ovl warm
+        row "  (--ephemeral)" g_warm_ovl warm_eph
         row "Remove < 5 ms" g_remove
         row "chown of the rootfs: 0 new data (reflayer)" g_chown
         row "50 snapshots: new file data < 2% of the rootfs" g_fifty

@@ -4,9 +4,10 @@
  * or system call it measures, so that neither side pays for starting a process (about 1 ms
  * for a small C program, as much as the warm-pool Prepare being measured).
  *
- *   prepare-bench prepare SOCKET PARENT KEY... [--uid-map SPEC --gid-map SPEC]
+ *   prepare-bench prepare SOCKET PARENT KEY... [--ephemeral] [--uid-map SPEC --gid-map SPEC]
  *           Prepare each KEY from PARENT through reflayerd, one after another on one
- *           connection; prints "KEY SECONDS SOURCE" for each.
+ *           connection (ephemeral snapshots with --ephemeral); prints "KEY SECONDS SOURCE"
+ *           for each.
  *   prepare-bench remove SOCKET KEY...
  *           Remove each KEY; prints "KEY SECONDS" for each (the tree is deleted in the
  *           background: the caller waits for that with `reflayer cleanup`, untimed).
@@ -55,8 +56,12 @@ static int cmd_prepare(int argc, char **argv)
                 opts.gid_map = gid = idmap_or_die(argv[argc - 1]);
                 argc -= 4;
         }
+        if (argc >= 1 && strcmp(argv[argc - 1], "--ephemeral") == 0) {
+                opts.ephemeral = true;
+                argc--;
+        }
         if (argc < 3) {
-                fprintf(stderr, "prepare-bench: prepare SOCKET PARENT KEY... "
+                fprintf(stderr, "prepare-bench: prepare SOCKET PARENT KEY... [--ephemeral] "
                                 "[--uid-map SPEC --gid-map SPEC]\n");
                 return 2;
         }
