@@ -682,11 +682,12 @@ static int m_status(call *c, json_t **ret)
         if (r < 0)
                 return r;
         rl_fsinfo *fs = c->srv->fs;
-        *ret = json_pack("{s:s, s:s, s:{s:s, s:s, s:s}, s:s, s:s?, s:{s:I, s:I, s:I}, "
+        *ret = json_pack("{s:s, s:s, s:{s:s, s:s, s:s, s:b}, s:s, s:s?, s:{s:I, s:I, s:I}, "
                          "s:{s:I, s:I, s:i}}",
                          "version", RL_VERSION, "root", rl_store_root(c->srv->store),
                          "filesystem", "type", rl_fsinfo_type(fs), "source",
-                         rl_fsinfo_source(fs), "mountpoint", rl_fsinfo_target(fs), "reflink",
+                         rl_fsinfo_source(fs), "mountpoint", rl_fsinfo_target(fs),
+                         "inlines_small_files", rl_fsinfo_inlines_small_files(fs), "reflink",
                          rl_reflink_to_string(rl_fsinfo_reflink(fs)), "image", c->srv->image,
                          "snapshots", "active",
                          (json_int_t)n[RL_KIND_ACTIVE], "view", (json_int_t)n[RL_KIND_VIEW],

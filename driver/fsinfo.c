@@ -27,11 +27,25 @@ struct rl_fsinfo {
         char *target;
         _Atomic int reflink;          /* rl_reflink */
         _Atomic bool no_copy_range;
+        bool inlines_small_files;
 };
 
 static void mnt_free_tablep(struct libmnt_table **tb)
 {
         mnt_unref_table(*tb);
+}
+
+/* btrfs inlines files up to max_inline bytes (default 2048) unless it is 0. */
+static bool inlines_small_files(const char *type, const char *super_options)
+{
+        char *value = NULL;
+        size_t size = 0;
+        if (strcmp(type, "btrfs") != 0)
+                return false;
+        if (!super_options ||
+            mnt_optstr_get_option(super_options, "max_inline", &value, &size) != 0)
+                return true; /* not shown: the default */
+        return !(size == 1 && value[0] == '0');
 }
 
 /* Fill type/source/target from /proc/self/mountinfo, matching the directory's mount id. */
@@ -57,6 +71,9 @@ static int describe(rl_fsinfo *fs, uint64_t mnt_id)
                 fs->source = strdup(s ? s : "");
                 fs->target = strdup(p ? p : "");
                 r = fs->type && fs->source && fs->target ? 0 : -ENOMEM;
+                if (r == 0)
+                        fs->inlines_small_files =
+                                inlines_small_files(fs->type, mnt_fs_get_fs_options(m));
                 break;
         }
         mnt_free_iter(it);
@@ -126,6 +143,11 @@ RL_EXPORT int rl_fsinfo_open(int dir_fd, rl_fsinfo **ret, rl_error *err)
         atomic_init(&fs->no_copy_range, false);
         *ret = fs;
         return 0;
+}
+
+RL_EXPORT bool rl_fsinfo_inlines_small_files(const rl_fsinfo *fs)
+{
+        return fs->inlines_small_files;
 }
 
 RL_EXPORT rl_fsinfo *rl_fsinfo_free(rl_fsinfo *fs)

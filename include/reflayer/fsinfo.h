@@ -37,5 +37,13 @@ uint64_t rl_fsinfo_dev(const rl_fsinfo *fs);       /* st_dev of the probed direc
 rl_reflink rl_fsinfo_reflink(const rl_fsinfo *fs);
 const char *rl_reflink_to_string(rl_reflink r);
 
+/*
+ * Whether the filesystem keeps small files inside its metadata, where a reflink cannot share
+ * them, so that every clone copies them: btrfs unless mounted with max_inline=0 (by default
+ * it inlines files up to 2048 bytes: about 12 MiB of a Debian rootfs). Files inlined before
+ * the option was set stay inline.
+ */
+bool rl_fsinfo_inlines_small_files(const rl_fsinfo *fs);
+
 /* Whether copy_file_range has not (yet) proved unavailable on this filesystem. */
 bool rl_fsinfo_copy_range(const rl_fsinfo *fs);

@@ -368,7 +368,7 @@ for FS in $FSTYPES; do
         MNT=$WORK/$FS
         case $FS in
         xfs) FSDESC="XFS, reflink=1" ;;
-        btrfs) FSDESC="btrfs" ;;
+        btrfs) FSDESC="btrfs, max_inline=0" ;;
         *) die "FSTYPES: unknown filesystem '$FS' (xfs or btrfs)" ;;
         esac
         mark=${#BENCH_CLEANUPS[@]}

@@ -58,11 +58,13 @@ stats() {
 }
 median() { stats | cut -d' ' -f1; }
 
-# mkfs_loop TYPE SIZE IMG MNT: a fresh TYPE (xfs with reflink=1, or btrfs) in the sparse file
-# IMG of SIZE (truncate's syntax), loop-mounted on MNT and unmounted at exit. Dies unless a
+# mkfs_loop TYPE SIZE IMG MNT: a fresh TYPE (xfs with reflink=1, or btrfs mounted with
+# max_inline=0, as the README advises for a store: inline files cannot be shared) in the
+# sparse file IMG of SIZE (truncate's syntax), loop-mounted on MNT and unmounted at exit. Dies unless a
 # file on it can be reflinked: figures from a filesystem that copies would mean nothing.
 mkfs_loop() {
-        local type=$1 size=$2 img=$3 mnt=$4
+        local type=$1 size=$2 img=$3 mnt=$4 opts=
+        [[ $type == btrfs ]] && opts=max_inline=0
         truncate -s "$size" "$img"
         case $type in
         xfs) need_tool mkfs.xfs xfsprogs; mkfs.xfs -q -f -m reflink=1 "$img" ;;
@@ -70,7 +72,7 @@ mkfs_loop() {
         *) die "mkfs_loop: unknown filesystem '$type'" ;;
         esac || die "mkfs.$type $img failed"
         mkdir -p "$mnt"
-        mount -o loop "$img" "$mnt" || die "cannot loop-mount $img ($type) on $mnt"
+        mount -o "loop${opts:+,$opts}" "$img" "$mnt" || die "cannot loop-mount $img ($type) on $mnt"
         on_exit "umount '$mnt' || umount -l '$mnt'"
         head -c 65536 /dev/urandom >"$mnt/.reflink-probe"
         cp --reflink=always "$mnt/.reflink-probe" "$mnt/.reflink-probe2" 2>/dev/null ||

@@ -166,3 +166,28 @@ Test(clone, error_names_the_file)
         close(d);
         close(dir);
 }
+
+static bool inlines(const char *mnt)
+{
+        rl_fsinfo *fs = NULL;
+        rl_error err = {};
+        int fd = open(mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cr_assert(fd >= 0, "open %s: %s", mnt, strerror(errno));
+        cr_assert_eq(rl_fsinfo_open(fd, &fs, &err), 0, "%s", err.msg);
+        close(fd);
+        bool r = rl_fsinfo_inlines_small_files(fs);
+        rl_fsinfo_free(fs);
+        return r;
+}
+
+/* btrfs keeps small files in its metadata, unshareable, unless mounted max_inline=0. */
+Test(clone, btrfs_max_inline_is_read_from_the_mount)
+{
+        const char *btrfs = rlt_mkfs(RLT_BTRFS, 0, "btrfs");
+        cr_expect(inlines(btrfs), "btrfs with its default max_inline (2048)");
+        char *argv[] = { "mount", "-o", "remount,max_inline=0", (char *)btrfs, NULL };
+        char out[4096];
+        cr_assert_eq(rlt_run(argv, out, sizeof(out)), 0, "remount: %s", out);
+        cr_expect(!inlines(btrfs), "btrfs mounted with max_inline=0");
+        cr_expect(!inlines(rlt_mkfs(RLT_XFS, 0, "xfs")), "XFS inlines nothing");
+}
