@@ -9,10 +9,11 @@
 #   make bench-import  reflayer import of a Debian image vs umoci unpack and tar -xzf
 #   make bench-diff    rl_tree_diff of an unchanged clone vs reading both trees (C loop, diff -rq)
 #   make bench         issue 7's side-by-side table on loop XFS and btrfs, two Debian rootfs:
-#                      reflayerd Prepare (cold, warm pool) vs cp -a --reflink=always vs containerd's
+#                      reflayerd Prepare (cold, warm pool, each durable and ephemeral) vs cp -a --reflink=always vs containerd's
 #                      native snapshotter vs an overlayfs mount; Remove; chown; 50 snapshots [RUNS=5]
 #   make bench-containerd   through ctr: prepare and chown -R of a Debian image's snapshot with
 #                      reflayer (proxy snapshotter), native and overlayfs [RUNS=5 SNAPSHOTTERS=]
+#   make bench-pool    warm-pool Prepare through the store API alone [RUNS= FSTYPE= ROOTFS=]
 #   make bench-load    reflayerd under 64 clients of mixed calls for LOAD_SECONDS (default 300)
 #   make fuzz [FUZZ_SECONDS=60]   the libFuzzer targets (clang, into build/fuzz/), each that long
 #   make install [PREFIX=/usr/local] [DESTDIR=]
@@ -99,7 +100,7 @@ DAEMON := $(BUILD)/reflayerd
 UNIT := $(BUILD)/tests/unit
 CRASH_CHILD := $(BUILD)/tests/crash-child
 
-.PHONY: all check tests deps bench-deps bench bench-containerd fuzz fuzz-deps run bench-clone bench-store bench-rpc bench-import bench-diff bench-load install format clean headers-check
+.PHONY: all check tests deps bench-deps bench bench-containerd fuzz fuzz-deps run bench-clone bench-store bench-pool bench-rpc bench-import bench-diff bench-load install format clean headers-check
 all: $(LIB) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC) $(CLI) $(DAEMON)
 
 $(BUILD)/obj/driver/%.o: driver/%.c
@@ -237,6 +238,13 @@ $(STORE_BENCH): $(BUILD)/obj/tests/bench/store-bench.o $(LIB)
 bench-store: deps all $(STORE_BENCH)
 	$(Q)tests/bench/store.sh $(STORE_BENCH)
 
+POOL_BENCH := $(BUILD)/bench/pool-bench
+$(POOL_BENCH): $(BUILD)/obj/tests/bench/pool-bench.o $(LIB)
+	$(call say,LD,$@)mkdir -p $(@D) && $(CC) $(LDFLAGS) -o $@ $< $(LIB) $(call pc_libs,$(DRIVER_PKGS))
+
+bench-pool: bench-deps all $(POOL_BENCH)
+	$(Q)tests/bench/pool.sh $(POOL_BENCH)
+
 bench-rpc: deps all
 	$(Q)tests/bench/rpc.sh
 
@@ -333,5 +341,8 @@ format:
 clean:
 	rm -rf build
 
+# A missing .d is no goal of its own: without this empty rule, make's built-in %: %.o would
+# try to link main-image.d from main-image.d.o, compiling main.c for a target "image.d".
+$(FUZZ_COMMON_OBJS:.o=.d) $(FUZZ_TARGETS:%=$(FUZZ)/obj/tests/fuzz/main-%.d): ;
 -include $(FUZZ_COMMON_OBJS:.o=.d) $(FUZZ_TARGETS:%=$(FUZZ)/obj/tests/fuzz/main-%.d)
 -include $(DRIVER_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(CLIENT_OBJS:.o=.d) $(CLIENT_PIC_OBJS:.o=.d) $(DAEMON_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/obj/$(CRASH_CHILD_SRC:.c=.d)

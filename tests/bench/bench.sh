@@ -34,18 +34,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tests/bench/lib.sh
 . "$here/lib.sh"
 
-[[ $# -eq 3 ]] || die "usage: $0 PATH-TO-reflayer PATH-TO-reflayerd PATH-TO-prepare-bench"
-CLI=$(realpath -e -- "$1") || die "CLI '$1' not found"
-DAEMON=$(realpath -e -- "$2") || die "reflayerd '$2' not found"
-PB=$(realpath -e -- "$3") || die "prepare-bench '$3' not found"
-RUNS=${RUNS:-5}
-[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, got '$RUNS'"
+take_paths CLI:reflayer DAEMON:reflayerd PB:prepare-bench -- "$@"
+check_runs 5
 FSTYPES=${FSTYPES:-xfs btrfs}
 ROOTFSES=${ROOTFSES:-minbase large}
 need_root
-for t in containerd:containerd ctr:containerd mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs bc:bc; do
-        need_tool "${t%%:*}" "${t#*:}"
-done
+need_tools containerd:containerd ctr:containerd mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs bc:bc
 
 if [[ -z ${REFLAYER_BENCH_NS:-} ]]; then
         # Built (once, cached) before the namespace: debootstrap takes minutes, say so here.

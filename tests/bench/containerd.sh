@@ -35,17 +35,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tests/bench/lib.sh
 . "$here/lib.sh"
 
-[[ $# -eq 3 ]] || die "usage: $0 PATH-TO-reflayer PATH-TO-reflayerd PATH-TO-prepare-bench"
-CLI=$(realpath -e -- "$1") || die "CLI '$1' not found"
-DAEMON=$(realpath -e -- "$2") || die "reflayerd '$2' not found"
-PB=$(realpath -e -- "$3") || die "prepare-bench '$3' not found"
-RUNS=${RUNS:-5}
-[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, got '$RUNS'"
+take_paths CLI:reflayer DAEMON:reflayerd PB:prepare-bench -- "$@"
+check_runs 5
 read -r -a SNS <<<"${SNAPSHOTTERS:-reflayer native overlayfs}"
 need_root
-for t in containerd:containerd ctr:containerd mkfs.xfs:xfsprogs umoci:umoci bc:bc; do
-        need_tool "${t%%:*}" "${t#*:}"
-done
+need_tools containerd:containerd ctr:containerd mkfs.xfs:xfsprogs umoci:umoci bc:bc
 RL=0
 for s in "${SNS[@]}"; do
         case $s in

@@ -36,6 +36,30 @@ trap 'exit 130' INT TERM
 need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root (mount, mkfs, debootstrap)"; }
 
 # need_tool CMD DEBIAN-PACKAGE: a missing tool is an error that names the fix.
+# take_paths VAR:WHAT... -- ARG...: each ARG, an existing path made absolute, into its VAR;
+# dies with the usage (PATH-TO-WHAT...) when the count differs or a path is missing.
+take_paths() {
+        local -a specs=()
+        while [[ $1 != -- ]]; do specs+=("$1"); shift; done
+        shift
+        (($# == ${#specs[@]})) || die "usage: $0$(printf ' PATH-TO-%s' "${specs[@]#*:}")"
+        local s p
+        for s in "${specs[@]}"; do
+                p=$(realpath -e -- "$1") || die "${s#*:} '$1' not found"
+                printf -v "${s%%:*}" '%s' "$p"
+                shift
+        done
+}
+# check_runs DEFAULT: RUNS from the environment, else DEFAULT; a positive integer.
+check_runs() {
+        RUNS=${RUNS:-$1}
+        [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, got '$RUNS'"
+}
+# need_tools TOOL:PACKAGE...: need_tool for each.
+need_tools() {
+        local t
+        for t; do need_tool "${t%%:*}" "${t#*:}"; done
+}
 need_tool() { command -v "$1" >/dev/null || die "$1 not found: apt-get install $2 (or make deps)"; }
 
 # enter_private_ns SCRIPT ARGS...: run SCRIPT again in a private mount namespace (unless this

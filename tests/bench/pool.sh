@@ -3,9 +3,7 @@
 # Warm-pool Prepare through the store API (pool-bench.c), on a fresh loop filesystem: the
 # focused measurement of the pooled publish path, seconds instead of `make bench`'s minutes.
 #
-# Run as root: tests/bench/pool.sh PATH-TO-pool-bench
-#   (build it as the Makefile builds store-bench: tests/bench/pool-bench.c against
-#   build/libreflayer.a with pkg-config's mount jansson libarchive libcrypto)
+# Run as root: make bench-pool   (or: tests/bench/pool.sh PATH-TO-pool-bench)
 #   RUNS=N (default 11), FSTYPE=xfs|btrfs (default xfs), ROOTFS=minbase|large (default
 #   minbase), STRACE=FILE: run under strace -f -T, its output in FILE (the Prepares are
 #   between faccessat("pool-bench:begin") and faccessat("pool-bench:end")).
@@ -15,9 +13,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tests/bench/lib.sh
 . "$here/lib.sh"
 
-[[ $# -eq 1 ]] || die "usage: $0 PATH-TO-pool-bench"
-PB=$(realpath -e -- "$1") || die "pool-bench '$1' not found"
-RUNS=${RUNS:-11}
+take_paths PB:pool-bench -- "$@"
+check_runs 11
 FSTYPE=${FSTYPE:-xfs}
 ROOTFS=${ROOTFS:-minbase}
 need_root

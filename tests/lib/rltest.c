@@ -672,12 +672,10 @@ bool rlt_dir_has_prefix(const char *dir, const char *prefix)
         return found;
 }
 
-char *rlt_read_at(const char *dir, const char *rel)
+char *rlt_read_file(const char *path)
 {
         static char buf[4096];
-        char p[PATH_MAX];
-        snprintf(p, sizeof(p), "%s/%s", dir, rel);
-        int fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
                 return NULL;
         ssize_t n = read(fd, buf, sizeof(buf) - 1);
@@ -686,6 +684,13 @@ char *rlt_read_at(const char *dir, const char *rel)
                 return NULL;
         buf[n] = '\0';
         return buf;
+}
+
+char *rlt_read_at(const char *dir, const char *rel)
+{
+        char p[PATH_MAX];
+        snprintf(p, sizeof(p), "%s/%s", dir, rel);
+        return rlt_read_file(p);
 }
 
 bool rlt_exists_at(const char *dir, const char *rel)

@@ -78,8 +78,9 @@ bool rlt_dir_has_prefix(const char *dir, const char *prefix);
 /* Does dir hold no entry but . and ..? */
 bool rlt_dir_is_empty(const char *dir);
 
-/* The first 4 KiB of the file dir/rel (not followed if a symlink), in a static buffer;
- * NULL when it cannot be read. */
+/* The first 4 KiB of the file at path (not followed if a symlink) as a string, in a static
+ * buffer; NULL when it cannot be read. rlt_read_at: of dir/rel. */
+char *rlt_read_file(const char *path);
 char *rlt_read_at(const char *dir, const char *rel);
 
 /* Is there an entry (of any kind, a dangling symlink included) at dir/rel? */

@@ -62,21 +62,6 @@ static void put_file(const char *path, const char *content)
         close(fd);
 }
 
-/* The content of a small regular file (static buffer), NULL when it cannot be read. */
-static const char *content_of(const char *path)
-{
-        static char buf[4096];
-        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0)
-                return NULL;
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (n < 0)
-                return NULL;
-        buf[n] = '\0';
-        return buf;
-}
-
 /* Apply the layer file at tar onto the directory tree. */
 static int apply(const char *tree, const char *tar, const rl_apply_options *o, rl_layer_stats *st,
                  rl_error *err)
@@ -267,7 +252,7 @@ Test(layer, every_entry_kind_and_attribute)
 
         snprintf(p, sizeof(p), "%s/d/file", tree);
         expect_meta(p, S_IFREG, 0640, 1234, 5678, 1600000001, 123456789);
-        cr_expect_str_eq(content_of(p) ?: "(unreadable)", data);
+        cr_expect_str_eq(rlt_read_file(p) ?: "(unreadable)", data);
         expect_xattr(p, "user.comment", "a comment", 9);
         expect_xattr(p, "trusted.t", "tv", 2);
         struct stat file = lstat_of(p);
@@ -280,7 +265,7 @@ Test(layer, every_entry_kind_and_attribute)
         snprintf(p, sizeof(p), "%s/d/suid", tree);
         expect_meta(p, S_IFREG, 04755, 1234, 5678, 1600000002, 2);
         expect_xattr(p, "security.capability", &cap, XATTR_CAPS_SZ_2);
-        cr_expect_str_eq(content_of(p) ?: "(unreadable)", suid);
+        cr_expect_str_eq(rlt_read_file(p) ?: "(unreadable)", suid);
 
         snprintf(p, sizeof(p), "%s/d/acl", tree);
         expect_meta(p, S_IFREG, 0660, 0, 0, 1600000003, 3);
@@ -352,7 +337,7 @@ Test(layer, whiteout_deletes_file_and_directory)
         snprintf(p, sizeof(p), "%s/dir", tree);
         cr_expect_str_eq(listing(p), "y");
         snprintf(p, sizeof(p), "%s/keep", tree);
-        cr_expect_str_eq(content_of(p) ?: "", "keep");
+        cr_expect_str_eq(rlt_read_file(p) ?: "", "keep");
         cr_expect_eq(st.whiteouts, 3, "stats: %lu whiteouts", st.whiteouts);
 }
 
@@ -401,7 +386,7 @@ static void opaque(bool marker_first)
         struct stat o = lstat_of(p);
         cr_expect_eq(o.st_mode & 07777, 0751, "o: mode %04o", o.st_mode & 07777);
         snprintf(p, sizeof(p), "%s/o/old1", tree);
-        cr_expect_str_eq(content_of(p) ?: "", "old1, again");
+        cr_expect_str_eq(rlt_read_file(p) ?: "", "old1, again");
         snprintf(p, sizeof(p), "%s/o/newsub", tree);
         cr_expect_str_eq(listing(p), "x");
         snprintf(p, sizeof(p), "%s/other", tree);
@@ -475,20 +460,20 @@ Test(layer, replacements)
 
         snprintf(p, sizeof(p), "%s/d1", tree);
         cr_expect(S_ISREG(lstat_of(p).st_mode), "d1 is not a file");
-        cr_expect_str_eq(content_of(p) ?: "", "now a file");
+        cr_expect_str_eq(rlt_read_file(p) ?: "", "now a file");
         snprintf(p, sizeof(p), "%s/f1", tree);
         cr_expect(S_ISDIR(lstat_of(p).st_mode), "f1 is not a directory");
         cr_expect_str_eq(listing(p), "x");
         snprintf(p, sizeof(p), "%s/s1", tree);
         cr_expect(S_ISREG(lstat_of(p).st_mode), "s1 is still a symlink");
-        cr_expect_str_eq(content_of(p) ?: "", "replaced link");
+        cr_expect_str_eq(rlt_read_file(p) ?: "", "replaced link");
         snprintf(p, sizeof(p), "%s/victim", tree);
-        cr_expect_str_eq(content_of(p) ?: "", "victim", "the write went through s1");
+        cr_expect_str_eq(rlt_read_file(p) ?: "", "victim", "the write went through s1");
         snprintf(p, sizeof(p), "%s/s2", tree);
         cr_expect(S_ISREG(lstat_of(p).st_mode), "s2 is still a symlink");
-        cr_expect_str_eq(content_of(p) ?: "", "replaced abs link");
+        cr_expect_str_eq(rlt_read_file(p) ?: "", "replaced abs link");
         snprintf(p, sizeof(p), "%s/sentinel", base);
-        cr_expect_str_eq(content_of(p) ?: "", "sentinel", "the write went through s2");
+        cr_expect_str_eq(rlt_read_file(p) ?: "", "sentinel", "the write went through s2");
         snprintf(p, sizeof(p), "%s/s3", tree);
         cr_expect(S_ISDIR(lstat_of(p).st_mode), "s3 is not a directory");
         cr_expect_str_eq(listing(p), "y");
@@ -523,7 +508,7 @@ Test(layer, whiteout_below_a_replaced_directory_is_a_noop)
         rlt_tar_close(t);
         apply_ok(tree, tar, NULL, NULL);
         snprintf(p, sizeof(p), "%s/gone", tree);
-        cr_expect_str_eq(content_of(p) ?: "", "now a file");
+        cr_expect_str_eq(rlt_read_file(p) ?: "", "now a file");
         cr_expect_str_eq(listing(tree), "after,gone");
 }
 
@@ -1140,7 +1125,7 @@ static int snap_one(const char *path, const struct stat *st, int flag, struct FT
                 (unsigned long)st->st_ino, (long)st->st_mtim.tv_sec, st->st_mtim.tv_nsec,
                 (long)st->st_ctim.tv_sec, st->st_ctim.tv_nsec);
         if (S_ISREG(st->st_mode) && st->st_size < 1024)
-                fprintf(snap_out, " '%s'", content_of(path) ?: "(unreadable)");
+                fprintf(snap_out, " '%s'", rlt_read_file(path) ?: "(unreadable)");
         if (S_ISLNK(st->st_mode)) {
                 char t[PATH_MAX];
                 ssize_t n = readlink(path, t, sizeof(t) - 1);
