@@ -3,10 +3,12 @@
  * Ephemeral snapshots: published without a flush into ephemeral/BOOT/, kept across a reopen
  * in the same boot, thrown away whole by the first open after a reboot (simulated by giving
  * their directory another boot id), made durable by a commit; the warm pool serves them;
- * an unreadable one (the filesystem went down without a reboot) is dropped, not fatal.
+ * an unreadable one (the filesystem went down without a reboot) is dropped, not fatal; a
+ * layer applied onto one stays in ephemeral/ until a commit.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -16,6 +18,7 @@
 
 #include <reflayer/store.h>
 
+#include "rltest-tar.h"
 #include "rltest.h"
 
 static rl_store *S;
@@ -231,4 +234,36 @@ Test(ephemeral, served_by_the_warm_pool)
         open_store(1);
         cr_expect(!exists("e"));
         cr_assert_eq(rl_store_remove(S, "base", &err), 0, "%s", err.msg);
+}
+
+/* A layer applied onto an ephemeral snapshot: the tree swapped in ephemeral/, not flushed,
+ * there after a reopen; the layer's deletion and addition both; committed, durable. */
+Test(ephemeral, apply_onto_one)
+{
+        rl_error err = {};
+        open_store(0);
+        rlt_store_base(S, NULL, 0);
+        create("e", false, true);
+        char tar[PATH_MAX + 16];
+        snprintf(tar, sizeof(tar), "%s/layer.tar", rlt_scratch());
+        rlt_tar *t = rlt_tar_open(tar, RL_COMPRESSION_NONE);
+        rlt_tar_file(t, "added", 0644, "from the layer");
+        rlt_tar_whiteout(t, "t");
+        rlt_tar_close(t);
+        int fd = open(tar, O_RDONLY | O_CLOEXEC);
+        cr_assert(fd >= 0);
+        cr_assert_eq(rl_store_apply(S, "e", fd, NULL, NULL, &err), 0, "%s", err.msg);
+        close(fd);
+        cr_expect(is_ephemeral("e"));
+        cr_expect(strstr(rlt_store_tree(S, "e"), "/ephemeral/") != NULL);
+        S = rl_store_free(S);
+        open_store(0);
+        cr_expect_str_eq(rlt_read_at(rlt_store_tree(S, "e"), "added"), "from the layer");
+        cr_expect(!rlt_exists_at(rlt_store_tree(S, "e"), "t"));
+        cr_assert_eq(rl_store_commit(S, "l2", "e", NULL, 0, &err), 0, "%s", err.msg);
+        S = rl_store_free(S);
+        rlt_fake_reboot(root);
+        open_store(0);
+        cr_expect_str_eq(rlt_read_at(rlt_store_tree(S, "l2"), "added"), "from the layer");
+        cr_expect(rlt_exists_at(rlt_store_tree(S, "base"), "t"), "the layer reached base");
 }
