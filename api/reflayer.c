@@ -622,6 +622,17 @@ static void time_str(char *buf, size_t size, int64_t ns)
         strftime(buf, size, "%Y-%m-%d %H:%M:%S", &tm);
 }
 
+/* A snapshot's kind as the human-readable output shows it: "active", or "active, ephemeral"
+ * (and "view, ephemeral"). */
+static const char *kind_text(const rl_info *i)
+{
+        if (i->ephemeral && i->kind == RL_KIND_ACTIVE)
+                return "active, ephemeral";
+        if (i->ephemeral && i->kind == RL_KIND_VIEW)
+                return "view, ephemeral";
+        return rl_kind_to_string(i->kind);
+}
+
 static void print_json(json_t *o)
 {
         if (o) {
@@ -861,11 +872,10 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                                 char t1[64], t2[64];
                                 time_str(t1, sizeof(t1), i.created_ns);
                                 time_str(t2, sizeof(t2), i.updated_ns);
-                                printf("name:    %s\nkind:    %s%s\nparent:  %s\ncreated: %s\n"
+                                printf("name:    %s\nkind:    %s\nparent:  %s\ncreated: %s\n"
                                        "updated: %s\n",
-                                       i.name, rl_kind_to_string(i.kind),
-                                       i.ephemeral ? " (ephemeral)" : "",
-                                       i.parent ? i.parent : "-", t1, t2);
+                                       i.name, kind_text(&i), i.parent ? i.parent : "-", t1,
+                                       t2);
                                 for (size_t k = 0; k < i.n_labels; k++)
                                         printf("label:   %s=%s\n", i.labels[k].key,
                                                i.labels[k].value);
@@ -886,7 +896,7 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                         for (size_t i = 0; i < n; i++)
                                 printf("%-40s %-40s %s\n", infos[i].name,
                                        infos[i].parent ? infos[i].parent : "",
-                                       rl_kind_to_string(infos[i].kind));
+                                       kind_text(&infos[i]));
                 } else if (r == 0) {
                         /* Each snapshot below its parent, roots first. */
                         for (size_t i = 0; i < n; i++) {
@@ -905,7 +915,7 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                                                 if (!strcmp(infos[k].name, nm))
                                                         self = &infos[k];
                                         printf("%*s%s%s (%s)\n", d * 2, "", d ? "└─ " : "", nm,
-                                               self ? rl_kind_to_string(self->kind) : "?");
+                                               self ? kind_text(self) : "?");
                                         for (size_t k = 0; k < n && top < 256; k++)
                                                 if (infos[k].parent &&
                                                     !strcmp(infos[k].parent, nm)) {

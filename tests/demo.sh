@@ -25,7 +25,7 @@ remove_demo_snapshots() {
         local pass key rc busy
         for pass in 1 2 3 4; do
                 busy=
-                for key in demo-a demo-b demo-work demo-layer; do
+                for key in demo-a demo-b demo-e demo-work demo-layer; do
                         rc=0
                         rl rm "$key" 2>/dev/null || rc=$?
                         case $rc in
@@ -113,6 +113,10 @@ if { echo x >"$mnt/layer/etc/motd"; } 2>/dev/null; then
 fi
 echo "   a write to the layer's mount: refused (read-only)"
 
+step "an ephemeral snapshot: published with no flush at all, gone after the next reboot"
+show prepare demo-e demo-layer --ephemeral
+show stat demo-e
+
 step "the snapshots"
 show ls
 show tree
@@ -133,7 +137,7 @@ show usage demo-b
 
 step "clean up: the demo's snapshots go"
 for d in a b layer; do rl umount "$mnt/$d"; done
-show rm demo-a demo-b
+show rm demo-a demo-b demo-e
 show rm demo-layer
 show ls
 echo

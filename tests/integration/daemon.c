@@ -643,7 +643,9 @@ Test(daemon, ephemeral_snapshots)
         cr_assert_eq(RUN("prepare", "e1", "base", "--ephemeral"), 0, "%s", out);
         cr_expect(strstr(out, "/ephemeral/") && strstr(out, "rbind,rw"), "%s", out);
         cr_assert_eq(RUN("stat", "e1"), 0, "%s", out);
-        cr_expect(strstr(out, "kind:    active (ephemeral)"), "%s", out);
+        cr_expect(strstr(out, "kind:    active, ephemeral"), "%s", out);
+        cr_assert_eq(RUN("ls"), 0, "%s", out);
+        cr_expect(strstr(out, "active, ephemeral"), "%s", out);
         cr_assert_eq(RUN("--json", "stat", "e1"), 0, "%s", out);
         cr_expect(strstr(out, "\"ephemeral\":true"), "%s", out);
         cr_assert_eq(RUN("prepare", "d1", "base"), 0, "%s", out);
