@@ -35,7 +35,6 @@ trap 'exit 130' INT TERM
 
 need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root (mount, mkfs, debootstrap)"; }
 
-# need_tool CMD DEBIAN-PACKAGE: a missing tool is an error that names the fix.
 # take_paths VAR:WHAT... -- ARG...: each ARG, an existing path made absolute, into its VAR;
 # dies with the usage (PATH-TO-WHAT...) when the count differs or a path is missing.
 take_paths() {
@@ -60,6 +59,7 @@ need_tools() {
         local t
         for t; do need_tool "${t%%:*}" "${t#*:}"; done
 }
+# need_tool CMD DEBIAN-PACKAGE: a missing tool is an error that names the fix.
 need_tool() { command -v "$1" >/dev/null || die "$1 not found: apt-get install $2 (or make deps)"; }
 
 # enter_private_ns SCRIPT ARGS...: run SCRIPT again in a private mount namespace (unless this
@@ -84,8 +84,9 @@ median() { stats | cut -d' ' -f1; }
 
 # mkfs_loop TYPE SIZE IMG MNT: a fresh TYPE (xfs with reflink=1, or btrfs mounted with
 # max_inline=0, as the README advises for a store: inline files cannot be shared) in the
-# sparse file IMG of SIZE (truncate's syntax), loop-mounted on MNT and unmounted at exit. Dies unless a
-# file on it can be reflinked: figures from a filesystem that copies would mean nothing.
+# sparse file IMG of SIZE (truncate's syntax), loop-mounted on MNT and unmounted at exit.
+# Dies unless a file on it can be reflinked: figures from a filesystem that copies would
+# mean nothing.
 mkfs_loop() {
         local type=$1 size=$2 img=$3 mnt=$4 opts=
         [[ $type == btrfs ]] && opts=max_inline=0
