@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/resource.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -482,24 +483,43 @@ static int read_records(int dir_fd, const char *where, int trash_fd, rl_meta **m
 }
 
 /*
- * Open ephemeral/BOOT/ for this boot (the kernel's boot id), after moving every other boot's
- * directory into trash/: the ephemeral snapshots of an earlier boot were never flushed, so
- * whatever of them reached the disk is thrown away whole, readable or not.
+ * The kernel's boot id, as "8-4-4-4-12" hex. Where it cannot be read (no /proc: the fuzz
+ * harnesses run the store in an empty root), a random one: ephemeral snapshots then last
+ * only as long as the store stays open, which keeps their promise (gone after a reboot,
+ * whole) at the cost of dropping them at every open.
+ */
+static int boot_id(char buf[static 37], rl_error *err)
+{
+        _cleanup_close_ int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+        ssize_t len = fd < 0 ? -1 : read(fd, buf, 36);
+        if (len == 36) {
+                buf[36] = '\0';
+                if (strspn(buf, "0123456789abcdef-") != 36)
+                        return rl_error_set(err, -EIO, "store: boot id '%s' is not a UUID", buf);
+                return 0;
+        }
+        uint8_t b[16];
+        if (getrandom(b, sizeof(b), 0) != (ssize_t)sizeof(b))
+                return rl_error_set(err, -errno ?: -EIO, "store: a random boot id");
+        snprintf(buf, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
+                 b[13], b[14], b[15]);
+        return 0;
+}
+
+/*
+ * Open ephemeral/BOOT/ for this boot (boot_id), after moving every other boot's directory
+ * into trash/: the ephemeral snapshots of an earlier boot were never flushed, so whatever of
+ * them reached the disk is thrown away whole, readable or not.
  */
 static int open_ephemeral(rl_store *s, rl_error *err)
 {
         _cleanup_close_ int eph = -EBADF;
-        char boot[40] = "";
+        char boot[37];
         int r;
 
-        _cleanup_close_ int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
-        ssize_t len = fd < 0 ? -1 : read(fd, boot, sizeof(boot) - 1);
-        if (len < 36)
-                return rl_error_set(err, len < 0 ? -errno : -EIO,
-                                    "store: read the boot id (/proc/sys/kernel/random/boot_id)");
-        boot[36] = '\0';
-        if (strspn(boot, "0123456789abcdef-") != 36)
-                return rl_error_set(err, -EIO, "store: boot id '%s' is not a UUID", boot);
+        if ((r = boot_id(boot, err)) < 0)
+                return r;
         snprintf(s->eph_dir, sizeof(s->eph_dir), "ephemeral/%s", boot);
 
         if ((r = open_subdir(s->root_fd, "ephemeral", &eph, err)) < 0)

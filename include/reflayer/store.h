@@ -19,7 +19,8 @@
  * that are never flushed, so much quicker to make, and that do not outlive the boot they
  * were made in: the first open after a reboot throws them away, whole, whether the machine
  * went down cleanly or not. A container whose rootfs is rebuilt after a reboot anyway
- * loses nothing. Committing one makes it durable.
+ * loses nothing. Committing one makes it durable. (Where the kernel's boot id cannot be read,
+ * without /proc, they last only until the store is closed.)
  *
  * Errors: negative errnos with a message in rl_error; rl_store_error_code() gives each its
  * stable protocol code (-ENOENT not_found, -EEXIST already_exists, -EINVAL invalid_argument,
