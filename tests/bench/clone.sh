@@ -8,61 +8,30 @@
 #
 # Run as root:  make bench-clone            (or: tests/bench/clone.sh build/reflayer)
 #               RUNS=N make bench-clone     rounds, default 5
-# The rootfs is built once with debootstrap and cached in /var/tmp/reflayer-cache.
+# The rootfs is built once with debootstrap and cached (tests/lib/debian-rootfs).
 set -euo pipefail
+BENCH_NAME=bench-clone
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tests/bench/lib.sh
+. "$here/lib.sh"
 
-die() { echo "bench-clone: error: $*" >&2; exit 1; }
-[[ $# -eq 1 ]] || die "usage: $0 PATH-TO-reflayer-CLI"
-RUNS=${RUNS:-5}
-[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, got '$RUNS'"
-[[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap, mount)"
-CLI=$(realpath -e -- "$1" 2>/dev/null) || die "CLI '$1' not found"
-[[ -x $CLI ]] || die "CLI '$CLI' is not executable"
-CACHE=/var/tmp/reflayer-cache
-ROOTFS=$CACHE/rootfs-minbase
-
+take_paths CLI:reflayer -- "$@"
+check_runs 5
+need_root
+need_tools getfattr:attr
 if [[ -z ${REFLAYER_BENCH_NS:-} ]]; then
-        if [[ ! -d $ROOTFS ]]; then
-                if ! command -v debootstrap >/dev/null; then
-                        apt-get update -qq || die "apt-get update failed"
-                        apt-get install -y debootstrap || die "cannot install debootstrap"
-                fi
-                mkdir -p "$CACHE"
-                tmp=$ROOTFS.tmp.$$
-                trap 'rm -rf "$tmp"' EXIT
-                echo "bench-clone: building $ROOTFS with debootstrap (once)..." >&2
-                debootstrap --variant=minbase bookworm "$tmp" >&2 || die "debootstrap failed"
-                mv -T "$tmp" "$ROOTFS"
-                trap - EXIT
-        fi
-        REFLAYER_BENCH_NS=1 exec unshare -m --propagation private -- "$BASH" "$0" "$CLI"
+        "$here/../lib/debian-rootfs" minbase >/dev/null # built once, before the namespace
 fi
+enter_private_ns "$0" "$CLI"
 
 # --- inside the private mount namespace ---
+ROOTFS=$("$here/../lib/debian-rootfs" minbase)
 WORK=$(mktemp -d /var/tmp/reflayer-bench.XXXXXX)
 MNT=$WORK/mnt
-cleanup() {
-        cd /
-        if mountpoint -q "$MNT"; then
-                umount "$MNT" || { echo "bench-clone: cannot unmount $MNT; left $WORK" >&2; return; }
-        fi
-        rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-truncate -s 4G "$WORK/xfs.img"
-mkfs.xfs -q -f -m reflink=1 "$WORK/xfs.img" || die "mkfs.xfs failed"
-mkdir "$MNT"
-mount -o loop "$WORK/xfs.img" "$MNT" || die "cannot loop-mount the XFS image"
+on_exit "rm -rf '$WORK'"
+mkfs_loop xfs 4G "$WORK/xfs.img" "$MNT"
 cd "$MNT"
 cp -a "$ROOTFS" src || die "cannot copy the cached rootfs into the image"
-
-probe=$(find src/usr/bin -type f -size +8k -print -quit)
-[[ -n $probe ]] || die "no file to probe reflink with"
-cp --reflink=always "$probe" reflink-probe 2>/dev/null ||
-        die "XFS at $MNT does not reflink (cp --reflink=always failed); results would be meaningless"
-rm -f reflink-probe
 
 ENTRIES=$(find src | wc -l)
 TOOLS=(rl cp rl1)
@@ -90,14 +59,10 @@ for ((r = 0; r < RUNS; r++)); do
         echo "bench-clone: round $((r + 1))/$RUNS done (order: ${order[*]})" >&2
 done
 
-# stats NS... -> "median min max" in ns
-stats() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END {
-        m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-        printf "%.0f %d %d\n", m, v[1], v[NR] }'; }
 declare -A MED MIN MAX
 for t in "${TOOLS[@]}"; do
         # shellcheck disable=SC2086 # word splitting of the ns list is intended
-        read -r MED[$t] MIN[$t] MAX[$t] < <(stats ${T[$t]})
+        read -r MED[$t] MIN[$t] MAX[$t] < <(printf '%s\n' ${T[$t]} | stats)
 done
 
 echo

@@ -6,32 +6,30 @@
 # a syncfs as reflayer's import does before it publishes a layer. Each tool runs
 # RUNS times (default 5), alternating; the table shows medians. Run as root: make bench-import
 set -euo pipefail
-cli=$(realpath -e "$1")
-daemon=$(realpath -e "$2")
-RUNS=${RUNS:-5}
-here=$(cd "$(dirname "$0")" && pwd)
+BENCH_NAME=bench-import
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tests/bench/lib.sh
+. "$here/lib.sh"
+
+take_paths cli:reflayer daemon:reflayerd -- "$@"
+check_runs 5
+need_root
+need_tools umoci:umoci bc:bc python3:python3
 cache=/var/tmp/reflayer-cache/oci-debian
-[[ $(id -u) -eq 0 ]] || { echo "bench-import: run as root" >&2; exit 1; }
-if [[ -z ${REFLAYER_BENCH_NS:-} ]]; then
-        if [[ ! -d $cache/layout ]]; then
-                echo "== building the Debian OCI image once (umoci; cached in $cache)" >&2
-                rm -rf "$cache.tmp"
-                mkdir -p "$cache.tmp"
-                "$here/../lib/oci-fixture" debian "$cache.tmp" >/dev/null
-                mv -T "$cache.tmp" "$cache"
-        fi
-        REFLAYER_BENCH_NS=1 exec unshare -m --propagation private -- "$BASH" "$0" "$@"
+if [[ -z ${REFLAYER_BENCH_NS:-} && ! -d $cache/layout ]]; then
+        note "building the Debian OCI image once (umoci; cached in $cache)"
+        rm -rf "$cache.tmp"
+        mkdir -p "$cache.tmp"
+        "$here/../lib/oci-fixture" debian "$cache.tmp" >/dev/null || die "oci-fixture failed"
+        mv -T "$cache.tmp" "$cache"
 fi
-work=$(mktemp -d /var/tmp/reflayer-bench-import.XXXXXX)
-trap 'kill $dpid 2>/dev/null; wait 2>/dev/null; cd /; umount -l "$work/mnt" 2>/dev/null || true; rm -rf "$work"' EXIT
-truncate -s 8G "$work/xfs.img"
-mkfs.xfs -q -f -m reflink=1 "$work/xfs.img"
-mkdir "$work/mnt"
-mount -o loop "$work/xfs.img" "$work/mnt"
-sock=$work/reflayer.sock
-"$daemon" --root "$work/mnt/store" --socket "$sock" --log-level warning &
-dpid=$!
-for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
+enter_private_ns "$0" "$cli" "$daemon"
+
+WORK=$(mktemp -d /var/tmp/reflayer-bench-import.XXXXXX)
+on_exit "rm -rf '$WORK'"
+mkfs_loop xfs 8G "$WORK/xfs.img" "$WORK/mnt"
+sock=$WORK/reflayer.sock
+daemon_start "$daemon" "$cli" "$WORK/mnt/store" "$sock" "$WORK/reflayerd.log"
 R=("$cli" --socket "$sock")
 layout=$cache/layout
 blobs=$(python3 - "$layout" <<'PY'
@@ -46,7 +44,6 @@ entries=$(find "$cache/ref/rootfs" | wc -l)
 size=$(du -sh --apparent-size "$cache/ref/rootfs" | cut -f1)
 
 now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 declare -a t_import t_umoci t_tar
 for i in $(seq "$RUNS"); do
         sync; echo 3 >/proc/sys/vm/drop_caches
@@ -56,15 +53,15 @@ for i in $(seq "$RUNS"); do
         "${R[@]}" cleanup
 
         sync; echo 3 >/proc/sys/vm/drop_caches
-        s=$(now); umoci unpack --image "$layout:debian" "$work/mnt/u" >/dev/null; sync -f "$work/mnt"; e=$(now)
+        s=$(now); umoci unpack --image "$layout:debian" "$WORK/mnt/u" >/dev/null; sync -f "$WORK/mnt"; e=$(now)
         t_umoci+=("$(echo "$e - $s" | bc)")
-        rm -rf "$work/mnt/u"
+        rm -rf "$WORK/mnt/u"
 
         sync; echo 3 >/proc/sys/vm/drop_caches
-        mkdir "$work/mnt/t"
-        s=$(now); for b in $blobs; do tar --xattrs --xattrs-include='*' -C "$work/mnt/t" -xzf "$b"; done; sync -f "$work/mnt"; e=$(now)
+        mkdir "$WORK/mnt/t"
+        s=$(now); for b in $blobs; do tar --xattrs --xattrs-include='*' -C "$WORK/mnt/t" -xzf "$b"; done; sync -f "$WORK/mnt"; e=$(now)
         t_tar+=("$(echo "$e - $s" | bc)")
-        rm -rf "$work/mnt/t"
+        rm -rf "$WORK/mnt/t"
 done
 mi=$(printf '%s\n' "${t_import[@]}" | median)
 mu=$(printf '%s\n' "${t_umoci[@]}" | median)

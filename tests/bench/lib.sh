@@ -124,7 +124,8 @@ daemon_start() {
         done
 }
 
-# daemon_stop PID LOG: SIGTERM, wait up to 10 s, then SIGKILL; says so if it did not exit 0.
+# daemon_stop PID LOG: SIGTERM, wait up to 10 s, then SIGKILL; says so, and returns 1, if it
+# did not exit 0.
 daemon_stop() {
         local pid=$1 log=$2 rc=0 i
         kill -0 "$pid" 2>/dev/null || return 0
@@ -132,7 +133,10 @@ daemon_stop() {
         for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" || rc=$?
-        ((rc == 0)) || { note "reflayerd exited with status $rc; its log:"; cat "$log" >&2; }
+        ((rc == 0)) && return 0
+        note "reflayerd exited with status $rc; its log:"
+        cat "$log" >&2
+        return 1
 }
 
 # containerd_start NAME DIR DISABLED [TABLES]: Debian's containerd with root and state under DIR

@@ -5,72 +5,44 @@
 # (reflink=1) in a private mount namespace. Run as root, from anywhere:
 #   bash tests/bench/rpc.sh
 set -euo pipefail
-top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-ROOTFS=/var/tmp/reflayer-cache/rootfs-minbase
+BENCH_NAME=bench-rpc
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tests/bench/lib.sh
+. "$here/lib.sh"
+
+top=$(cd "$here/../.." && pwd)
 SECS=5 RUNS=3
 bench=$top/build/bench/rpc-bench src=$top/tests/bench/rpc-bench.c
 daemon=$top/build/reflayerd cli=$top/build/reflayer
-
-[[ $(id -u) -eq 0 ]] || { echo "rpc.sh: run as root" >&2; exit 1; }
+need_root
 if [[ -z ${REFLAYER_BENCH_NS:-} ]]; then
         [[ -x $daemon && -x $cli && -f $top/build/libreflayer-client.a ]] ||
-                { echo "rpc.sh: build first: make -s all" >&2; exit 1; }
-        [[ -d $ROOTFS ]] ||
-                { echo "rpc.sh: no $ROOTFS (make bench-store creates it)" >&2; exit 1; }
+                die "build first: make -s all"
+        "$here/../lib/debian-rootfs" minbase >/dev/null # built once, before the namespace
         if [[ ! -x $bench || $src -nt $bench ]]; then
                 mkdir -p "${bench%/*}"
                 # shellcheck disable=SC2046 # pkg-config prints several words
                 cc -O2 -Wall -I"$top/include" -I"$top/driver" -o "$bench" "$src" \
-                        "$top/build/libreflayer-client.a" $(pkg-config --libs jansson) -pthread
+                        "$top/build/libreflayer-client.a" $(pkg-config --libs jansson) -pthread ||
+                        die "cannot build $bench"
         fi
-        REFLAYER_BENCH_NS=1 exec unshare -m --propagation private -- "$BASH" "$0" "$@"
 fi
+enter_private_ns "$0" "$@"
 
+ROOTFS=$("$here/../lib/debian-rootfs" minbase)
 work=$(mktemp -d /var/tmp/reflayer-bench-rpc.XXXXXX)
-mnt=$work/mnt sock=$work/r.sock pid=
-cleanup() {
-        local rc=$?
-        cd /
-        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-                kill -TERM "$pid" 2>/dev/null || true
-                for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-                kill -KILL "$pid" 2>/dev/null || true
-                wait "$pid" 2>/dev/null || true
-        fi
-        if mountpoint -q "$mnt" 2>/dev/null; then
-                local dev
-                dev=$(findmnt -n -o SOURCE "$mnt" || true)
-                umount "$mnt" || umount -l "$mnt" || true
-                if [[ $dev == /dev/loop* ]]; then losetup -d "$dev" 2>/dev/null || true; fi
-        fi
-        rm -rf "$work"
-        exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-truncate -s 8G "$work/xfs.img"
-mkfs.xfs -q -f -m reflink=1 "$work/xfs.img"
-mkdir "$mnt"
-mount -o loop "$work/xfs.img" "$mnt"
-
-"$daemon" --root "$mnt/store" --socket "$sock" --log-level warning 2>"$work/reflayerd.log" &
-pid=$!
+on_exit "rm -rf '$work'"
+mkfs_loop xfs 8G "$work/xfs.img" "$work/mnt"
+sock=$work/r.sock log=$work/reflayerd.log
+daemon_start "$daemon" "$cli" "$work/mnt/store" "$sock" "$log"
 rl() { "$cli" --socket "$sock" "$@"; }
-for i in $(seq 101); do
-        rl version 2>/dev/null | grep -q '^reflayerd' && break
-        if ((i > 100)) || ! kill -0 "$pid" 2>/dev/null; then
-                echo "rpc.sh: reflayerd did not start:" >&2; cat "$work/reflayerd.log" >&2; exit 1
-        fi
-        sleep 0.1
-done
 
 # The layer: the rootfs copied into an active snapshot, then committed.
 read -r _ _ _ source _ < <(rl prepare import)
-[[ $source == /* && -d $source ]] || { echo "rpc.sh: prepare import gave '$source'" >&2; exit 1; }
+[[ $source == /* && -d $source ]] || die "prepare import gave '$source'"
 cp -a "$ROOTFS/." "$source/"
 rl commit base import
-sync -f "$mnt" # else the first Prepare's syncfs pays for writing back the copy
+sync -f "$work/mnt" # else the first Prepare's syncfs pays for writing back the copy
 files=$(find "$ROOTFS" | wc -l)
 
 # Each run prints "NAME k=v ..." lines; collect every value as "NAME.k v".
@@ -87,14 +59,10 @@ done
 med() { awk -v k="$1" '$1 == k { print $2 }' "$vals" | sort -g | awk '{ v[NR] = $1 }
         END { if (NR) print v[int((NR + 1) / 2)]; else print "-" }'; }
 
-kill -TERM "$pid"
-rc=0
-wait "$pid" || rc=$?
-pid=
-((rc == 0)) || { echo "rpc.sh: reflayerd exited with status $rc" >&2; failed=1; }
-if [[ -s $work/reflayerd.log ]]; then
-        echo "rpc.sh: reflayerd logged:" >&2
-        cat "$work/reflayerd.log" >&2
+daemon_stop "$DAEMON_PID" "$log" || failed=1
+if [[ -s $log ]]; then
+        note "reflayerd logged:"
+        cat "$log" >&2
 fi
 
 echo "reflayerd RPC benchmark: XFS loop (reflink=1), nproc $(nproc), kernel $(uname -r)"
