@@ -114,6 +114,21 @@ static int encode(const rl_meta *m, char **ret, rl_error *err)
         return 0;
 }
 
+/* Create dir_fd/name (flags adds O_TRUNC or O_EXCL) holding buf: its fd, or -errno (said,
+ * as what). */
+static int create_with(int dir_fd, const char *name, int flags, const void *buf, size_t len,
+                       const char *what, rl_error *err)
+{
+        _cleanup_close_ int fd = openat(dir_fd, name,
+                                        O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | flags, 0644);
+        if (fd < 0)
+                return rl_error_set(err, -errno, "%s %s", what, name);
+        int r = rl_write_all(fd, buf, len);
+        if (r < 0)
+                return rl_error_set(err, r, "%s %s", what, name);
+        return TAKE_FD(fd);
+}
+
 int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err)
 {
         _cleanup_free_ char *text = NULL;
@@ -126,13 +141,9 @@ int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err)
 
         /* Temporary file, fsync, rename over the old record, fsync the directory: a reader
          * (or a restart after a crash) sees the old record or the new one, never a mix. */
-        fd = openat(dir_fd, META_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
-                    0644);
+        fd = create_with(dir_fd, META_TMP, O_TRUNC, text, strlen(text), "write", err);
         if (fd < 0)
-                return rl_error_set(err, -errno, "write %s", META_TMP);
-        r = rl_write_all(fd, text, strlen(text));
-        if (r < 0)
-                return rl_error_set(err, r, "write %s", META_TMP);
+                return fd;
         /* Ephemeral: no fsync at all. Only a crash of the process can come between, which
          * the page cache survives; a power cut takes the whole snapshot anyway. */
         if (!m->ephemeral && fsync(fd) < 0)
@@ -157,19 +168,11 @@ static void blank(char *buf)
 
 int rl_meta_reserve(int dir_fd, rl_error *err)
 {
-        _cleanup_close_ int fd = -EBADF;
         char buf[RL_META_RESERVED];
-        int r;
-
         blank(buf);
-        fd = openat(dir_fd, RL_META_FILE, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                    0644);
-        if (fd < 0)
-                return rl_error_set(err, -errno, "reserve %s", RL_META_FILE);
-        r = rl_write_all(fd, buf, sizeof(buf));
-        if (r < 0)
-                return rl_error_set(err, r, "reserve %s", RL_META_FILE);
-        return 0;
+        _cleanup_close_ int fd = create_with(dir_fd, RL_META_FILE, O_EXCL, buf, sizeof(buf),
+                                             "reserve", err);
+        return fd < 0 ? fd : 0;
 }
 
 int rl_meta_fill(int dir_fd, const rl_meta *m, rl_error *err)
@@ -203,15 +206,9 @@ int rl_meta_fill(int dir_fd, const rl_meta *m, rl_error *err)
          * caller does only after this returns. */
         blank(buf);
         memcpy(buf, text, len);
-        for (size_t off = 0; off < sizeof(buf);) {
-                ssize_t n = pwrite(fd, buf + off, sizeof(buf) - off, (off_t)off);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0)
-                        return rl_error_set(err, n < 0 ? -errno : -EIO, "write %s",
-                                            RL_META_FILE);
-                off += (size_t)n;
-        }
+        r = rl_write_all(fd, buf, sizeof(buf)); /* from offset 0: the fd is fresh */
+        if (r < 0)
+                return rl_error_set(err, r, "write %s", RL_META_FILE);
         if (!m->ephemeral && fdatasync(fd) < 0)
                 return rl_error_set(err, -errno, "fdatasync %s", RL_META_FILE);
         return 0;

@@ -224,14 +224,14 @@ static const char *home_name(const rl_store *s, const snap *n)
         return n->ephemeral ? s->eph_dir : "snapshots";
 }
 
-/* Open the tree of snapshot id in home (home_fd), named for messages as where. */
-static int open_tree(int home, const char *where, uint64_t id, rl_error *err)
+/* Open n's tree (busy, pinned, or under s->lock). */
+static int open_tree(const rl_store *s, const snap *n, rl_error *err)
 {
         char fs[48];
-        snprintf(fs, sizeof(fs), "%" PRIu64 "/fs", id);
-        int fd = rl_openat_beneath(home, fs, O_RDONLY | O_DIRECTORY, 0);
+        snprintf(fs, sizeof(fs), "%" PRIu64 "/fs", n->id);
+        int fd = rl_openat_beneath(home_fd(s, n), fs, O_RDONLY | O_DIRECTORY, 0);
         if (fd < 0)
-                return rl_error_set(err, fd, "open %s/%s", where, fs);
+                return rl_error_set(err, fd, "open %s/%s", home_name(s, n), fs);
         return fd;
 }
 
@@ -846,7 +846,7 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
         if (pooled) {
                 /* fs/ is there already. */
         } else if (parent) {
-                _cleanup_close_ int src_fd = open_tree(s->snaps_fd, "snapshots", parent->id, err);
+                _cleanup_close_ int src_fd = open_tree(s, parent, err);
                 if (src_fd < 0) {
                         r = rl_error_prefix(err, src_fd, "the parent's tree");
                         goto out_remove_tmp;
@@ -1074,7 +1074,7 @@ static int commit_flush(rl_store *s, snap *a, rl_error *err)
 {
         char idname[24];
         if (!s->opts.no_sync) {
-                _cleanup_close_ int tree = open_tree(home_fd(s, a), home_name(s, a), a->id, err);
+                _cleanup_close_ int tree = open_tree(s, a, err);
                 if (tree < 0)
                         return tree;
                 if (syncfs(tree) < 0)
@@ -1300,7 +1300,7 @@ static int do_apply(rl_store *s, const char *key, int tar_fd, const rl_apply_opt
 
         snprintf(fs, sizeof(fs), "%" PRIu64 "/fs", n->id);
         snprintf(tmpname, sizeof(tmpname), "%" PRIu64 "-apply", n->id);
-        src = r = open_tree(home_fd(s, n), home_name(s, n), n->id, err);
+        src = r = open_tree(s, n, err);
         if (src < 0)
                 goto out;
         rl_tree_options t = { .jobs = s->opts.jobs, .cancel = opts ? opts->cancel : NULL };
@@ -1371,9 +1371,9 @@ static int open_pair(rl_store *s, const char *verb, const char *key, snap **ret_
         /* Opened under the lock: a commit may move an ephemeral tree (open_snapdir). */
         *ret_n = n;
         *ret_lower = -EBADF;
-        *ret_upper = r = open_tree(home_fd(s, n), home_name(s, n), n->id, err);
+        *ret_upper = r = open_tree(s, n, err);
         if (r >= 0 && n->parent)
-                *ret_lower = r = open_tree(s->snaps_fd, "snapshots", n->parent->id, err);
+                *ret_lower = r = open_tree(s, n->parent, err);
         pthread_mutex_unlock(&s->lock);
         return r < 0 ? rl_error_prefix(err, r, "%s '%s'", verb, key) : 0;
 }
@@ -1616,7 +1616,7 @@ static int do_usage(rl_store *s, const char *key, rl_usage *ret, rl_error *err)
         }
         n->pins++; /* not removed while measured */
         /* Opened under the lock: a commit may move an ephemeral tree (open_snapdir). */
-        int fd = open_tree(home_fd(s, n), home_name(s, n), n->id, err);
+        int fd = open_tree(s, n, err);
         pthread_mutex_unlock(&s->lock);
 
         r = fd < 0 ? fd : rl_usage_tree(fd, s->opts.jobs, ret, err);

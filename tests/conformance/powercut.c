@@ -77,18 +77,6 @@ static void open_store(world *w)
         cr_assert_eq(r, 0, "open after a power cut: %s", err.msg);
 }
 
-static void wait_ready(world *w)
-{
-        rl_pool_stats ps;
-        for (int i = 0; i < 1200; i++) {
-                rl_store_pool_stats(w->s, &ps);
-                if (ps.ready >= 2 && !ps.building)
-                        return;
-                usleep(50000);
-        }
-        cr_assert_fail("the pool has %" PRIu64 " ready clones after 60 s, not 2", ps.ready);
-}
-
 static void key_of(char *buf, unsigned round, unsigned i)
 {
         snprintf(buf, 64, "cut%u-%u", round, i);
@@ -163,7 +151,7 @@ static void cut_loop(rlt_fs fs, unsigned rounds, unsigned seed, bool mix)
         srandom(seed);
 
         for (unsigned round = 0; round < rounds; round++) {
-                wait_ready(&w);
+                rlt_store_pool_wait(w.s, 2, 60);
                 runner ru = { .w = &w, .round = round };
                 unsigned before_cut; /* Prepares known to have returned before the cut */
                 if (round == 0) {

@@ -7,6 +7,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <linux/capability.h>
 #include <linux/fiemap.h>
 #include <linux/fs.h>
@@ -722,13 +723,32 @@ void rlt_store_base(rl_store *s, const rl_label *labels, size_t n)
         cr_assert_eq(rl_store_commit(s, "base", "b", labels, n, &err), 0, "%s", err.msg);
 }
 
+rl_pool_stats rlt_store_pool_wait(rl_store *s, uint64_t want, unsigned seconds)
+{
+        rl_pool_stats ps;
+        for (unsigned i = 0; i < seconds * 20; i++) {
+                rl_store_pool_stats(s, &ps);
+                if (ps.ready >= want && !ps.building)
+                        return ps;
+                usleep(50000);
+        }
+        cr_assert_fail("the pool has %" PRIu64 " ready clones after %u s, not %" PRIu64,
+                       ps.ready, seconds, want);
+        return ps;
+}
+
+void rlt_boot_id(char buf[64])
+{
+        FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+        cr_assert(f && fgets(buf, 64, f), "read the boot id: %s", strerror(errno));
+        fclose(f);
+        buf[strcspn(buf, "\n")] = '\0';
+}
+
 void rlt_fake_reboot(const char *root)
 {
-        char boot[64] = "", from[PATH_MAX + 64], to[PATH_MAX + 64];
-        FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
-        cr_assert(f && fgets(boot, sizeof(boot), f), "read the boot id: %s", strerror(errno));
-        fclose(f);
-        boot[strcspn(boot, "\n")] = '\0';
+        char boot[64], from[PATH_MAX + 64], to[PATH_MAX + 64];
+        rlt_boot_id(boot);
         snprintf(from, sizeof(from), "%s/ephemeral/%s", root, boot);
         snprintf(to, sizeof(to), "%s/ephemeral/00000000-0000-4000-8000-000000000000", root);
         cr_assert(rename(from, to) == 0, "rename %s: %s", from, strerror(errno));

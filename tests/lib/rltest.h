@@ -93,6 +93,13 @@ const char *rlt_store_tree(rl_store *s, const char *key);
  * labels (may be NULL); built as the active snapshot "b", which the commit consumes. */
 void rlt_store_base(rl_store *s, const rl_label *labels, size_t n);
 
+/* Wait until s's warm pool has at least want ready clones and builds none; fails the test
+ * after seconds. Returns the pool's stats then. */
+rl_pool_stats rlt_store_pool_wait(rl_store *s, uint64_t want, unsigned seconds);
+
+/* The kernel's boot id (/proc/sys/kernel/random/boot_id) without its newline. */
+void rlt_boot_id(char buf[64]);
+
 /* What a reboot does to the store at root (closed): its ephemeral snapshots become another
  * boot's (ephemeral/BOOT renamed to a boot id that is not this one's). */
 void rlt_fake_reboot(const char *root);

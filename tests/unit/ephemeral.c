@@ -188,11 +188,8 @@ Test(ephemeral, an_unreadable_record_is_dropped)
 
         /* What an ephemeral record can look like after the filesystem went down and came
          * back without a reboot: empty. */
-        char boot[64] = "";
-        FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
-        cr_assert(f && fgets(boot, sizeof(boot), f));
-        fclose(f);
-        boot[strcspn(boot, "\n")] = '\0';
+        char boot[64];
+        rlt_boot_id(boot);
         snprintf(p, sizeof(p), "%s/ephemeral/%s/%" PRIu64 "/info.json", root, boot, eid);
         cr_assert(truncate(p, 0) == 0, "truncate %s: %s", p, strerror(errno));
         open_store(0);
@@ -213,14 +210,7 @@ Test(ephemeral, served_by_the_warm_pool)
         open_store(1);
         rl_label l = {RL_POOL_LABEL, "1"};
         rlt_store_base(S, &l, 1);
-        rl_pool_stats ps;
-        for (int i = 0; i < 600; i++) {
-                rl_store_pool_stats(S, &ps);
-                if (ps.ready >= 1 && !ps.building)
-                        break;
-                usleep(50000);
-        }
-        cr_assert_geq(ps.ready, 1, "the pool built nothing in 30 s");
+        rl_pool_stats ps = rlt_store_pool_wait(S, 1, 30);
         create("e", false, true);
         rl_store_pool_stats(S, &ps);
         cr_expect_eq(ps.hits, 1, "the ephemeral Prepare did not come from the pool");
