@@ -81,7 +81,7 @@ typedef struct follow {
 static int send_line(int fd, const char *line, size_t len, const int *fds, unsigned n_fds)
 {
         if (!n_fds)
-                return rl_write_all(fd, line, len);
+                return rl_send_all(fd, line, len);
         union {
                 struct cmsghdr h;
                 char buf[CMSG_SPACE(sizeof(int) * 8)];
@@ -104,7 +104,7 @@ static int send_line(int fd, const char *line, size_t len, const int *fds, unsig
         while (n < 0 && errno == EINTR);
         if (n < 0)
                 return -errno;
-        return rl_write_all(fd, line + n, len - (size_t)n);
+        return rl_send_all(fd, line + n, len - (size_t)n);
 }
 
 /* The next line from the daemon, parsed. With f->cancel, the wait looks at the flag every
@@ -356,8 +356,13 @@ static int create(rl_client *c, const char *method, const char *key, const char 
         if (opts) {
                 put_maps(p, opts->uid_map, opts->gid_map, opts->keep_unmapped);
                 set_follow(&f, opts->progress, opts->progress_userdata, opts->cancel);
-                if (opts->ephemeral)
-                        json_object_set_new(p, "ephemeral", json_true());
+                if (opts->ephemeral && opts->durable) {
+                        json_decref(p);
+                        return rl_error_set(err, -EINVAL, "%s '%s': ephemeral and durable at once",
+                                            method, key);
+                }
+                if (opts->ephemeral || opts->durable)
+                        json_object_set_new(p, "ephemeral", json_boolean(opts->ephemeral));
         }
         int r = call_follow(c, method, p, &f, &result, err);
         if (r < 0)

@@ -323,7 +323,7 @@ static void serve_lines(conn *c)
                         memmove(buf, nl + 1, len - line - 1);
                         len -= line + 1;
                         if (out) {
-                                int r = rl_write_all(c->fd, out, strlen(out));
+                                int r = rl_send_all(c->fd, out, strlen(out));
                                 free(out);
                                 if (r < 0)
                                         break; /* the client went away */
@@ -336,7 +336,7 @@ static void serve_lines(conn *c)
                                  arg_max_request);
                         char *out = rpc_error_line(RPC_INVALID_REQUEST, "invalid_argument", msg);
                         if (out)
-                                (void)rl_write_all(c->fd, out, strlen(out));
+                                (void)rl_send_all(c->fd, out, strlen(out));
                         free(out);
                         log_warning("pid %d: %s: connection closed", (int)c->peer.pid, msg);
                         break;
@@ -406,7 +406,7 @@ static void accept_one(rpc_server *srv, int listen_fd, const grpc_service *grpc)
                                            refusal[0] == 'p' ? "permission_denied" : "unavailable",
                                            refusal);
                 if (out)
-                        (void)rl_write_all(fd, out, strlen(out));
+                        (void)rl_send_all(fd, out, strlen(out));
                 free(out);
                 log_info("refused pid %d uid %u: %s", (int)cred.pid, (unsigned)cred.uid,
                          refusal);

@@ -258,7 +258,7 @@ static void on_progress(const rl_tree_progress *p, void *userdata)
                                        "params", params)
                            : NULL;
         char *line = n ? dump_line(n) : NULL;
-        if (line && rl_write_all(fd, line, strlen(line)) < 0)
+        if (line && rl_send_all(fd, line, strlen(line)) < 0)
                 atomic_store(&c->hung_up, true);
         free(line);
 }

@@ -50,6 +50,7 @@ typedef struct first_name {
 typedef struct export {
         const rl_export_options *opts;
         int out_fd;
+        bool out_sock;       /* out_fd is a socket: sent without SIGPIPE (rl_send_all) */
         struct archive *tar; /* the tar, uncompressed, into tar_out() */
         struct archive *zip; /* the compressor (raw format) into blob_out(); NULL: none */
         rl_sha256 *tar_hash, *blob_hash;
@@ -80,7 +81,8 @@ static int io_fail(export *x, int r, const char *what)
 
 static int blob_out(export *x, const void *buf, size_t size)
 {
-        int r = rl_write_all(x->out_fd, buf, size);
+        int r = x->out_sock ? rl_send_all(x->out_fd, buf, size)
+                            : rl_write_all(x->out_fd, buf, size);
         if (r < 0)
                 return io_fail(x, r, "write the layer");
         rl_sha256_update(x->blob_hash, buf, size);
@@ -556,7 +558,10 @@ RL_EXPORT int rl_layer_export(int lower_fd, int upper_fd, int out_fd,
         static const rl_diff_ops ops = { .change = on_change, .leave = on_leave };
         uint64_t start = rl_now_ns();
         export x = { .opts = opts ? opts : &defaults, .out_fd = out_fd };
+        struct stat st;
         int r;
+
+        x.out_sock = fstat(out_fd, &st) == 0 && S_ISSOCK(st.st_mode);
 
         r = open_output(&x, err);
         if (r >= 0)

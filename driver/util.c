@@ -101,11 +101,8 @@ int rl_proc_fd_path(char *buf, size_t size, int dir_fd, const char *name)
         return 0;
 }
 
-int rl_write_all(int fd, const void *buf, size_t len)
+static int write_loop(int fd, const char *p, size_t len, bool sock)
 {
-        const char *p = buf;
-        bool sock = true;
-
         while (len > 0) {
                 ssize_t n = sock ? send(fd, p, len, MSG_NOSIGNAL) : write(fd, p, len);
                 if (n < 0) {
@@ -121,6 +118,16 @@ int rl_write_all(int fd, const void *buf, size_t len)
                 len -= (size_t)n;
         }
         return 0;
+}
+
+int rl_write_all(int fd, const void *buf, size_t len)
+{
+        return write_loop(fd, buf, len, false);
+}
+
+int rl_send_all(int fd, const void *buf, size_t len)
+{
+        return write_loop(fd, buf, len, true);
 }
 
 void *rl_grow_array(void *array, size_t *cap, size_t need, size_t size)

@@ -78,10 +78,13 @@ int rl_openat_beneath_follow(int dir_fd, const char *path, int flags, mode_t mod
 int rl_proc_fd_path(char *buf, size_t size, int dir_fd, const char *name);
 
 /*
- * Write all of buf to fd, through EINTR and short writes. On a socket it sends with
- * MSG_NOSIGNAL: a peer that went away is -EPIPE, not a SIGPIPE that kills a library's user.
+ * Write all of buf to fd, through EINTR and short writes. rl_write_all uses write(2): for
+ * files and pipes. rl_send_all is for a socket: it sends with MSG_NOSIGNAL, so that a peer
+ * that went away is -EPIPE, not a SIGPIPE that kills a library's user; handed an fd that is
+ * not a socket, it falls back to write(2).
  */
 int rl_write_all(int fd, const void *buf, size_t len);
+int rl_send_all(int fd, const void *buf, size_t len);
 
 /*
  * openat(dir_fd, name, flags | O_CLOEXEC) with O_NOATIME, so that reading a tree does not
