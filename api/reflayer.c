@@ -38,9 +38,11 @@ static void usage(FILE *f)
                 "\n"
                 "Snapshots (through reflayerd, at --socket, $REFLAYER_SOCKET or %s):\n"
                 "  prepare KEY [PARENT] [--label K=V]... [--uid-map C:H:L]... [--gid-map C:H:L]...\n"
-                "          [--ephemeral]    a new writable snapshot (a clone of PARENT);\n"
-                "                           --ephemeral: never flushed, gone after a reboot\n"
-                "  view KEY PARENT [--label K=V]... [--ephemeral]   a new read-only snapshot\n"
+                "          [--ephemeral|--durable]   a new writable snapshot (a clone of PARENT);\n"
+                "                           --ephemeral: never flushed, gone after a reboot;\n"
+                "                           --durable: not, even from reflayerd --ephemeral\n"
+                "  view KEY PARENT [--label K=V]... [--ephemeral|--durable]\n"
+                "                           a new read-only snapshot\n"
                 "  commit NAME KEY [--label K=V]...   make the active KEY the layer NAME\n"
                 "  rm KEY...                remove snapshots\n"
                 "  stat KEY                 kind, parent, labels, times\n"
@@ -528,6 +530,7 @@ typedef struct verb_args {
         const char *output;      /* export -o */
         const char *compression; /* export --compression */
         bool ephemeral;          /* prepare, view --ephemeral */
+        bool durable;            /* prepare, view --durable */
         char *pos[8];
         size_t n_pos;
 } verb_args;
@@ -542,7 +545,7 @@ static void verb_args_clear(verb_args *a)
 static int parse_verb(int argc, char **argv, verb_args *a)
 {
         enum { O_LABEL = 256, O_FILTER, O_FIELD, O_UID, O_GID, O_REF, O_COMPRESSION,
-               O_EPHEMERAL };
+               O_EPHEMERAL, O_DURABLE };
         static const struct option options[] = {
                 { "ref", required_argument, NULL, O_REF },
                 { "compression", required_argument, NULL, O_COMPRESSION },
@@ -553,6 +556,7 @@ static int parse_verb(int argc, char **argv, verb_args *a)
                 { "uid-map", required_argument, NULL, O_UID },
                 { "gid-map", required_argument, NULL, O_GID },
                 { "ephemeral", no_argument, NULL, O_EPHEMERAL },
+                { "durable", no_argument, NULL, O_DURABLE },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -571,6 +575,9 @@ static int parse_verb(int argc, char **argv, verb_args *a)
                         break;
                 case O_EPHEMERAL:
                         a->ephemeral = true;
+                        break;
+                case O_DURABLE:
+                        a->durable = true;
                         break;
                 case O_LABEL: {
                         char *eq = strchr(optarg, '=');
@@ -831,7 +838,8 @@ static int cmd_daemon(const char *verb, int argc, char **argv)
                                          .progress = ps.mode ? show_progress : NULL,
                                          .progress_userdata = &ps,
                                          .cancel = &interrupted,
-                                         .ephemeral = a.ephemeral };
+                                         .ephemeral = a.ephemeral,
+                                         .durable = a.durable };
                 rl_mount m;
                 catch_signals();
                 r = (verb[0] == 'p' ? rl_client_prepare : rl_client_view)(

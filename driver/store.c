@@ -939,6 +939,9 @@ static int create_snapshot(rl_store *s, rl_kind kind, const char *key, const cha
                 parent_key = NULL;
         if (parent_key && (r = check_key("parent", parent_key, err)) < 0)
                 return rl_error_prefix(err, r, "%s '%s'", verb, key);
+        if (popts && popts->ephemeral && popts->durable)
+                return rl_error_set(err, -EINVAL, "%s '%s': ephemeral and durable at once",
+                                    verb, key);
         r = rl_meta_labels_from(labels, n_labels, &lj, err);
         if (r < 0)
                 return rl_error_prefix(err, r, "%s '%s'", verb, key);

@@ -151,6 +151,10 @@ typedef struct rl_prepare_options {
          * the snapshot is published with no flush at all (no syncfs of a cold clone, no
          * fsync of its record or of the directory it appears in). */
         bool ephemeral;
+        /* Durable whatever the default: a store call always is unless ephemeral; through
+         * reflayerd (rl_client_prepare) it overrides a daemon started with --ephemeral.
+         * Both set: -EINVAL. */
+        bool durable;
 } rl_prepare_options;
 
 /*

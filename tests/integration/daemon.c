@@ -670,6 +670,11 @@ Test(daemon, ephemeral_snapshots)
         cr_expect(strstr(res, "/snapshots/"), "%s", res);
         free(res);
         rl_client_free(c);
+        cr_assert_eq(RUN("prepare", "d3", "base", "--durable"), 0, "%s", out);
+        cr_expect(strstr(out, "/snapshots/"), "--durable under reflayerd --ephemeral: %s", out);
+        cr_assert_neq(RUN("prepare", "d4", "base", "--durable", "--ephemeral"), 0, "%s", out);
+        cr_expect(strstr(out, "ephemeral and durable at once"), "%s", out);
+        cr_assert_neq(RUN("stat", "d4"), 0, "a refused Prepare made d4: %s", out);
         /* A commit moves it out of ephemeral/. */
         cr_assert_eq(RUN("commit", "layer", "e1"), 0, "%s", out);
         cr_assert_eq(RUN("mounts", "layer"), 0, "%s", out);

@@ -167,6 +167,11 @@ Test(ephemeral, a_commit_makes_it_durable)
         /* A child of it is durable too. */
         cr_assert_eq(rl_store_prepare(S, "c", "layer2", NULL, 0, NULL, &err), 0, "%s", err.msg);
         cr_expect(has("c", "written"));
+        /* Asked for both: refused, and nothing made. */
+        rl_prepare_options both = { .ephemeral = true, .durable = true };
+        cr_expect_eq(rl_store_prepare(S, "d", "layer2", NULL, 0, &both, &err), -EINVAL);
+        cr_expect(strstr(err.msg, "ephemeral and durable at once"), "%s", err.msg);
+        cr_expect(!exists("d"));
 }
 
 Test(ephemeral, an_unreadable_record_is_dropped)
