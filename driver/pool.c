@@ -198,7 +198,7 @@ static int build(rl_pool *p, pooled *e, uint64_t n)
                 rl_tree_options o = {
                         .jobs = 1, /* a background job: one worker, at the lowest priority */
                         /* Its syncfs, and its fsync of tmp-cN, cover the placeholder too. */
-                        .flags = (sync ? RL_TREE_SYNC : 0) |
+                        .flags = (sync ? RL_TREE_SYNC : 0) | RL_TREE_SUBVOLUME |
                                  (e->keep_unmapped ? RL_TREE_KEEP_UNMAPPED : 0),
                         .uid_map = e->uids,
                         .gid_map = e->gids,

@@ -28,6 +28,7 @@
 #include "filter.h"
 #include "meta.h"
 #include "pool.h"
+#include "subvol.h"
 #include "util.h"
 
 #define NEXT_ID_FILE "next-id"
@@ -855,6 +856,7 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
                         .jobs = s->opts.jobs,
                         /* With a layer to come, one syncfs after it does for both. */
                         .flags = (s->opts.no_sync || fill || n->ephemeral ? 0 : RL_TREE_SYNC) |
+                                 RL_TREE_SUBVOLUME |
                                  (popts && popts->keep_unmapped ? RL_TREE_KEEP_UNMAPPED : 0),
                         .uid_map = popts ? popts->uid_map : NULL,
                         .gid_map = popts ? popts->gid_map : NULL,
@@ -866,10 +868,14 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
                 if (r < 0)
                         goto out_remove_tmp;
         } else {
-                /* An empty tree: mode 0755 whatever the umask, owned by the map's root. */
+                /* An empty tree: mode 0755 whatever the umask, owned by the map's root. On
+                 * btrfs a subvolume, so that its children are snapshots (subvol.h). */
                 uint32_t uid = 0, gid = 0;
-                if (mkdirat(dir, "fs", 0755) < 0 || fchmodat(dir, "fs", 0755, 0) < 0) {
-                        r = rl_error_set(err, -errno, "create the tree");
+                r = rl_subvol_supported(dir) ? rl_subvol_create(dir, "fs") : -ENOTTY;
+                if (r < 0)
+                        r = RL_NERRNO(mkdirat(dir, "fs", 0755));
+                if (r < 0 || fchmodat(dir, "fs", 0755, 0) < 0) {
+                        r = rl_error_set(err, r < 0 ? r : -errno, "create the tree");
                         goto out_remove_tmp;
                 }
                 if (popts && (popts->uid_map || popts->gid_map)) {
@@ -1306,7 +1312,9 @@ static int do_apply(rl_store *s, const char *key, int tar_fd, const rl_apply_opt
         src = r = open_tree(s, n, err);
         if (src < 0)
                 goto out;
-        rl_tree_options t = { .jobs = s->opts.jobs, .cancel = opts ? opts->cancel : NULL };
+        rl_tree_options t = { .jobs = s->opts.jobs,
+                              .flags = RL_TREE_SUBVOLUME,
+                              .cancel = opts ? opts->cancel : NULL };
         r = rl_tree_clone(src, s->tmp_fd, tmpname, &t, NULL, err);
         if (r < 0)
                 goto out;

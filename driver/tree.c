@@ -23,6 +23,7 @@
 #include <reflayer/tree.h>
 
 #include "entry.h"
+#include "subvol.h"
 #include "util.h"
 #include "walk.h"
 
@@ -676,6 +677,10 @@ static int remove_enter(void *ctx, void *worker _unused_, rl_walk_dir *d, rl_err
                                     d->path);
         /* A read-only directory of our own (a tree that failed half-way after its modes
          * were applied) still has to give up its entries. */
+        /* A btrfs subvolume below the root goes whole, in one call (and its blocks in the
+         * background); where btrfs refuses, the walk empties it and rmdir removes it. */
+        if (d->parent && rl_subvol_is_root(d->fd) && rl_subvol_delete(d->parent->fd, d->name) == 0)
+                return RL_WALK_SKIP;
         if ((st.stx_mode & 0300) != 0300 && fchmod(d->fd, (st.stx_mode & 07777) | 0700) < 0 &&
             errno != EPERM)
                 return rl_error_set(err, -errno, "remove '%s': chmod", d->path);
@@ -709,6 +714,15 @@ static const rl_walk_ops remove_ops = {
         .leave = remove_leave,
 };
 
+/* Are the directories a and b on one mount (a subvolume, not a filesystem mounted there)? */
+static bool same_mount(int a, int b)
+{
+        struct statx sa, sb;
+        return statx(a, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &sa) == 0 &&
+               statx(b, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &sb) == 0 &&
+               sa.stx_mnt_id == sb.stx_mnt_id;
+}
+
 RL_EXPORT int rl_tree_remove(int dir_fd, const char *name, unsigned jobs,
                              const atomic_bool *cancel, rl_error *err)
 {
@@ -723,6 +737,8 @@ RL_EXPORT int rl_tree_remove(int dir_fd, const char *name, unsigned jobs,
                         return rl_error_set(err, -errno, "remove '%s'", name);
                 return 0;
         }
+        if (rl_subvol_is_root(fd) && same_mount(dir_fd, fd) && rl_subvol_delete(dir_fd, name) == 0)
+                return 0;
         int r = rl_walk_run(fd, &remove_ops, &ctx, jobs, cancel, err);
         if (r < 0)
                 return rl_error_prefix(err, r, "remove '%s'", name);
@@ -785,26 +801,46 @@ static int dir_is_inside(int dir_fd, uint64_t dev, uint64_t ino)
         return -ELOOP;
 }
 
-static int make_tmp_root(int dst_dir_fd, char *name, size_t size, rl_error *err)
+/* How the temporary root of a clone is made. */
+typedef enum root_kind {
+        ROOT_DIR,      /* mkdir, then filled by the walk */
+        ROOT_SUBVOL,   /* a new btrfs subvolume, filled by the walk */
+        ROOT_SNAPSHOT, /* a btrfs snapshot of the source: whole, no walk */
+} root_kind;
+
+/* Undo make_tmp_root: an empty directory, or a subvolume whatever it holds. */
+static void remove_tmp_root(int dst_dir_fd, const char *name)
+{
+        if (unlinkat(dst_dir_fd, name, AT_REMOVEDIR) < 0)
+                (void)rl_subvol_delete(dst_dir_fd, name);
+}
+
+static int make_tmp_root(int dst_dir_fd, char *name, size_t size, root_kind kind, int src_fd,
+                         rl_error *err)
 {
         for (int attempt = 0; attempt < 16; attempt++) {
                 uint64_t rnd;
                 if (getrandom(&rnd, sizeof(rnd), GRND_NONBLOCK) != sizeof(rnd))
                         rnd = rl_now_ns() ^ ((uint64_t)getpid() << 32);
                 snprintf(name, size, ".rl-clone-%016" PRIx64, rnd);
-                if (mkdirat(dst_dir_fd, name, 0700) == 0)
+                int q = kind == ROOT_SNAPSHOT ? rl_subvol_snapshot(src_fd, dst_dir_fd, name)
+                        : kind == ROOT_SUBVOL ? rl_subvol_create(dst_dir_fd, name)
+                                              : RL_NERRNO(mkdirat(dst_dir_fd, name, 0700));
+                if (q == 0)
                         break;
-                if (errno != EEXIST)
-                        return rl_error_set(err, -errno, "create temporary directory");
+                if (q != -EEXIST)
+                        return rl_error_set(err, q, "create temporary directory");
                 if (attempt == 15)
                         return rl_error_set(err, -EEXIST, "create temporary directory");
         }
         int fd = openat(dst_dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0) {
                 int r = -errno;
-                unlinkat(dst_dir_fd, name, AT_REMOVEDIR);
+                remove_tmp_root(dst_dir_fd, name);
                 return rl_error_set(err, r, "open temporary directory");
         }
+        if (kind == ROOT_SNAPSHOT)
+                return fd; /* the source's root, attributes and all */
         /* What the destination's parent would hand down, the new root must not pass on to
          * everything we create: its group (a setgid parent, or a filesystem mounted with
          * grpid), its setgid bit, its default ACL. Our entries start out as ours (apply_meta
@@ -812,12 +848,23 @@ static int make_tmp_root(int dst_dir_fd, char *name, size_t size, rl_error *err)
         if (fchown(fd, rl_fsuid(), rl_fsgid()) < 0 || fchmod(fd, 0700) < 0) {
                 int r = -errno;
                 close(fd);
-                unlinkat(dst_dir_fd, name, AT_REMOVEDIR);
+                remove_tmp_root(dst_dir_fd, name);
                 return rl_error_set(err, r, "prepare temporary directory");
         }
         (void)fremovexattr(fd, "system.posix_acl_default");
         (void)fremovexattr(fd, "system.posix_acl_access");
         return fd;
+}
+
+/* RL_TREE_SUBVOLUME: a snapshot where the source is a subvolume and no ids shift, else a
+ * new subvolume to fill; where the destination is not btrfs, a directory. */
+static root_kind root_kind_for(int src_fd, int dst_dir_fd, const rl_tree_options *opts)
+{
+        if (!(opts->flags & RL_TREE_SUBVOLUME) || !rl_subvol_supported(dst_dir_fd))
+                return ROOT_DIR;
+        if (!opts->uid_map && !opts->gid_map && rl_subvol_is_root(src_fd))
+                return ROOT_SNAPSHOT;
+        return ROOT_SUBVOL;
 }
 
 RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
@@ -853,7 +900,15 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
         if (r < 0)
                 return rl_error_prefix(err, r, "clone");
 
-        tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), err);
+        root_kind kind = root_kind_for(src_fd, dst_dir_fd, opts);
+        tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), kind, src_fd, err);
+        if (tmp_fd < 0 && kind == ROOT_SNAPSHOT) {
+                /* btrfs would not (another filesystem, a source we may not snapshot):
+                 * the walk does what the snapshot would have. */
+                kind = ROOT_SUBVOL;
+                rl_error_clear(err);
+                tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), kind, src_fd, err);
+        }
         if (tmp_fd < 0)
                 return rl_error_prefix(err, tmp_fd, "clone '%s'", dst_name);
         if (fstat(tmp_fd, &tmp_st) < 0) {
@@ -879,7 +934,10 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
         atomic_init(&c.progress_bytes, 0);
         atomic_init(&c.progress_last_ns, c.start_ns);
 
-        r = rl_walk_run(src_fd, &clone_ops, &c, opts->jobs, opts->cancel, err);
+        /* A snapshot is the whole tree already. */
+        r = kind == ROOT_SNAPSHOT
+                    ? 0
+                    : rl_walk_run(src_fd, &clone_ops, &c, opts->jobs, opts->cancel, err);
         link_map_clear(&c.links);
         pthread_mutex_destroy(&c.stats_lock);
         pthread_mutex_destroy(&c.progress_lock);

@@ -262,8 +262,8 @@ static int open_and_list(worker *wk, node *n)
                 return r;
         n->entered = true;
         r = w->ops->enter(w->ctx, wk->scratch, &n->pub, &wk->err);
-        if (r < 0)
-                return r;
+        if (r < 0 || r == RL_WALK_SKIP)
+                return r < 0 ? r : 0;
 
         for (;;) {
                 long got = syscall(SYS_getdents64, n->pub.fd, wk->dents, GETDENTS_BUFFER);

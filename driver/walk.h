@@ -24,6 +24,10 @@
 
 #include <reflayer/error.h>
 
+/* enter's answer for "do not list this directory": nothing below it is visited, and leave
+ * is still called (a directory removed whole by other means, say). */
+#define RL_WALK_SKIP 1
+
 /* Directories nested deeper than this fail the walk with -ELOOP. */
 #define RL_WALK_DEPTH_MAX 8192
 

@@ -17,6 +17,10 @@
 typedef enum rl_tree_flags {
         RL_TREE_KEEP_UNMAPPED = 1 << 0, /* ids outside the maps are kept, not an error */
         RL_TREE_SYNC = 1 << 1,          /* syncfs the new tree before it is published */
+        /* On btrfs, the new tree is a subvolume: a snapshot of the source when the source
+         * is one and no ids shift (one call, no walk: the stats stay 0 but elapsed_ns),
+         * else a new subvolume the walk fills. Elsewhere, a directory as without it. */
+        RL_TREE_SUBVOLUME = 1 << 2,
 } rl_tree_flags;
 
 typedef struct rl_tree_stats {
@@ -75,7 +79,8 @@ int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name, const rl_tre
 
 /*
  * Remove the entry name of dir_fd and, if it is a directory, everything below it, without
- * following symlinks or crossing into another mount (-EBUSY). jobs as above; cancel (may be
+ * following symlinks or crossing into another mount (-EBUSY). A btrfs subvolume in it (or
+ * it) is deleted whole, in one call. jobs as above; cancel (may be
  * NULL) stops the removal early with -ECANCELED, leaving the rest for later.
  */
 int rl_tree_remove(int dir_fd, const char *name, unsigned jobs, const atomic_bool *cancel,

@@ -715,3 +715,92 @@ Test(tree, syscalls_per_entry)
                              kinds[k].what, c.fchmod - base.fchmod);
         }
 }
+
+static bool is_subvolume(const char *path)
+{
+        struct stat st;
+        cr_assert(stat(path, &st) == 0, "stat %s: %s", path, strerror(errno));
+        return st.st_ino == 256; /* every btrfs subvolume's root (BTRFS_FIRST_FREE_OBJECTID) */
+}
+
+/* How many subvolumes the btrfs at mnt holds (its own top level aside). */
+static unsigned subvolumes(const char *mnt)
+{
+        char out[65536];
+        char *argv[] = { "btrfs", "subvolume", "list", (char *)mnt, NULL };
+        rlt_need_tool("btrfs", "btrfs-progs");
+        cr_assert_eq(rlt_run(argv, out, sizeof(out)), 0, "btrfs subvolume list: %s", out);
+        unsigned n = 0;
+        for (const char *p = out; (p = strstr(p, "ID ")); p++)
+                n++;
+        return n;
+}
+
+/* RL_TREE_SUBVOLUME on btrfs: a tree cloned from a directory becomes a subvolume (by the
+ * walk), one cloned from a subvolume is its snapshot (no walk), both identical to the
+ * source, written without touching it; ids shift by the walk; removal deletes subvolumes,
+ * nested ones included. On XFS the flag changes nothing. */
+Test(tree, btrfs_trees_are_subvolumes_and_children_snapshots)
+{
+        const char *mnt = rlt_mkfs(RLT_BTRFS, 0, "btrfs");
+        char src[PATH_MAX], a[PATH_MAX], b[PATH_MAX], p[PATH_MAX + 16];
+        rl_tree_options o = { .flags = RL_TREE_SUBVOLUME | RL_TREE_SYNC };
+        rl_tree_stats st;
+        rl_error err = {};
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(a, sizeof(a), "%s/a", mnt);
+        snprintf(b, sizeof(b), "%s/b", mnt);
+        unsigned before = subvolumes(mnt);
+
+        cr_assert_eq(clone_path(src, mnt, "a", &o, &st, &err), 0, "%s", err.msg);
+        cr_expect(is_subvolume(a), "a tree cloned with RL_TREE_SUBVOLUME is no subvolume");
+        cr_expect_gt(st.entries, 10, "a directory source is walked");
+        assert_same(src, a, NULL, NULL);
+
+        cr_assert_eq(clone_path(a, mnt, "b", &o, &st, &err), 0, "%s", err.msg);
+        cr_expect(is_subvolume(b));
+        cr_expect_eq(st.entries, 0, "a subvolume source is snapshotted, not walked");
+        assert_same(a, b, NULL, NULL);
+        cr_expect_eq(subvolumes(mnt), before + 2);
+        /* Own inodes: writes and chown in the snapshot leave the source alone. */
+        snprintf(p, sizeof(p), "%s/new-file", b);
+        rlt_write_file(p, 4096, 7);
+        cr_assert(chown(b, 4242, 4242) == 0);
+        assert_same(src, a, NULL, NULL);
+
+        /* Shifted ids: the walk, into a subvolume. */
+        rl_idmap *m = NULL;
+        cr_assert_eq(rl_idmap_new(&m, &err), 0);
+        cr_assert_eq(rl_idmap_parse(m, "0:100000:65536", &err), 0, "%s", err.msg);
+        rl_tree_options shifted = o;
+        shifted.uid_map = shifted.gid_map = m;
+        cr_assert_eq(clone_path(a, mnt, "s", &shifted, &st, &err), 0, "%s", err.msg);
+        cr_expect_gt(st.entries, 10, "ids are shifted by the walk");
+        snprintf(p, sizeof(p), "%s/s", mnt);
+        cr_expect(is_subvolume(p));
+        assert_same(a, p, m, m);
+        rl_idmap_free(m);
+
+        /* A subvolume nested inside a tree goes with it. */
+        snprintf(p, sizeof(p), "%s/b/nested", mnt);
+        char *create[] = { "btrfs", "subvolume", "create", p, NULL };
+        char out[4096];
+        cr_assert_eq(rlt_run(create, out, sizeof(out)), 0, "%s", out);
+        int dir = open_dir(mnt);
+        cr_assert_eq(rl_tree_remove(dir, "b", 1, NULL, &err), 0, "%s", err.msg);
+        cr_assert_eq(rl_tree_remove(dir, "s", 2, NULL, &err), 0, "%s", err.msg);
+        cr_assert_eq(rl_tree_remove(dir, "a", 2, NULL, &err), 0, "%s", err.msg);
+        close(dir);
+        cr_expect(access(b, F_OK) < 0 && access(a, F_OK) < 0);
+        cr_expect_eq(subvolumes(mnt), before, "subvolumes left after removal");
+
+        /* Elsewhere the flag is ignored. */
+        const char *xfs = rlt_mkfs(RLT_XFS, 0, "xfs");
+        rlt_make_rich_tree(xfs, "src");
+        snprintf(src, sizeof(src), "%s/src", xfs);
+        cr_assert_eq(clone_path(src, xfs, "a", &o, &st, &err), 0, "%s", err.msg);
+        cr_expect_gt(st.entries, 10);
+        snprintf(a, sizeof(a), "%s/a", xfs);
+        assert_same(src, a, NULL, NULL);
+}
