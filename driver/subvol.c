@@ -39,13 +39,19 @@ static int put_name(char *buf, size_t size, const char *name)
         return 0;
 }
 
-int rl_subvol_create(int dir_fd, const char *name)
+/* An ioctl that names one entry of dir_fd in struct btrfs_ioctl_vol_args. */
+static int name_ioctl(int dir_fd, unsigned long request, const char *name)
 {
         struct btrfs_ioctl_vol_args a = {};
         int r = put_name(a.name, sizeof(a.name), name);
         if (r < 0)
                 return r;
-        return ioctl(dir_fd, BTRFS_IOC_SUBVOL_CREATE, &a) < 0 ? -errno : 0;
+        return ioctl(dir_fd, request, &a) < 0 ? -errno : 0;
+}
+
+int rl_subvol_create(int dir_fd, const char *name)
+{
+        return name_ioctl(dir_fd, BTRFS_IOC_SUBVOL_CREATE, name);
 }
 
 int rl_subvol_snapshot(int src_fd, int dir_fd, const char *name)
@@ -59,9 +65,5 @@ int rl_subvol_snapshot(int src_fd, int dir_fd, const char *name)
 
 int rl_subvol_delete(int dir_fd, const char *name)
 {
-        struct btrfs_ioctl_vol_args a = {};
-        int r = put_name(a.name, sizeof(a.name), name);
-        if (r < 0)
-                return r;
-        return ioctl(dir_fd, BTRFS_IOC_SNAP_DESTROY, &a) < 0 ? -errno : 0;
+        return name_ioctl(dir_fd, BTRFS_IOC_SNAP_DESTROY, name);
 }
