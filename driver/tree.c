@@ -675,12 +675,12 @@ static int remove_enter(void *ctx, void *worker _unused_, rl_walk_dir *d, rl_err
         else if (st.stx_mnt_id != c->mnt_id)
                 return rl_error_set(err, -EBUSY, "remove '%s': a filesystem is mounted there",
                                     d->path);
-        /* A read-only directory of our own (a tree that failed half-way after its modes
-         * were applied) still has to give up its entries. */
         /* A btrfs subvolume below the root goes whole, in one call (and its blocks in the
          * background); where btrfs refuses, the walk empties it and rmdir removes it. */
         if (d->parent && rl_subvol_is_root(d->fd) && rl_subvol_delete(d->parent->fd, d->name) == 0)
                 return RL_WALK_SKIP;
+        /* A read-only directory of our own (a tree that failed half-way after its modes
+         * were applied) still has to give up its entries. */
         if ((st.stx_mode & 0300) != 0300 && fchmod(d->fd, (st.stx_mode & 07777) | 0700) < 0 &&
             errno != EPERM)
                 return rl_error_set(err, -errno, "remove '%s': chmod", d->path);
