@@ -189,6 +189,13 @@ Test(crash, sigkill_xfs, .init = rlt_init, .fini = rlt_fini, .timeout = 600)
         crash_loop(RLT_XFS, 150, 0x5eed1);
 }
 
+/* btrfs: every tree a subvolume, every Prepare and View a snapshot; what a kill leaves in
+ * tmp/ (a snapshot made, not yet published) is deleted as a subvolume. */
+Test(crash, sigkill_btrfs, .init = rlt_init, .fini = rlt_fini, .timeout = 600)
+{
+        crash_loop(RLT_BTRFS, 60, 0x5eed3);
+}
+
 Test(crash, sigkill_ext4, .init = rlt_init, .fini = rlt_fini, .timeout = 600)
 {
         crash_loop(RLT_EXT4, 60, 0x5eed2);
