@@ -871,9 +871,7 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
                 /* An empty tree: mode 0755 whatever the umask, owned by the map's root. On
                  * btrfs a subvolume, so that its children are snapshots (subvol.h). */
                 uint32_t uid = 0, gid = 0;
-                r = rl_subvol_supported(dir) ? rl_subvol_create(dir, "fs") : -ENOTTY;
-                if (r < 0)
-                        r = RL_NERRNO(mkdirat(dir, "fs", 0755));
+                r = rl_subvol_mkdir(dir, "fs", 0755);
                 if (r < 0 || fchmodat(dir, "fs", 0755, 0) < 0) {
                         r = rl_error_set(err, r < 0 ? r : -errno, "create the tree");
                         goto out_remove_tmp;

@@ -13,9 +13,6 @@
 
 #include "subvol.h"
 
-/* The inode number of every subvolume's root directory (BTRFS_FIRST_FREE_OBJECTID). */
-#define SUBVOL_ROOT_INO 256
-
 bool rl_subvol_supported(int fd)
 {
         struct statfs sf;
@@ -25,7 +22,7 @@ bool rl_subvol_supported(int fd)
 bool rl_subvol_is_root(int fd)
 {
         struct stat st;
-        return fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) && st.st_ino == SUBVOL_ROOT_INO &&
+        return fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) && st.st_ino == RL_SUBVOL_ROOT_INO &&
                rl_subvol_supported(fd);
 }
 
@@ -52,6 +49,13 @@ static int name_ioctl(int dir_fd, unsigned long request, const char *name)
 int rl_subvol_create(int dir_fd, const char *name)
 {
         return name_ioctl(dir_fd, BTRFS_IOC_SUBVOL_CREATE, name);
+}
+
+int rl_subvol_mkdir(int dir_fd, const char *name, mode_t mode)
+{
+        if (rl_subvol_supported(dir_fd) && rl_subvol_create(dir_fd, name) == 0)
+                return 0;
+        return mkdirat(dir_fd, name, mode) < 0 ? -errno : 0;
 }
 
 int rl_subvol_snapshot(int src_fd, int dir_fd, const char *name)

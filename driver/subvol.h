@@ -11,6 +11,11 @@
 #pragma once
 
 #include <stdbool.h>
+#include <sys/types.h>
+
+/* The inode number of every subvolume's root directory (BTRFS_FIRST_FREE_OBJECTID): who has
+ * a statx of a directory at hand tests it before asking rl_subvol_supported(). */
+#define RL_SUBVOL_ROOT_INO 256
 
 /* Is the directory fd the root of a btrfs subvolume? */
 bool rl_subvol_is_root(int fd);
@@ -20,6 +25,10 @@ bool rl_subvol_supported(int fd);
 
 /* The new, empty subvolume name in dir_fd, mode 0755 before the umask (as mkdir). */
 int rl_subvol_create(int dir_fd, const char *name);
+
+/* A new directory name in dir_fd: a subvolume where dir_fd is on btrfs and btrfs makes one
+ * (mode 0755 before the umask: the caller chmods, as after any mkdir), else mkdirat(mode). */
+int rl_subvol_mkdir(int dir_fd, const char *name, mode_t mode);
 
 /* name in dir_fd, a writable snapshot of the subvolume whose root is src_fd. Committed by
  * btrfs before it returns (a snapshot is made at a transaction commit): durable. */

@@ -662,13 +662,22 @@ typedef struct remove_ctx {
         uint64_t mnt_id;
 } remove_ctx;
 
+/* Is the directory fd, whose statx is st (mode, inode, mount id), a btrfs subvolume on the
+ * mount of its parent (mnt_id), that one call can delete whole? A filesystem mounted there
+ * is not ours to delete. */
+static bool deletes_as_subvol(int fd, const struct statx *st, uint64_t mnt_id)
+{
+        return S_ISDIR(st->stx_mode) && st->stx_ino == RL_SUBVOL_ROOT_INO &&
+               st->stx_mnt_id == mnt_id && rl_subvol_supported(fd);
+}
+
 static int remove_enter(void *ctx, void *worker _unused_, rl_walk_dir *d, rl_error *err)
 {
         remove_ctx *c = ctx;
         struct statx st;
 
-        if (statx(d->fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MODE | STATX_MNT_ID,
-                  &st) < 0)
+        if (statx(d->fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
+                  STATX_MODE | STATX_INO | STATX_MNT_ID, &st) < 0)
                 return rl_error_set(err, -errno, "stat '%s'", d->path);
         if (!d->parent)
                 c->mnt_id = st.stx_mnt_id;
@@ -677,7 +686,8 @@ static int remove_enter(void *ctx, void *worker _unused_, rl_walk_dir *d, rl_err
                                     d->path);
         /* A btrfs subvolume below the root goes whole, in one call (and its blocks in the
          * background); where btrfs refuses, the walk empties it and rmdir removes it. */
-        if (d->parent && rl_subvol_is_root(d->fd) && rl_subvol_delete(d->parent->fd, d->name) == 0)
+        if (d->parent && deletes_as_subvol(d->fd, &st, c->mnt_id) &&
+            rl_subvol_delete(d->parent->fd, d->name) == 0)
                 return RL_WALK_SKIP;
         /* A read-only directory of our own (a tree that failed half-way after its modes
          * were applied) still has to give up its entries. */
@@ -714,15 +724,6 @@ static const rl_walk_ops remove_ops = {
         .leave = remove_leave,
 };
 
-/* Are the directories a and b on one mount (a subvolume, not a filesystem mounted there)? */
-static bool same_mount(int a, int b)
-{
-        struct statx sa, sb;
-        return statx(a, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &sa) == 0 &&
-               statx(b, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &sb) == 0 &&
-               sa.stx_mnt_id == sb.stx_mnt_id;
-}
-
 RL_EXPORT int rl_tree_remove(int dir_fd, const char *name, unsigned jobs,
                              const atomic_bool *cancel, rl_error *err)
 {
@@ -737,7 +738,11 @@ RL_EXPORT int rl_tree_remove(int dir_fd, const char *name, unsigned jobs,
                         return rl_error_set(err, -errno, "remove '%s'", name);
                 return 0;
         }
-        if (rl_subvol_is_root(fd) && same_mount(dir_fd, fd) && rl_subvol_delete(dir_fd, name) == 0)
+        struct statx st, parent;
+        if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
+                  STATX_MODE | STATX_INO | STATX_MNT_ID, &st) == 0 &&
+            statx(dir_fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &parent) == 0 &&
+            deletes_as_subvol(fd, &st, parent.stx_mnt_id) && rl_subvol_delete(dir_fd, name) == 0)
                 return 0;
         int r = rl_walk_run(fd, &remove_ops, &ctx, jobs, cancel, err);
         if (r < 0)
@@ -824,7 +829,7 @@ static int make_tmp_root(int dst_dir_fd, char *name, size_t size, root_kind kind
                         rnd = rl_now_ns() ^ ((uint64_t)getpid() << 32);
                 snprintf(name, size, ".rl-clone-%016" PRIx64, rnd);
                 int q = kind == ROOT_SNAPSHOT ? rl_subvol_snapshot(src_fd, dst_dir_fd, name)
-                        : kind == ROOT_SUBVOL ? rl_subvol_create(dst_dir_fd, name)
+                        : kind == ROOT_SUBVOL ? rl_subvol_mkdir(dst_dir_fd, name, 0700)
                                               : RL_NERRNO(mkdirat(dst_dir_fd, name, 0700));
                 if (q == 0)
                         break;
