@@ -6,12 +6,14 @@
 #include <linux/btrfs.h>
 #include <linux/magic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 
 #include "subvol.h"
+#include "util.h"
 
 bool rl_subvol_supported(int fd)
 {
@@ -65,6 +67,59 @@ int rl_subvol_snapshot(int src_fd, int dir_fd, const char *name)
         if (r < 0)
                 return r;
         return ioctl(dir_fd, BTRFS_IOC_SNAP_CREATE_V2, &a) < 0 ? -errno : 0;
+}
+
+int rl_subvol_nested(int fd, char ***ret, size_t *ret_n)
+{
+        /* 4 KiB each: off the stack, which may be a worker thread's. */
+        _cleanup_free_ struct btrfs_ioctl_get_subvol_rootref_args *refs = calloc(1, sizeof(*refs));
+        _cleanup_free_ struct btrfs_ioctl_ino_lookup_user_args *look = malloc(sizeof(*look));
+        char **paths = NULL;
+        size_t n = 0;
+        int r = 0;
+
+        if (!refs || !look)
+                return -ENOMEM;
+        for (bool more = true; more && r == 0;) {
+                /* 255 references a call; EOVERFLOW says there are more, and min_treeid, which
+                 * the kernel moved past the last one returned, is where the next call goes on. */
+                more = false;
+                if (ioctl(fd, BTRFS_IOC_GET_SUBVOL_ROOTREF, refs) < 0) {
+                        if (errno != EOVERFLOW) {
+                                r = -errno;
+                                break;
+                        }
+                        more = true;
+                }
+                for (unsigned i = 0; i < refs->num_items && r == 0; i++) {
+                        /* Its directory's path from fd (empty, or ending in '/') and its name. */
+                        *look = (struct btrfs_ioctl_ino_lookup_user_args){
+                                .dirid = refs->rootref[i].dirid,
+                                .treeid = refs->rootref[i].treeid,
+                        };
+                        char **grown = realloc(paths, (n + 1) * sizeof(*paths));
+                        if (!grown) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        paths = grown;
+                        if (ioctl(fd, BTRFS_IOC_INO_LOOKUP_USER, look) < 0)
+                                r = -errno;
+                        else if (asprintf(&paths[n], "%s%s", look->path, look->name) < 0)
+                                r = -ENOMEM;
+                        else
+                                n++;
+                }
+        }
+        if (r < 0) {
+                while (n > 0)
+                        free(paths[--n]);
+                free(paths);
+                return r;
+        }
+        *ret = paths;
+        *ret_n = n;
+        return 0;
 }
 
 int rl_subvol_delete(int dir_fd, const char *name)

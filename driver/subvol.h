@@ -34,5 +34,10 @@ int rl_subvol_mkdir(int dir_fd, const char *name, mode_t mode);
  * btrfs before it returns (a snapshot is made at a transaction commit): durable. */
 int rl_subvol_snapshot(int src_fd, int dir_fd, const char *name);
 
+/* The subvolumes nested directly in the one whose root is fd (not those nested in them):
+ * their paths from fd ("etc/nest"), a malloc'd array of n malloc'd strings in *ret (NULL
+ * when n is 0). A snapshot of fd's subvolume holds an empty stub (inode 2) at each. */
+int rl_subvol_nested(int fd, char ***ret, size_t *n);
+
 /* Delete the subvolume name of dir_fd, with whatever it holds. */
 int rl_subvol_delete(int dir_fd, const char *name);

@@ -861,6 +861,76 @@ static int make_tmp_root(int dst_dir_fd, char *name, size_t size, root_kind kind
         return fd;
 }
 
+/* Subvolumes nested deeper than this in a snapshot's source: -ELOOP (a bound on recursion). */
+#define MAX_NESTED_DEPTH 32
+
+static int snapshot_nested(int src_fd, int dst_fd, unsigned depth, rl_error *err);
+
+/* Replace the stub at path (from dst_fd) by a snapshot of the subvolume at path from src_fd,
+ * with what is nested in it in turn. The directory holding it keeps the source's times. */
+static int snapshot_one_nested(int src_fd, int dst_fd, char *path, unsigned depth, rl_error *err)
+{
+        _cleanup_close_ int src = -EBADF, src_dir = -EBADF, dst_dir = -EBADF, sub = -EBADF;
+        char *slash = strrchr(path, '/');
+        const char *name = slash ? slash + 1 : path;
+        struct statx st;
+        int r;
+
+        if (depth >= MAX_NESTED_DEPTH)
+                return rl_error_set(err, -ELOOP, "'%s': subvolumes nested over %d deep", path,
+                                    MAX_NESTED_DEPTH);
+        src = rl_openat_beneath(src_fd, path, O_RDONLY | O_DIRECTORY, 0);
+        if (src < 0)
+                return rl_error_set(err, src, "open the nested subvolume '%s'", path);
+        if (slash) {
+                *slash = '\0';
+                src_dir = rl_openat_beneath(src_fd, path, O_RDONLY | O_DIRECTORY, 0);
+                dst_dir = src_dir < 0 ? src_dir
+                                      : rl_openat_beneath(dst_fd, path, O_RDONLY | O_DIRECTORY, 0);
+                *slash = '/';
+                if (dst_dir < 0)
+                        return rl_error_set(err, dst_dir, "open the directory of '%s'", path);
+        }
+        int sdir = slash ? src_dir : src_fd, ddir = slash ? dst_dir : dst_fd;
+        if (statx(sdir, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_ATIME | STATX_MTIME, &st) < 0)
+                return rl_error_set(err, -errno, "stat the directory of '%s'", path);
+        if (unlinkat(ddir, name, AT_REMOVEDIR) < 0)
+                return rl_error_set(err, -errno, "'%s': remove the snapshot's stub", path);
+        r = rl_subvol_snapshot(src, ddir, name);
+        if (r < 0)
+                return rl_error_set(err, r, "snapshot the nested subvolume '%s'", path);
+        const struct timespec times[2] = {
+                { .tv_sec = st.stx_atime.tv_sec, .tv_nsec = st.stx_atime.tv_nsec },
+                { .tv_sec = st.stx_mtime.tv_sec, .tv_nsec = st.stx_mtime.tv_nsec },
+        };
+        if (futimens(ddir, times) < 0)
+                return rl_error_set(err, -errno, "'%s': set the times of its directory", path);
+        sub = openat(ddir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub < 0)
+                return rl_error_set(err, -errno, "open the snapshot of '%s'", path);
+        r = snapshot_nested(src, sub, depth + 1, err);
+        return r < 0 ? rl_error_prefix(err, r, "'%s'", path) : 0;
+}
+
+/* A snapshot stops at the subvolumes nested in its source: each is an empty stub in it.
+ * Snapshot each into its place, so that the tree is whole (as the walk would copy it). One
+ * call when none is nested (the common case). */
+static int snapshot_nested(int src_fd, int dst_fd, unsigned depth, rl_error *err)
+{
+        char **paths = NULL;
+        size_t n = 0;
+        int r = rl_subvol_nested(src_fd, &paths, &n);
+        if (r < 0)
+                return rl_error_set(err, r, "list the subvolumes nested in the source");
+        for (size_t i = 0; i < n; i++) {
+                if (r == 0)
+                        r = snapshot_one_nested(src_fd, dst_fd, paths[i], depth, err);
+                free(paths[i]);
+        }
+        free(paths);
+        return r;
+}
+
 /* RL_TREE_SUBVOLUME: a snapshot where the source is a subvolume and no ids shift, else a
  * new subvolume to fill; where the destination is not btrfs, a directory. */
 static root_kind root_kind_for(int src_fd, int dst_dir_fd, const rl_tree_options *opts)
@@ -907,9 +977,18 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
 
         root_kind kind = root_kind_for(src_fd, dst_dir_fd, opts);
         tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), kind, src_fd, err);
+        if (tmp_fd >= 0 && kind == ROOT_SNAPSHOT) {
+                r = snapshot_nested(src_fd, tmp_fd, 0, err);
+                if (r < 0) {
+                        close(tmp_fd);
+                        rl_tree_remove(dst_dir_fd, tmp_name, opts->jobs, NULL, NULL);
+                        tmp_fd = r;
+                }
+        }
         if (tmp_fd < 0 && kind == ROOT_SNAPSHOT) {
-                /* btrfs would not (another filesystem, a source we may not snapshot):
-                 * the walk does what the snapshot would have. */
+                /* btrfs would not (another filesystem, a source we may not snapshot, a
+                 * nested subvolume we may not list): the walk does what the snapshot would
+                 * have. */
                 kind = ROOT_SUBVOL;
                 rl_error_clear(err);
                 tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), kind, src_fd, err);

@@ -804,3 +804,64 @@ Test(tree, btrfs_trees_are_subvolumes_and_children_snapshots)
         snprintf(a, sizeof(a), "%s/a", xfs);
         assert_same(src, a, NULL, NULL);
 }
+
+/* A btrfs snapshot stops at the subvolumes nested in its source (an empty stub at each): the
+ * clone snapshots each into its place, and theirs in turn, so a child of a layer holding one
+ * (a container that made a subvolume in its rootfs) gets the whole tree. */
+Test(tree, btrfs_snapshots_take_nested_subvolumes_along)
+{
+        const char *mnt = rlt_mkfs(RLT_BTRFS, 0, "btrfs");
+        rl_tree_options o = { .flags = RL_TREE_SUBVOLUME | RL_TREE_SYNC };
+        char src[PATH_MAX], a[PATH_MAX], b[PATH_MAX], p[PATH_MAX + 32], out[4096];
+        rl_tree_stats st;
+        rl_error err = {};
+        rlt_make_rich_tree(mnt, "src");
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(a, sizeof(a), "%s/a", mnt);
+        snprintf(b, sizeof(b), "%s/b", mnt);
+        cr_assert_eq(clone_path(src, mnt, "a", &o, &st, &err), 0, "%s", err.msg);
+        unsigned before = subvolumes(mnt);
+
+        /* a/top, a/d/nest and a/d/nest/deeper: subvolumes with files, modes and owners. */
+        snprintf(p, sizeof(p), "%s/d", a);
+        cr_assert(mkdir(p, 0750) == 0);
+        const char *subs[] = { "top", "d/nest", "d/nest/deeper" };
+        for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
+                snprintf(p, sizeof(p), "%s/%s", a, subs[i]);
+                char *create[] = { "btrfs", "subvolume", "create", p, NULL };
+                cr_assert_eq(rlt_run(create, out, sizeof(out)), 0, "%s", out);
+                cr_assert(chmod(p, 0710 + i) == 0 && chown(p, 1000 + i, 2000 + i) == 0);
+                snprintf(p, sizeof(p), "%s/%s/file", a, subs[i]);
+                rlt_write_file(p, 8192 * (i + 1), (unsigned)i);
+        }
+        /* Times set last, so the snapshot must give them back after replacing the stubs. */
+        const struct timespec ts[2] = { { 1700000000, 5 }, { 1600000000, 7 } };
+        snprintf(p, sizeof(p), "%s/d/nest", a);
+        cr_assert(utimensat(AT_FDCWD, p, ts, 0) == 0);
+        snprintf(p, sizeof(p), "%s/d", a);
+        cr_assert(utimensat(AT_FDCWD, p, ts, 0) == 0);
+        cr_assert(utimensat(AT_FDCWD, a, ts, 0) == 0);
+
+        cr_assert_eq(clone_path(a, mnt, "b", &o, &st, &err), 0, "%s", err.msg);
+        cr_expect_eq(st.entries, 0, "a subvolume source is snapshotted, not walked");
+        assert_same(a, b, NULL, NULL);
+        cr_expect_eq(subvolumes(mnt), before + 3 + 4, "a's three nested, b and its three");
+        for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
+                snprintf(p, sizeof(p), "%s/%s", b, subs[i]);
+                cr_expect(is_subvolume(p), "%s is no subvolume", p);
+        }
+        /* Their own inodes: a write in the child's nested subvolume leaves the source alone. */
+        snprintf(p, sizeof(p), "%s/d/nest/deeper/file", b);
+        rlt_write_file(p, 100, 9);
+        snprintf(p, sizeof(p), "%s/d/nest/deeper/file", a);
+        struct stat sa;
+        cr_assert(stat(p, &sa) == 0);
+        cr_expect_eq(sa.st_size, 8192 * 3, "the source's nested file changed with the child's");
+
+        int dir = open_dir(mnt);
+        cr_assert_eq(rl_tree_remove(dir, "b", 2, NULL, &err), 0, "%s", err.msg);
+        cr_assert_eq(rl_tree_remove(dir, "a", 2, NULL, &err), 0, "%s", err.msg);
+        close(dir);
+        cr_expect(access(a, F_OK) < 0 && access(b, F_OK) < 0);
+        cr_expect_eq(subvolumes(mnt), before - 1, "subvolumes left after removal");
+}
