@@ -33,7 +33,7 @@
 #include "xattrs.h"
 
 #define STATX_WANT (STATX_TYPE | STATX_MODE | STATX_NLINK | STATX_UID | STATX_GID |            \
-                    STATX_ATIME | STATX_MTIME | STATX_INO | STATX_SIZE)
+                    STATX_ATIME | STATX_MTIME | STATX_INO | STATX_SIZE | STATX_MNT_ID)
 #define GETDENTS_BUFFER (64u * 1024)
 #define READ_CHUNK (256u * 1024)
 #define EXTENTS_PER_CALL 128
@@ -376,14 +376,23 @@ static int same_extents(diff *d, int lower_fd, int upper_fd)
         }
 }
 
+/* Physical addresses mean something only within one filesystem. st_dev alone would say no
+ * to two btrfs subvolumes (a snapshot and its parent: each has a device number of its own,
+ * one address space), so one mount says yes too. */
+static bool same_filesystem(const struct statx *a, const struct statx *b)
+{
+        if (a->stx_dev_major == b->stx_dev_major && a->stx_dev_minor == b->stx_dev_minor)
+                return true;
+        return (a->stx_mask & b->stx_mask & STATX_MNT_ID) && a->stx_mnt_id == b->stx_mnt_id;
+}
+
 /* Do two regular files of the same size hold the same bytes? 1 yes, 0 no, -errno. */
 static int same_data(diff *d, int lower_fd, int upper_fd, const struct statx *lo,
                      const struct statx *up, const char *path, rl_error *err)
 {
         if (lo->stx_size != up->stx_size)
                 return 0;
-        /* Physical addresses mean something only within one filesystem. */
-        if (lo->stx_dev_major == up->stx_dev_major && lo->stx_dev_minor == up->stx_dev_minor) {
+        if (same_filesystem(lo, up)) {
                 int r = same_extents(d, lower_fd, upper_fd);
                 if (r > 0) {
                         d->stats.by_extents++;
