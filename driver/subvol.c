@@ -122,6 +122,23 @@ int rl_subvol_nested(int fd, char ***ret, size_t *ret_n)
         return 0;
 }
 
+int rl_subvol_snapshot_time(int fd, struct timespec *ret)
+{
+        static const uint8_t none[BTRFS_UUID_SIZE];
+        _cleanup_free_ struct btrfs_ioctl_get_subvol_info_args *info = calloc(1, sizeof(*info));
+
+        if (!info)
+                return -ENOMEM;
+        /* The root directory's own times are the source's (a snapshot copies its inode);
+         * the subvolume's item has when it was made, and of what. */
+        if (ioctl(fd, BTRFS_IOC_GET_SUBVOL_INFO, info) < 0)
+                return -errno;
+        if (!memcmp(info->parent_uuid, none, sizeof(none)))
+                return -ENOENT;
+        *ret = (struct timespec){ .tv_sec = (time_t)info->otime.sec, .tv_nsec = info->otime.nsec };
+        return 0;
+}
+
 int rl_subvol_delete(int dir_fd, const char *name)
 {
         return name_ioctl(dir_fd, BTRFS_IOC_SNAP_DESTROY, name);

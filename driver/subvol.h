@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <sys/types.h>
+#include <time.h>
 
 /* The inode number of every subvolume's root directory (BTRFS_FIRST_FREE_OBJECTID): who has
  * a statx of a directory at hand tests it before asking rl_subvol_supported(). */
@@ -38,6 +39,10 @@ int rl_subvol_snapshot(int src_fd, int dir_fd, const char *name);
  * their paths from fd ("etc/nest"), a malloc'd array of n malloc'd strings in *ret (NULL
  * when n is 0). A snapshot of fd's subvolume holds an empty stub (inode 2) at each. */
 int rl_subvol_nested(int fd, char ***ret, size_t *n);
+
+/* When the subvolume whose root is fd was taken as a snapshot of another: 0 and *ret, or
+ * -ENOENT when it is no snapshot (made empty), -errno where this is no btrfs subvolume. */
+int rl_subvol_snapshot_time(int fd, struct timespec *ret);
 
 /* Delete the subvolume name of dir_fd, with whatever it holds. */
 int rl_subvol_delete(int dir_fd, const char *name);

@@ -17,6 +17,7 @@
 
 #include <reflayer/usage.h>
 
+#include "subvol.h"
 #include "util.h"
 #include "walk.h"
 
@@ -27,12 +28,36 @@ typedef struct usage_ctx {
         rl_usage total;
         uint64_t *seen;       /* inode numbers with nlink > 1 already counted */
         size_t n_seen, cap_seen;
+        /* A btrfs snapshot: when it was taken. An entry whose ctime is older is the very
+         * inode of the snapshot's source, metadata and all (btrfs copies a leaf of its btree
+         * only when something in it changes). */
+        bool snapshot;
+        struct timespec snapshot_time;
 } usage_ctx;
 
 typedef struct usage_worker {
         rl_usage sum;
         struct fiemap *fm;
 } usage_worker;
+
+/* Blocks that FIEMAP does not describe (a directory's, a symlink's; any on a filesystem
+ * without FIEMAP): shared if the entry is unchanged in a btrfs snapshot, else exclusive
+ * and, but for a regular file, metadata. */
+static void count_blocks(const usage_ctx *c, usage_worker *wk, const struct statx *st)
+{
+        uint64_t blocks = st->stx_blocks * 512;
+        wk->sum.bytes += blocks;
+        if (c->snapshot && (st->stx_mask & STATX_CTIME) &&
+            (st->stx_ctime.tv_sec < c->snapshot_time.tv_sec ||
+             (st->stx_ctime.tv_sec == c->snapshot_time.tv_sec &&
+              st->stx_ctime.tv_nsec < (uint32_t)c->snapshot_time.tv_nsec))) {
+                wk->sum.bytes_shared += blocks;
+                return;
+        }
+        wk->sum.bytes_exclusive += blocks;
+        if (!S_ISREG(st->stx_mode))
+                wk->sum.bytes_metadata += blocks;
+}
 
 /* Count a multiply-linked inode once: true the first time it is met. */
 static int first_sight(usage_ctx *c, uint64_t ino)
@@ -99,7 +124,7 @@ static int usage_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name
         struct statx st;
 
         if (statx(d->fd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC,
-                  STATX_TYPE | STATX_INO | STATX_NLINK | STATX_BLOCKS, &st) < 0)
+                  STATX_TYPE | STATX_INO | STATX_NLINK | STATX_BLOCKS | STATX_CTIME, &st) < 0)
                 return rl_error_set(err, -errno, "usage: stat '%s/%s'", d->path, name);
         if (st.stx_nlink > 1 && !S_ISDIR(st.stx_mode)) {
                 int first = first_sight(ctx, st.stx_ino);
@@ -129,24 +154,20 @@ static int usage_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name
                 if (r != -EOPNOTSUPP && r != -ENOTTY)
                         return rl_error_set(err, r, "usage: FIEMAP '%s/%s'", d->path, name);
         }
-        wk->sum.bytes += blocks;
-        wk->sum.bytes_exclusive += blocks;
-        if (!S_ISREG(st.stx_mode))
-                wk->sum.bytes_metadata += blocks;
+        count_blocks(ctx, wk, &st);
         return 0;
 }
 
-static int usage_enter(void *ctx _unused_, void *worker, rl_walk_dir *d, rl_error *err)
+static int usage_enter(void *ctx, void *worker, rl_walk_dir *d, rl_error *err)
 {
         usage_worker *wk = worker;
         struct statx st;
 
-        if (statx(d->fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_BLOCKS, &st) < 0)
+        if (statx(d->fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
+                  STATX_TYPE | STATX_BLOCKS | STATX_CTIME, &st) < 0)
                 return rl_error_set(err, -errno, "usage: stat '%s'", d->path);
         wk->sum.inodes++;
-        wk->sum.bytes += st.stx_blocks * 512;
-        wk->sum.bytes_exclusive += st.stx_blocks * 512;
-        wk->sum.bytes_metadata += st.stx_blocks * 512;
+        count_blocks(ctx, wk, &st);
         return 0;
 }
 
@@ -182,6 +203,8 @@ static const rl_walk_ops usage_ops = {
 RL_EXPORT int rl_usage_tree(int dir_fd, unsigned jobs, rl_usage *ret, rl_error *err)
 {
         usage_ctx c = { .lock = PTHREAD_MUTEX_INITIALIZER };
+        c.snapshot =
+                rl_subvol_is_root(dir_fd) && rl_subvol_snapshot_time(dir_fd, &c.snapshot_time) == 0;
 
         int r = rl_walk_run(dir_fd, &usage_ops, &c, jobs, NULL, err);
         free(c.seen);

@@ -931,15 +931,25 @@ STORE_TEST(usage_counts_shared_and_exclusive)
                 cr_assert(efd >= 0);
                 close(efd);
         }
+        /* Symlinks: on btrfs 4 KiB each by st_blocks (though kept in its btree). */
+        for (int i = 0; i < 3; i++) {
+                snprintf(p, sizeof(p), "%s/link-%d", pathf("a", "wide"), i);
+                cr_assert(symlink("a-target-name-long-enough-not-to-fit-in-an-xfs-inode-"
+                                  "0123456789012345678901234567890123456789", p) == 0);
+        }
         commit("c", "a");
         prepare("b", "c");
         rl_usage u;
         rl_error err = {};
         cr_assert_eq(st_usage("b", &u, &err), 0, "%s", err.msg);
-        cr_expect_eq(u.inodes, 303);
-        /* btrfs keeps directories in its btree, not in blocks of their own. */
+        cr_expect_eq(u.inodes, 306);
+        /* btrfs keeps directories in its btree, not in blocks of their own; and b is a
+         * snapshot, which shares whatever it has not changed, metadata included. */
         if (fs_kind != RLT_BTRFS)
                 cr_expect_gt(u.bytes_metadata, 0, "the wide directory's blocks are metadata");
+        else
+                cr_expect_eq(u.bytes_metadata, 0, "an unchanged snapshot owns no metadata: %lu",
+                             u.bytes_metadata);
         cr_expect_leq(u.bytes_metadata, u.bytes_exclusive);
         if (fs_kind == RLT_XFS || fs_kind == RLT_BTRFS) {
                 cr_expect_geq(u.bytes_shared, 4 << 20, "shared %lu", u.bytes_shared);
@@ -965,6 +975,19 @@ STORE_TEST(usage_counts_shared_and_exclusive)
                 cr_expect_geq(u2.bytes_exclusive, 2 << 20, "exclusive %lu", u2.bytes_exclusive);
                 cr_expect_lt(u2.bytes_shared, 3 << 20);
         }
+        /* A symlink made in the child is its own, on every filesystem that gives it blocks. */
+        struct stat ls;
+        snprintf(p, sizeof(p), "%s", pathf("b", "new-link"));
+        cr_assert(symlink("a-target-name-long-enough-not-to-fit-in-an-xfs-inode-"
+                          "0123456789012345678901234567890123456789", p) == 0);
+        cr_assert(lstat(p, &ls) == 0);
+        rl_usage u3;
+        cr_assert_eq(st_usage("b", &u3, &err), 0, "%s", err.msg);
+        cr_expect_geq(u3.bytes_metadata, u2.bytes_metadata + (uint64_t)ls.st_blocks * 512,
+                      "the new symlink's %lu blocks are b's metadata: %lu then %lu",
+                      (unsigned long)ls.st_blocks, u2.bytes_metadata, u3.bytes_metadata);
+        if (fs_kind == RLT_BTRFS)
+                cr_expect_gt(u3.bytes_metadata, 0);
         expect_error(st_usage("missing", &u2, &err), -ENOENT, &err, "not_found");
 }
 
