@@ -40,17 +40,24 @@ typedef struct usage_worker {
         struct fiemap *fm;
 } usage_worker;
 
-/* Blocks that FIEMAP does not describe (a directory's, a symlink's; any on a filesystem
- * without FIEMAP): shared if the entry is unchanged in a btrfs snapshot, else exclusive
- * and, but for a regular file, metadata. */
+/* In a btrfs snapshot, is the entry as the snapshot found it (its ctime older)? Then all
+ * of it is its source's too: data, inline data (which FIEMAP never calls shared), inode. */
+static bool unchanged_in_snapshot(const usage_ctx *c, const struct statx *st)
+{
+        return c->snapshot && (st->stx_mask & STATX_CTIME) &&
+               (st->stx_ctime.tv_sec < c->snapshot_time.tv_sec ||
+                (st->stx_ctime.tv_sec == c->snapshot_time.tv_sec &&
+                 st->stx_ctime.tv_nsec < (uint32_t)c->snapshot_time.tv_nsec));
+}
+
+/* Blocks counted whole (a directory's, a symlink's, any where FIEMAP is missing or needless):
+ * shared if unchanged in a btrfs snapshot, else exclusive and, but for a regular file,
+ * metadata. */
 static void count_blocks(const usage_ctx *c, usage_worker *wk, const struct statx *st)
 {
         uint64_t blocks = st->stx_blocks * 512;
         wk->sum.bytes += blocks;
-        if (c->snapshot && (st->stx_mask & STATX_CTIME) &&
-            (st->stx_ctime.tv_sec < c->snapshot_time.tv_sec ||
-             (st->stx_ctime.tv_sec == c->snapshot_time.tv_sec &&
-              st->stx_ctime.tv_nsec < (uint32_t)c->snapshot_time.tv_nsec))) {
+        if (unchanged_in_snapshot(c, st)) {
                 wk->sum.bytes_shared += blocks;
                 return;
         }
@@ -135,7 +142,7 @@ static int usage_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name
         }
         wk->sum.inodes++;
         uint64_t blocks = st.stx_blocks * 512;
-        if (S_ISREG(st.stx_mode) && blocks > 0) {
+        if (S_ISREG(st.stx_mode) && blocks > 0 && !unchanged_in_snapshot(ctx, &st)) {
                 _cleanup_close_ int fd = openat(d->fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
                                                                   O_NOCTTY | O_CLOEXEC | O_NOATIME);
                 if (fd < 0 && errno == EPERM)

@@ -25,7 +25,8 @@ typedef struct rl_usage {
  * Usage of the tree of the directory dir_fd (borrowed), on `jobs` workers (0: online CPUs).
  * Regular files are measured by FIEMAP extents; where the filesystem has no FIEMAP (tmpfs),
  * and for directories and symlinks, allocated blocks count as exclusive. But where dir_fd
- * is the root of a btrfs snapshot, which shares its source's metadata until it changes it:
- * the blocks of an entry whose ctime is older than the snapshot count as shared.
+ * is the root of a btrfs snapshot, which shares its source's metadata (and inline data)
+ * until it changes it: the blocks of an entry whose ctime is older than the snapshot count
+ * as shared.
  */
 int rl_usage_tree(int dir_fd, unsigned jobs, rl_usage *ret, rl_error *err);
