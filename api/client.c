@@ -518,6 +518,8 @@ RL_EXPORT int rl_client_clone(rl_client *c, const char *src, const char *dst,
                 put_maps(p, opts->uid_map, opts->gid_map, opts->flags & RL_TREE_KEEP_UNMAPPED);
                 if (opts->flags & RL_TREE_SYNC)
                         json_object_set_new(p, "sync", json_true());
+                if (opts->flags & RL_TREE_SUBVOLUME)
+                        json_object_set_new(p, "subvolume", json_true());
                 set_follow(&f, opts->progress, opts->progress_userdata, opts->cancel);
         }
         int r = call_follow(c, "Clone", p, &f, &result, err);

@@ -325,15 +325,17 @@ static int m_clone(call *c, json_t **ret)
         _cleanup_free_ char *dst_name = NULL;
         const char *src, *dst;
         json_t *um = NULL, *gm = NULL;
-        int keep = 0, sync = 0, progress = 0;
+        int keep = 0, sync = 0, progress = 0, subvolume = 0;
         json_error_t jerr;
         rl_tree_stats st;
         creds_saved saved;
         int r;
 
-        if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s, s:s, s?o, s?o, s?b, s?b, s?b}",
-                           "source", &src, "destination", &dst, "uid_map", &um, "gid_map", &gm,
-                           "keep_unmapped", &keep, "sync", &sync, "progress", &progress) < 0)
+        if (json_unpack_ex(c->params, &jerr, JSON_STRICT,
+                           "{s:s, s:s, s?o, s?o, s?b, s?b, s?b, s?b}", "source", &src,
+                           "destination", &dst, "uid_map", &um, "gid_map", &gm, "keep_unmapped",
+                           &keep, "sync", &sync, "progress", &progress, "subvolume",
+                           &subvolume) < 0)
                 return bad_params(c, &jerr);
         if (src[0] != '/' || dst[0] != '/')
                 return rl_error_set(&c->err, -EINVAL,
@@ -346,7 +348,8 @@ static int m_clone(call *c, json_t **ret)
         c->progress = progress;
         rl_tree_options o = {
                 .jobs = c->srv->jobs,
-                .flags = (keep ? RL_TREE_KEEP_UNMAPPED : 0) | (sync ? RL_TREE_SYNC : 0),
+                .flags = (keep ? RL_TREE_KEEP_UNMAPPED : 0) | (sync ? RL_TREE_SYNC : 0) |
+                         (subvolume ? RL_TREE_SUBVOLUME : 0),
                 .uid_map = uids,
                 .gid_map = gids,
                 .progress = on_progress,

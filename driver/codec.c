@@ -189,7 +189,7 @@ void rl_usage_from_json(json_t *o, rl_usage *ret)
 /* The counters of rl_tree_stats by their JSON names, for both directions. */
 #define STATS_FIELDS(X)                                                                            \
         X(entries) X(dirs) X(regular) X(hardlinks) X(symlinks) X(fifos) X(sockets) X(chardevs)    \
-        X(blockdevs) X(xattrs) X(bytes) X(bytes_reflinked) X(bytes_copied)
+        X(blockdevs) X(xattrs) X(bytes) X(bytes_reflinked) X(bytes_copied) X(snapshots)
 
 json_t *rl_clone_result_to_json(const char *src, const char *dst, const char *fstype,
                                 rl_reflink reflink, const rl_tree_stats *st)

@@ -864,11 +864,13 @@ static int make_tmp_root(int dst_dir_fd, char *name, size_t size, root_kind kind
 /* Subvolumes nested deeper than this in a snapshot's source: -ELOOP (a bound on recursion). */
 #define MAX_NESTED_DEPTH 32
 
-static int snapshot_nested(int src_fd, int dst_fd, unsigned depth, rl_error *err);
+static int snapshot_nested(int src_fd, int dst_fd, unsigned depth, uint64_t *count,
+                           rl_error *err);
 
 /* Replace the stub at path (from dst_fd) by a snapshot of the subvolume at path from src_fd,
  * with what is nested in it in turn. The directory holding it keeps the source's times. */
-static int snapshot_one_nested(int src_fd, int dst_fd, char *path, unsigned depth, rl_error *err)
+static int snapshot_one_nested(int src_fd, int dst_fd, char *path, unsigned depth,
+                               uint64_t *count, rl_error *err)
 {
         _cleanup_close_ int src = -EBADF, src_dir = -EBADF, dst_dir = -EBADF, sub = -EBADF;
         char *slash = strrchr(path, '/');
@@ -899,6 +901,7 @@ static int snapshot_one_nested(int src_fd, int dst_fd, char *path, unsigned dept
         r = rl_subvol_snapshot(src, ddir, name);
         if (r < 0)
                 return rl_error_set(err, r, "snapshot the nested subvolume '%s'", path);
+        (*count)++;
         const struct timespec times[2] = {
                 { .tv_sec = st.stx_atime.tv_sec, .tv_nsec = st.stx_atime.tv_nsec },
                 { .tv_sec = st.stx_mtime.tv_sec, .tv_nsec = st.stx_mtime.tv_nsec },
@@ -908,14 +911,15 @@ static int snapshot_one_nested(int src_fd, int dst_fd, char *path, unsigned dept
         sub = openat(ddir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (sub < 0)
                 return rl_error_set(err, -errno, "open the snapshot of '%s'", path);
-        r = snapshot_nested(src, sub, depth + 1, err);
+        r = snapshot_nested(src, sub, depth + 1, count, err);
         return r < 0 ? rl_error_prefix(err, r, "'%s'", path) : 0;
 }
 
 /* A snapshot stops at the subvolumes nested in its source: each is an empty stub in it.
  * Snapshot each into its place, so that the tree is whole (as the walk would copy it). One
  * call when none is nested (the common case). */
-static int snapshot_nested(int src_fd, int dst_fd, unsigned depth, rl_error *err)
+static int snapshot_nested(int src_fd, int dst_fd, unsigned depth, uint64_t *count,
+                           rl_error *err)
 {
         char **paths = NULL;
         size_t n = 0;
@@ -924,7 +928,7 @@ static int snapshot_nested(int src_fd, int dst_fd, unsigned depth, rl_error *err
                 return rl_error_set(err, r, "list the subvolumes nested in the source");
         for (size_t i = 0; i < n; i++) {
                 if (r == 0)
-                        r = snapshot_one_nested(src_fd, dst_fd, paths[i], depth, err);
+                        r = snapshot_one_nested(src_fd, dst_fd, paths[i], depth, count, err);
                 free(paths[i]);
         }
         free(paths);
@@ -976,9 +980,10 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
                 return rl_error_prefix(err, r, "clone");
 
         root_kind kind = root_kind_for(src_fd, dst_dir_fd, opts);
+        uint64_t snapshots = 1, start_ns = rl_now_ns();
         tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), kind, src_fd, err);
         if (tmp_fd >= 0 && kind == ROOT_SNAPSHOT) {
-                r = snapshot_nested(src_fd, tmp_fd, 0, err);
+                r = snapshot_nested(src_fd, tmp_fd, 0, &snapshots, err);
                 if (r < 0) {
                         close(tmp_fd);
                         rl_tree_remove(dst_dir_fd, tmp_name, opts->jobs, NULL, NULL);
@@ -1012,7 +1017,7 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
                 .links = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER },
                 .stats_lock = PTHREAD_MUTEX_INITIALIZER,
                 .progress_lock = PTHREAD_MUTEX_INITIALIZER,
-                .start_ns = rl_now_ns(),
+                .start_ns = start_ns,
         };
         atomic_init(&c.progress_entries, 0);
         atomic_init(&c.progress_bytes, 0);
@@ -1047,6 +1052,7 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
                 return r;
         }
         c.stats.elapsed_ns = rl_now_ns() - c.start_ns;
+        c.stats.snapshots = kind == ROOT_SNAPSHOT ? snapshots : 0;
         if (ret_stats)
                 *ret_stats = c.stats;
         return 0;

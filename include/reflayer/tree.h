@@ -18,8 +18,9 @@ typedef enum rl_tree_flags {
         RL_TREE_KEEP_UNMAPPED = 1 << 0, /* ids outside the maps are kept, not an error */
         RL_TREE_SYNC = 1 << 1,          /* syncfs the new tree before it is published */
         /* On btrfs, the new tree is a subvolume: a snapshot of the source when the source
-         * is one and no ids shift (one call, no walk: the stats stay 0 but elapsed_ns),
-         * else a new subvolume the walk fills. Elsewhere, a directory as without it. */
+         * is one and no ids shift (one call, no walk: the stats stay 0 but elapsed_ns and
+         * snapshots), subvolumes nested in it snapshotted into place too; else a new
+         * subvolume the walk fills. Elsewhere, a directory as without it. */
         RL_TREE_SUBVOLUME = 1 << 2,
 } rl_tree_flags;
 
@@ -39,6 +40,9 @@ typedef struct rl_tree_stats {
         uint64_t bytes_copied;    /* data bytes moved by copy_file_range or read/write */
         uint64_t methods[_RL_CLONE_METHOD_MAX]; /* files by the method that cloned them */
         uint64_t elapsed_ns;
+        /* RL_TREE_SUBVOLUME: btrfs subvolumes snapshotted whole (the source's, and those
+         * nested in it); what they hold is neither walked nor counted above. */
+        uint64_t snapshots;
 } rl_tree_stats;
 
 typedef struct rl_tree_progress {

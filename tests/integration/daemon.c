@@ -574,6 +574,10 @@ Test(daemon, cli_verbs)
                   out);
         cr_expect_eq(RUN("clone", "--daemon", csrc, cdst), 4, "%s", out);
         cr_expect(strstr(out, "cdst"), "%s", out);
+        /* --subvolume reaches the daemon; on XFS it changes nothing (cli/ tests btrfs). */
+        snprintf(cdst, sizeof(cdst), "%s/cdst-subvolume", mnt);
+        cr_assert_eq(RUN("clone", "--daemon", "--subvolume", "--json", csrc, cdst), 0, "%s", out);
+        cr_expect(strstr(out, "\"snapshots\":0") && strstr(out, "\"entries\":21"), "%s", out);
         char *nodaemon[] = { (char *)cli, "--socket", "/nonexistent.sock", "ls", NULL };
         cr_expect_eq(rlt_run(nodaemon, out, sizeof(out)), 6, "%s", out);
         cr_expect(strstr(out, "is it running"), "%s", out);

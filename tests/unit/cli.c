@@ -124,3 +124,58 @@ Test(cli, usage_splits_shared_and_exclusive)
         cr_expect_eq(rlt_run(missing, out, sizeof(out)), 1);
         cr_expect(strstr(out, "'/nonexistent'") && strstr(out, "No such file"), "%s", out);
 }
+
+/* clone --subvolume on btrfs: a directory becomes a subvolume by the walk, a subvolume is
+ * snapshotted whole with the subvolumes nested in it; without the flag, the walk as always. */
+Test(cli, clone_subvolume_snapshots_on_btrfs)
+{
+        const char *mnt = rlt_mkfs(RLT_BTRFS, 0, "btrfs");
+        char rich[PATH_MAX], src[PATH_MAX], dst[PATH_MAX], plain[PATH_MAX], p[PATH_MAX + 16];
+        rlt_make_rich_tree(mnt, "rich");
+        snprintf(rich, sizeof(rich), "%s/rich", mnt);
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        snprintf(dst, sizeof(dst), "%s/dst", mnt);
+        snprintf(plain, sizeof(plain), "%s/plain", mnt);
+        json_error_t jerr;
+        struct stat st;
+
+        char *walk[] = { cli(), "clone", "--json", "--subvolume", rich, src, NULL };
+        cr_assert_eq(rlt_run(walk, out, sizeof(out)), 0, "%s", out);
+        json_t *o = json_loads(out, 0, &jerr);
+        cr_assert(o, "not JSON (%s): %s", jerr.text, out);
+        cr_expect_eq(json_integer_value(json_object_get(o, "entries")), 38, "%s", out);
+        cr_expect_eq(json_integer_value(json_object_get(o, "snapshots")), 0, "%s", out);
+        json_decref(o);
+        cr_assert(stat(src, &st) == 0);
+        cr_expect_eq(st.st_ino, 256, "the walk's tree is no subvolume");
+
+        snprintf(p, sizeof(p), "%s/nest", src);
+        char *create[] = { "btrfs", "subvolume", "create", p, NULL };
+        cr_assert_eq(rlt_run(create, out, sizeof(out)), 0, "%s", out);
+        snprintf(p, sizeof(p), "%s/nest/f", src);
+        rlt_write_file(p, 12345, 4);
+
+        char *snap[] = { cli(), "clone", "--json", "--subvolume", src, dst, NULL };
+        cr_assert_eq(rlt_run(snap, out, sizeof(out)), 0, "%s", out);
+        o = json_loads(out, 0, &jerr);
+        cr_assert(o, "not JSON (%s): %s", jerr.text, out);
+        cr_expect_eq(json_integer_value(json_object_get(o, "snapshots")), 2, "%s", out);
+        cr_expect_eq(json_integer_value(json_object_get(o, "entries")), 0, "%s", out);
+        json_decref(o);
+        char why[4096];
+        cr_expect(rlt_tree_equal(src, dst, NULL, NULL, why, sizeof(why)), "%s", why);
+        snprintf(p, sizeof(p), "%s/nest", dst);
+        cr_assert(stat(p, &st) == 0);
+        cr_expect_eq(st.st_ino, 256, "the nested subvolume is no subvolume in the snapshot");
+        char *summary[] = { cli(), "clone", "--subvolume", src, plain, NULL };
+        cr_assert_eq(rlt_run(summary, out, sizeof(out)), 0, "%s", out);
+        cr_expect(strstr(out, "a snapshot (2 btrfs subvolumes"), "%s", out);
+
+        /* Without the flag: a directory, file by file, the nested subvolume's files too. */
+        snprintf(p, sizeof(p), "%s/files", mnt);
+        char *byfile[] = { cli(), "clone", "--json", dst, p, NULL };
+        cr_assert_eq(rlt_run(byfile, out, sizeof(out)), 0, "%s", out);
+        cr_expect(strstr(out, "\"snapshots\":0") && strstr(out, "\"entries\":40"), "%s", out);
+        cr_assert(stat(p, &st) == 0);
+        cr_expect_neq(st.st_ino, 256);
+}
