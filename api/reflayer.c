@@ -143,22 +143,27 @@ static void print_summary(const char *src, const char *dst, const rl_tree_stats 
         uint64_t special = st->fifos + st->sockets + st->chardevs + st->blockdevs;
         double secs = (double)st->elapsed_ns / 1e9;
 
+        printf("cloned %s -> %s on %s: ", src, dst, fstype);
         if (st->snapshots) {
-                /* Nothing walked: the entry counts below would all be 0. */
-                printf("cloned %s -> %s on %s: a snapshot (%" PRIu64 " btrfs subvolume%s, "
-                       "nested ones included, each in one call); %.3f s\n",
-                       src, dst, fstype, st->snapshots, st->snapshots == 1 ? "" : "s", secs);
-                return;
+                printf("a snapshot (%" PRIu64 " btrfs subvolume%s, nested ones included, each "
+                       "in one call)",
+                       st->snapshots, st->snapshots == 1 ? "" : "s");
+                /* Nothing walked, unless owners were shifted in place. */
+                if (!st->entries) {
+                        printf("; %.3f s\n", secs);
+                        return;
+                }
+                printf(", owners shifted in place: ");
         }
         human_bytes(bytes, sizeof(bytes), st->bytes);
         human_bytes(refl, sizeof(refl), st->bytes_reflinked);
         human_bytes(copied, sizeof(copied), st->bytes_copied);
-        printf("cloned %s -> %s on %s: %" PRIu64 " entries (%" PRIu64 " files, %" PRIu64
+        printf("%" PRIu64 " entries (%" PRIu64 " files, %" PRIu64
                " dirs, %" PRIu64 " symlinks, %" PRIu64 " hardlinks, %" PRIu64
                " special), %s: %s reflinked, %s copied; %.3f s, %.1f us/entry "
                "[reflink %" PRIu64 ", copy_range %" PRIu64 ", read_write %" PRIu64
                ", empty %" PRIu64 "]\n",
-               src, dst, fstype, st->entries, st->regular, st->dirs, st->symlinks, st->hardlinks,
+               st->entries, st->regular, st->dirs, st->symlinks, st->hardlinks,
                special, bytes, refl, copied, secs,
                st->entries ? secs * 1e6 / (double)st->entries : 0.0,
                st->methods[RL_CLONE_REFLINK], st->methods[RL_CLONE_COPY_RANGE],

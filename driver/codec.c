@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "treestats.h"
 #include "codec.h"
 #include "util.h"
 
@@ -187,9 +188,6 @@ void rl_usage_from_json(json_t *o, rl_usage *ret)
 }
 
 /* The counters of rl_tree_stats by their JSON names, for both directions. */
-#define STATS_FIELDS(X)                                                                            \
-        X(entries) X(dirs) X(regular) X(hardlinks) X(symlinks) X(fifos) X(sockets) X(chardevs)    \
-        X(blockdevs) X(xattrs) X(bytes) X(bytes_reflinked) X(bytes_copied) X(snapshots)
 
 json_t *rl_clone_result_to_json(const char *src, const char *dst, const char *fstype,
                                 rl_reflink reflink, const rl_tree_stats *st)
@@ -206,7 +204,7 @@ json_t *rl_clone_result_to_json(const char *src, const char *dst, const char *fs
                 return NULL;
         }
 #define X(f) json_object_set_new(o, #f, json_integer((json_int_t)st->f));
-        STATS_FIELDS(X)
+        RL_TREE_STATS_COUNTERS(X)
 #undef X
         for (int m = 0; m < _RL_CLONE_METHOD_MAX; m++)
                 json_object_set_new(methods, rl_clone_method_to_string(m),
@@ -219,7 +217,7 @@ void rl_tree_stats_from_json(json_t *o, rl_tree_stats *ret)
 {
         rl_tree_stats st = {};
 #define X(f) st.f = u64_of(o, #f);
-        STATS_FIELDS(X)
+        RL_TREE_STATS_COUNTERS(X)
 #undef X
         json_t *methods = json_object_get(o, "methods");
         for (int m = 0; m < _RL_CLONE_METHOD_MAX; m++)

@@ -23,6 +23,9 @@
 #include <reflayer/tree.h>
 
 #include "entry.h"
+#include "inoset.h"
+#include "shift.h"
+#include "treestats.h"
 #include "subvol.h"
 #include "util.h"
 #include "walk.h"
@@ -50,15 +53,9 @@ typedef struct link_map {
         size_t cap, len;
 } link_map;
 
-static size_t link_hash(uint64_t dev, uint64_t ino)
-{
-        uint64_t h = ino * 0x9E3779B97F4A7C15ULL ^ dev * 0xC2B2AE3D27D4EB4FULL;
-        return (size_t)(h ^ (h >> 29));
-}
-
 static link_entry **link_slot(link_map *m, uint64_t dev, uint64_t ino)
 {
-        for (size_t i = link_hash(dev, ino) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+        for (size_t i = rl_inode_hash(dev, ino) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
                 link_entry *e = m->slots[i];
                 if (!e || (e->dev == dev && e->ino == ino))
                         return &m->slots[i];
@@ -135,14 +132,6 @@ typedef struct clone_dir {
 } clone_dir;
 
 typedef rl_ref ref;
-
-static void entry_path(char *buf, size_t size, const rl_walk_dir *d, const char *name)
-{
-        if (d->depth == 0)
-                snprintf(buf, size, "%s", name);
-        else
-                snprintf(buf, size, "%s/%s", d->path, name);
-}
 
 static int map_ids(const clone_ctx *c, const struct statx *st, const char *path, uid_t *uid,
                    gid_t *gid, rl_error *err)
@@ -515,7 +504,7 @@ static int clone_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name
         int r;
 
         wk->ctx = ctx;
-        entry_path(path, sizeof(path), d, name);
+        rl_walk_entry_path(path, sizeof(path), d, name);
         /* Most entries are regular files, listed as such: open, then stat the open file.
          * The second and later names of a hardlinked file are opened for nothing (they
          * become links to the first copy); hardlinks are rare enough for that. */
@@ -624,26 +613,9 @@ static void clone_worker_done(void *ctx, void *worker)
         clone_worker *wk = worker;
         clone_ctx *c = ctx;
 
-        {
-                pthread_mutex_lock(&c->stats_lock);
-                rl_tree_stats *t = &c->stats, *s = &wk->stats;
-                t->entries += s->entries;
-                t->dirs += s->dirs;
-                t->regular += s->regular;
-                t->hardlinks += s->hardlinks;
-                t->symlinks += s->symlinks;
-                t->fifos += s->fifos;
-                t->sockets += s->sockets;
-                t->chardevs += s->chardevs;
-                t->blockdevs += s->blockdevs;
-                t->xattrs += s->xattrs;
-                t->bytes += s->bytes;
-                t->bytes_reflinked += s->bytes_reflinked;
-                t->bytes_copied += s->bytes_copied;
-                for (size_t i = 0; i < ELEMENTSOF(t->methods); i++)
-                        t->methods[i] += s->methods[i];
-                pthread_mutex_unlock(&c->stats_lock);
-        }
+        pthread_mutex_lock(&c->stats_lock);
+        rl_tree_stats_add(&c->stats, &wk->stats);
+        pthread_mutex_unlock(&c->stats_lock);
         free(wk->names);
         free(wk->value);
 }
@@ -702,7 +674,7 @@ static int remove_entry(void *ctx _unused_, void *worker _unused_, rl_walk_dir *
 {
         if (unlinkat(d->fd, name, 0) < 0 && errno != ENOENT) {
                 char path[PATH_MAX];
-                entry_path(path, sizeof(path), d, name);
+                rl_walk_entry_path(path, sizeof(path), d, name);
                 return rl_error_set(err, -errno, "remove '%s'", path);
         }
         return 0;
@@ -935,15 +907,14 @@ static int snapshot_nested(int src_fd, int dst_fd, unsigned depth, uint64_t *cou
         return r;
 }
 
-/* RL_TREE_SUBVOLUME: a snapshot where the source is a subvolume and no ids shift, else a
- * new subvolume to fill; where the destination is not btrfs, a directory. */
+/* RL_TREE_SUBVOLUME: a snapshot where the source is a subvolume (its ids shifted in place
+ * if there are maps), else a new subvolume to fill; where the destination is not btrfs, a
+ * directory. */
 static root_kind root_kind_for(int src_fd, int dst_dir_fd, const rl_tree_options *opts)
 {
         if (!(opts->flags & RL_TREE_SUBVOLUME) || !rl_subvol_supported(dst_dir_fd))
                 return ROOT_DIR;
-        if (!opts->uid_map && !opts->gid_map && rl_subvol_is_root(src_fd))
-                return ROOT_SNAPSHOT;
-        return ROOT_SUBVOL;
+        return rl_subvol_is_root(src_fd) ? ROOT_SNAPSHOT : ROOT_SUBVOL;
 }
 
 RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
@@ -1023,10 +994,14 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
         atomic_init(&c.progress_bytes, 0);
         atomic_init(&c.progress_last_ns, c.start_ns);
 
-        /* A snapshot is the whole tree already. */
-        r = kind == ROOT_SNAPSHOT
-                    ? 0
-                    : rl_walk_run(src_fd, &clone_ops, &c, opts->jobs, opts->cancel, err);
+        /* A snapshot is the whole tree already; with id maps, its owners are shifted in
+         * place (metadata only, where the walk would make every entry anew). */
+        if (kind != ROOT_SNAPSHOT)
+                r = rl_walk_run(src_fd, &clone_ops, &c, opts->jobs, opts->cancel, err);
+        else if (opts->uid_map || opts->gid_map)
+                r = rl_shift_tree(tmp_fd, opts, &c.stats, err);
+        else
+                r = 0;
         link_map_clear(&c.links);
         pthread_mutex_destroy(&c.stats_lock);
         pthread_mutex_destroy(&c.progress_lock);

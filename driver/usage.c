@@ -13,10 +13,12 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <reflayer/usage.h>
 
+#include "inoset.h"
 #include "subvol.h"
 #include "util.h"
 #include "walk.h"
@@ -24,10 +26,9 @@
 #define EXTENTS_PER_CALL 256
 
 typedef struct usage_ctx {
-        pthread_mutex_t lock; /* guards total and the set of multiply-linked inodes */
+        pthread_mutex_t lock; /* guards total */
         rl_usage total;
-        uint64_t *seen;       /* inode numbers with nlink > 1 already counted */
-        size_t n_seen, cap_seen;
+        rl_inoset seen; /* inodes with nlink > 1 already counted */
         /* A btrfs snapshot: when it was taken. An entry whose ctime is older is the very
          * inode of the snapshot's source, metadata and all (btrfs copies a leaf of its btree
          * only when something in it changes). */
@@ -64,30 +65,6 @@ static void count_blocks(const usage_ctx *c, usage_worker *wk, const struct stat
         wk->sum.bytes_exclusive += blocks;
         if (!S_ISREG(st->stx_mode))
                 wk->sum.bytes_metadata += blocks;
-}
-
-/* Count a multiply-linked inode once: true the first time it is met. */
-static int first_sight(usage_ctx *c, uint64_t ino)
-{
-        pthread_mutex_lock(&c->lock);
-        for (size_t i = 0; i < c->n_seen; i++)
-                if (c->seen[i] == ino) {
-                        pthread_mutex_unlock(&c->lock);
-                        return 0;
-                }
-        if (c->n_seen == c->cap_seen) {
-                size_t cap = c->cap_seen ? c->cap_seen * 2 : 64;
-                uint64_t *s = realloc(c->seen, cap * sizeof(*s));
-                if (!s) {
-                        pthread_mutex_unlock(&c->lock);
-                        return -ENOMEM;
-                }
-                c->seen = s;
-                c->cap_seen = cap;
-        }
-        c->seen[c->n_seen++] = ino;
-        pthread_mutex_unlock(&c->lock);
-        return 1;
 }
 
 /* Sum the file's extents by whether they are shared. -EOPNOTSUPP: no FIEMAP here. */
@@ -134,7 +111,9 @@ static int usage_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name
                   STATX_TYPE | STATX_INO | STATX_NLINK | STATX_BLOCKS | STATX_CTIME, &st) < 0)
                 return rl_error_set(err, -errno, "usage: stat '%s/%s'", d->path, name);
         if (st.stx_nlink > 1 && !S_ISDIR(st.stx_mode)) {
-                int first = first_sight(ctx, st.stx_ino);
+                usage_ctx *c = ctx;
+                int first = rl_inoset_add(&c->seen, makedev(st.stx_dev_major, st.stx_dev_minor),
+                                          st.stx_ino);
                 if (first < 0)
                         return rl_error_set(err, first, "usage '%s/%s'", d->path, name);
                 if (!first)
@@ -209,12 +188,12 @@ static const rl_walk_ops usage_ops = {
 
 RL_EXPORT int rl_usage_tree(int dir_fd, unsigned jobs, rl_usage *ret, rl_error *err)
 {
-        usage_ctx c = { .lock = PTHREAD_MUTEX_INITIALIZER };
+        usage_ctx c = { .lock = PTHREAD_MUTEX_INITIALIZER, .seen = RL_INOSET_INIT };
         c.snapshot =
                 rl_subvol_is_root(dir_fd) && rl_subvol_snapshot_time(dir_fd, &c.snapshot_time) == 0;
 
         int r = rl_walk_run(dir_fd, &usage_ops, &c, jobs, NULL, err);
-        free(c.seen);
+        rl_inoset_done(&c.seen);
         pthread_mutex_destroy(&c.lock);
         if (r < 0)
                 return rl_error_prefix(err, r, "usage");

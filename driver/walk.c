@@ -489,3 +489,11 @@ int rl_walk_run(int root_fd, const rl_walk_ops *ops, void *ctx, unsigned jobs,
         }
         return 0;
 }
+
+void rl_walk_entry_path(char *buf, size_t size, const rl_walk_dir *d, const char *name)
+{
+        if (d->depth == 0)
+                snprintf(buf, size, "%s", name);
+        else
+                snprintf(buf, size, "%s/%s", d->path, name);
+}

@@ -52,6 +52,9 @@ typedef struct rl_walk_ops {
         int (*leave)(void *ctx, void *worker, rl_walk_dir *dir, bool cancelled, rl_error *err);
 } rl_walk_ops;
 
+/* "name" in the root, "dir/name" below it: an entry's path, for messages (cut at size). */
+void rl_walk_entry_path(char *buf, size_t size, const rl_walk_dir *d, const char *name);
+
 /*
  * Walk the tree whose root is the directory root_fd (borrowed; the walker reopens it).
  * jobs: worker threads, 0 for the number of online CPUs; with 1 everything runs in

@@ -18,9 +18,10 @@ typedef enum rl_tree_flags {
         RL_TREE_KEEP_UNMAPPED = 1 << 0, /* ids outside the maps are kept, not an error */
         RL_TREE_SYNC = 1 << 1,          /* syncfs the new tree before it is published */
         /* On btrfs, the new tree is a subvolume: a snapshot of the source when the source
-         * is one and no ids shift (one call, no walk: the stats stay 0 but elapsed_ns and
-         * snapshots), subvolumes nested in it snapshotted into place too; else a new
-         * subvolume the walk fills. Elsewhere, a directory as without it. */
+         * is one (one call, no walk: the stats stay 0 but elapsed_ns and snapshots),
+         * subvolumes nested in it snapshotted into place too, and with id maps its owners
+         * shifted in place (the stats count what was shifted); else a new subvolume the
+         * walk fills. Elsewhere, a directory as without it. */
         RL_TREE_SUBVOLUME = 1 << 2,
 } rl_tree_flags;
 

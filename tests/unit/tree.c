@@ -769,7 +769,8 @@ Test(tree, btrfs_trees_are_subvolumes_and_children_snapshots)
         cr_assert(chown(b, 4242, 4242) == 0);
         assert_same(src, a, NULL, NULL);
 
-        /* Shifted ids: the walk, into a subvolume. */
+        /* Shifted ids: a snapshot, its owners shifted in place (every inode once: data/big
+         * has three names), the same tree as the walk would give. */
         rl_idmap *m = NULL;
         cr_assert_eq(rl_idmap_new(&m, &err), 0);
         cr_assert_eq(rl_idmap_parse(m, "0:100000:65536", &err), 0, "%s", err.msg);
@@ -777,9 +778,17 @@ Test(tree, btrfs_trees_are_subvolumes_and_children_snapshots)
         shifted.uid_map = shifted.gid_map = m;
         cr_assert_eq(clone_path(a, mnt, "s", &shifted, &st, &err), 0, "%s", err.msg);
         cr_expect_gt(st.entries, 10, "ids are shifted by the walk");
+        cr_expect_eq(st.snapshots, 1, "a subvolume source is snapshotted, then shifted");
+        cr_expect_eq(st.hardlinks, 2, "data/big's other two names are not shifted again");
+        cr_expect_gt(st.xattrs, 3, "ACLs and the capability rewritten: %lu", st.xattrs);
         snprintf(p, sizeof(p), "%s/s", mnt);
         cr_expect(is_subvolume(p));
         assert_same(a, p, m, m);
+        /* A directory source: the walk into a new subvolume, the same result. */
+        cr_assert_eq(clone_path(src, mnt, "s-walk", &shifted, &st, &err), 0, "%s", err.msg);
+        cr_expect_eq(st.snapshots, 0);
+        snprintf(p, sizeof(p), "%s/s-walk", mnt);
+        assert_same(src, p, m, m);
         rl_idmap_free(m);
 
         /* A subvolume nested inside a tree goes with it. */
@@ -790,6 +799,7 @@ Test(tree, btrfs_trees_are_subvolumes_and_children_snapshots)
         int dir = open_dir(mnt);
         cr_assert_eq(rl_tree_remove(dir, "b", 1, NULL, &err), 0, "%s", err.msg);
         cr_assert_eq(rl_tree_remove(dir, "s", 2, NULL, &err), 0, "%s", err.msg);
+        cr_assert_eq(rl_tree_remove(dir, "s-walk", 2, NULL, &err), 0, "%s", err.msg);
         cr_assert_eq(rl_tree_remove(dir, "a", 2, NULL, &err), 0, "%s", err.msg);
         close(dir);
         cr_expect(access(b, F_OK) < 0 && access(a, F_OK) < 0);
