@@ -2,8 +2,10 @@
 /*
  * subvol.c owns the btrfs subvolume calls (driver/subvol.h).
  */
+#include <endian.h>
 #include <errno.h>
 #include <linux/btrfs.h>
+#include <linux/btrfs_tree.h>
 #include <linux/magic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,7 +59,7 @@ int rl_subvol_mkdir(int dir_fd, const char *name, mode_t mode)
 {
         if (rl_subvol_supported(dir_fd) && rl_subvol_create(dir_fd, name) == 0)
                 return 0;
-        return mkdirat(dir_fd, name, mode) < 0 ? -errno : 0;
+        return RL_NERRNO(mkdirat(dir_fd, name, mode));
 }
 
 int rl_subvol_snapshot(int src_fd, int dir_fd, const char *name)
@@ -69,17 +71,27 @@ int rl_subvol_snapshot(int src_fd, int dir_fd, const char *name)
         return ioctl(dir_fd, BTRFS_IOC_SNAP_CREATE_V2, &a) < 0 ? -errno : 0;
 }
 
-int rl_subvol_nested(int fd, char ***ret, size_t *ret_n)
+void rl_subvol_refs_free(rl_subvol_ref *refs, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                free(refs[i].path);
+        free(refs);
+}
+
+int rl_subvol_nested(int fd, rl_subvol_ref **ret, size_t *ret_n)
 {
         /* 4 KiB each: off the stack, which may be a worker thread's. */
         _cleanup_free_ struct btrfs_ioctl_get_subvol_rootref_args *refs = calloc(1, sizeof(*refs));
         _cleanup_free_ struct btrfs_ioctl_ino_lookup_user_args *look = malloc(sizeof(*look));
-        char **paths = NULL;
+        rl_subvol_ref *out = NULL;
         size_t n = 0;
         int r = 0;
 
         if (!refs || !look)
                 return -ENOMEM;
+        /* The ioctls answer for the subvolume fd is in, paths from fd: only its root will do. */
+        if (!rl_subvol_is_root(fd))
+                return -EINVAL;
         for (bool more = true; more && r == 0;) {
                 /* 255 references a call; EOVERFLOW says there are more, and min_treeid, which
                  * the kernel moved past the last one returned, is where the next call goes on. */
@@ -97,32 +109,70 @@ int rl_subvol_nested(int fd, char ***ret, size_t *ret_n)
                                 .dirid = refs->rootref[i].dirid,
                                 .treeid = refs->rootref[i].treeid,
                         };
-                        char **grown = realloc(paths, (n + 1) * sizeof(*paths));
+                        rl_subvol_ref *grown = realloc(out, (n + 1) * sizeof(*out));
                         if (!grown) {
                                 r = -ENOMEM;
                                 break;
                         }
-                        paths = grown;
+                        out = grown;
+                        out[n].id = refs->rootref[i].treeid;
                         if (ioctl(fd, BTRFS_IOC_INO_LOOKUP_USER, look) < 0)
                                 r = -errno;
-                        else if (asprintf(&paths[n], "%s%s", look->path, look->name) < 0)
+                        else if (asprintf(&out[n].path, "%s%s", look->path, look->name) < 0)
                                 r = -ENOMEM;
                         else
                                 n++;
                 }
         }
         if (r < 0) {
-                while (n > 0)
-                        free(paths[--n]);
-                free(paths);
+                rl_subvol_refs_free(out, n);
                 return r;
         }
-        *ret = paths;
+        *ret = out;
         *ret_n = n;
         return 0;
 }
 
-int rl_subvol_snapshot_time(int fd, struct timespec *ret)
+int rl_subvol_id(int fd, uint64_t *ret)
+{
+        _cleanup_free_ struct btrfs_ioctl_get_subvol_info_args *info = calloc(1, sizeof(*info));
+        if (!info)
+                return -ENOMEM;
+        if (ioctl(fd, BTRFS_IOC_GET_SUBVOL_INFO, info) < 0)
+                return -errno;
+        *ret = info->treeid;
+        return 0;
+}
+
+/* Does a subvolume with this UUID exist? 1, 0, or -errno (-EPERM: CAP_SYS_ADMIN needed). */
+static int uuid_exists(int fd, const uint8_t uuid[BTRFS_UUID_SIZE])
+{
+        _cleanup_free_ struct btrfs_ioctl_search_args *a = calloc(1, sizeof(*a));
+        uint64_t lo, hi;
+
+        if (!a)
+                return -ENOMEM;
+        /* The UUID tree keys a subvolume's UUID as (first 8 bytes, type, last 8 bytes),
+         * both halves little-endian. */
+        memcpy(&lo, uuid, sizeof(lo));
+        memcpy(&hi, uuid + sizeof(lo), sizeof(hi));
+        a->key = (struct btrfs_ioctl_search_key){
+                .tree_id = BTRFS_UUID_TREE_OBJECTID,
+                .min_objectid = le64toh(lo),
+                .max_objectid = le64toh(lo),
+                .min_offset = le64toh(hi),
+                .max_offset = le64toh(hi),
+                .max_transid = UINT64_MAX,
+                .min_type = BTRFS_UUID_KEY_SUBVOL,
+                .max_type = BTRFS_UUID_KEY_SUBVOL,
+                .nr_items = 1,
+        };
+        if (ioctl(fd, BTRFS_IOC_TREE_SEARCH, a) < 0)
+                return -errno;
+        return a->key.nr_items > 0;
+}
+
+int rl_subvol_source_time(int fd, struct timespec *ret)
 {
         static const uint8_t none[BTRFS_UUID_SIZE];
         _cleanup_free_ struct btrfs_ioctl_get_subvol_info_args *info = calloc(1, sizeof(*info));
@@ -135,6 +185,9 @@ int rl_subvol_snapshot_time(int fd, struct timespec *ret)
                 return -errno;
         if (!memcmp(info->parent_uuid, none, sizeof(none)))
                 return -ENOENT;
+        int r = uuid_exists(fd, info->parent_uuid);
+        if (r <= 0)
+                return r < 0 ? r : -ENOENT;
         *ret = (struct timespec){ .tv_sec = (time_t)info->otime.sec, .tv_nsec = info->otime.nsec };
         return 0;
 }

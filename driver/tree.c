@@ -836,18 +836,24 @@ static int make_tmp_root(int dst_dir_fd, char *name, size_t size, root_kind kind
 /* Subvolumes nested deeper than this in a snapshot's source: -ELOOP (a bound on recursion). */
 #define MAX_NESTED_DEPTH 32
 
-static int snapshot_nested(int src_fd, int dst_fd, unsigned depth, uint64_t *count,
-                           rl_error *err);
+static int snapshot_nested(int src_fd, int dst_fd, const rl_subvol_ref *refs, size_t n,
+                           unsigned depth, uint64_t *count, rl_error *err);
 
-/* Replace the stub at path (from dst_fd) by a snapshot of the subvolume at path from src_fd,
- * with what is nested in it in turn. The directory holding it keeps the source's times. */
-static int snapshot_one_nested(int src_fd, int dst_fd, char *path, unsigned depth,
+/* Replace the stub at nested->path (from dst_fd) by a snapshot of the subvolume there from
+ * src_fd, with what is nested in it in turn. The directory holding it keeps the source's
+ * times. -ESTALE where the source no longer has that subvolume there, or the snapshot no
+ * stub: the source changed since it was snapshotted. */
+static int snapshot_one_nested(int src_fd, int dst_fd, const rl_subvol_ref *nested, unsigned depth,
                                uint64_t *count, rl_error *err)
 {
         _cleanup_close_ int src = -EBADF, src_dir = -EBADF, dst_dir = -EBADF, sub = -EBADF;
-        char *slash = strrchr(path, '/');
+        _cleanup_free_ char *dir = NULL;
+        rl_subvol_ref *refs = NULL;
+        size_t n = 0;
+        const char *path = nested->path, *slash = strrchr(path, '/');
         const char *name = slash ? slash + 1 : path;
-        struct statx st;
+        struct statx st, stub;
+        uint64_t id;
         int r;
 
         if (depth >= MAX_NESTED_DEPTH)
@@ -856,18 +862,25 @@ static int snapshot_one_nested(int src_fd, int dst_fd, char *path, unsigned dept
         src = rl_openat_beneath(src_fd, path, O_RDONLY | O_DIRECTORY, 0);
         if (src < 0)
                 return rl_error_set(err, src, "open the nested subvolume '%s'", path);
+        if (!rl_subvol_is_root(src) || rl_subvol_id(src, &id) < 0 || id != nested->id)
+                return rl_error_set(err, -ESTALE, "'%s': no longer the subvolume it was", path);
         if (slash) {
-                *slash = '\0';
-                src_dir = rl_openat_beneath(src_fd, path, O_RDONLY | O_DIRECTORY, 0);
+                dir = strndup(path, (size_t)(slash - path));
+                if (!dir)
+                        return rl_error_set(err, -ENOMEM, "'%s'", path);
+                src_dir = rl_openat_beneath(src_fd, dir, O_RDONLY | O_DIRECTORY, 0);
                 dst_dir = src_dir < 0 ? src_dir
-                                      : rl_openat_beneath(dst_fd, path, O_RDONLY | O_DIRECTORY, 0);
-                *slash = '/';
+                                      : rl_openat_beneath(dst_fd, dir, O_RDONLY | O_DIRECTORY, 0);
                 if (dst_dir < 0)
                         return rl_error_set(err, dst_dir, "open the directory of '%s'", path);
         }
         int sdir = slash ? src_dir : src_fd, ddir = slash ? dst_dir : dst_fd;
         if (statx(sdir, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_ATIME | STATX_MTIME, &st) < 0)
                 return rl_error_set(err, -errno, "stat the directory of '%s'", path);
+        if (statx(ddir, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_INO, &stub) < 0)
+                return rl_error_set(err, -errno, "'%s': the snapshot's stub", path);
+        if (stub.stx_ino != RL_SUBVOL_STUB_INO)
+                return rl_error_set(err, -ESTALE, "'%s': the snapshot holds no stub there", path);
         if (unlinkat(ddir, name, AT_REMOVEDIR) < 0)
                 return rl_error_set(err, -errno, "'%s': remove the snapshot's stub", path);
         r = rl_subvol_snapshot(src, ddir, name);
@@ -883,28 +896,26 @@ static int snapshot_one_nested(int src_fd, int dst_fd, char *path, unsigned dept
         sub = openat(ddir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (sub < 0)
                 return rl_error_set(err, -errno, "open the snapshot of '%s'", path);
-        r = snapshot_nested(src, sub, depth + 1, count, err);
+        r = rl_subvol_nested(src, &refs, &n);
+        if (r < 0)
+                return rl_error_set(err, r, "list the subvolumes nested in '%s'", path);
+        r = snapshot_nested(src, sub, refs, n, depth + 1, count, err);
+        rl_subvol_refs_free(refs, n);
         return r < 0 ? rl_error_prefix(err, r, "'%s'", path) : 0;
 }
 
-/* A snapshot stops at the subvolumes nested in its source: each is an empty stub in it.
- * Snapshot each into its place, so that the tree is whole (as the walk would copy it). One
- * call when none is nested (the common case). */
-static int snapshot_nested(int src_fd, int dst_fd, unsigned depth, uint64_t *count,
-                           rl_error *err)
+/* A snapshot stops at the subvolumes nested in its source (refs, listed before it was
+ * taken): each is an empty stub in it. Snapshot each into its place, so that the tree is
+ * whole, as the walk would copy it. */
+static int snapshot_nested(int src_fd, int dst_fd, const rl_subvol_ref *refs, size_t n,
+                           unsigned depth, uint64_t *count, rl_error *err)
 {
-        char **paths = NULL;
-        size_t n = 0;
-        int r = rl_subvol_nested(src_fd, &paths, &n);
-        if (r < 0)
-                return rl_error_set(err, r, "list the subvolumes nested in the source");
         for (size_t i = 0; i < n; i++) {
-                if (r == 0)
-                        r = snapshot_one_nested(src_fd, dst_fd, paths[i], depth, count, err);
-                free(paths[i]);
+                int r = snapshot_one_nested(src_fd, dst_fd, &refs[i], depth, count, err);
+                if (r < 0)
+                        return r;
         }
-        free(paths);
-        return r;
+        return 0;
 }
 
 /* RL_TREE_SUBVOLUME: a snapshot where the source is a subvolume (its ids shifted in place
@@ -952,19 +963,34 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
 
         root_kind kind = root_kind_for(src_fd, dst_dir_fd, opts);
         uint64_t snapshots = 1, start_ns = rl_now_ns();
+        rl_subvol_ref *nested = NULL;
+        size_t n_nested = 0;
+        /* The subvolumes nested in the source, listed first: where that is not allowed
+         * (another user's directories on the way), the walk, with nothing made in vain. */
+        if (kind == ROOT_SNAPSHOT && rl_subvol_nested(src_fd, &nested, &n_nested) < 0)
+                kind = ROOT_SUBVOL;
         tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), kind, src_fd, err);
         if (tmp_fd >= 0 && kind == ROOT_SNAPSHOT) {
-                r = snapshot_nested(src_fd, tmp_fd, 0, &snapshots, err);
+                r = snapshot_nested(src_fd, tmp_fd, nested, n_nested, 0, &snapshots, err);
                 if (r < 0) {
                         close(tmp_fd);
-                        rl_tree_remove(dst_dir_fd, tmp_name, opts->jobs, NULL, NULL);
                         tmp_fd = r;
+                        /* What cannot be removed must not be left unsaid. */
+                        rl_error undo = {};
+                        int q = rl_tree_remove(dst_dir_fd, tmp_name, opts->jobs, NULL, &undo);
+                        if (q < 0) {
+                                rl_subvol_refs_free(nested, n_nested);
+                                return rl_error_prefix(err, r,
+                                                       "clone '%s' (its half-made '%s' stays: %s)",
+                                                       dst_name, tmp_name, undo.msg);
+                        }
                 }
         }
+        rl_subvol_refs_free(nested, n_nested);
         if (tmp_fd < 0 && kind == ROOT_SNAPSHOT) {
                 /* btrfs would not (another filesystem, a source we may not snapshot, a
-                 * nested subvolume we may not list): the walk does what the snapshot would
-                 * have. */
+                 * nested subvolume we may not snapshot): the walk does what the snapshot
+                 * would have. */
                 kind = ROOT_SUBVOL;
                 rl_error_clear(err);
                 tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), kind, src_fd, err);

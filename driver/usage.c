@@ -29,9 +29,10 @@ typedef struct usage_ctx {
         pthread_mutex_t lock; /* guards total */
         rl_usage total;
         rl_inoset seen; /* inodes with nlink > 1 already counted */
-        /* A btrfs snapshot: when it was taken. An entry whose ctime is older is the very
-         * inode of the snapshot's source, metadata and all (btrfs copies a leaf of its btree
-         * only when something in it changes). */
+        /* A btrfs snapshot whose source exists: when it was taken. An entry whose ctime is
+         * older is the very inode of the source, metadata and all (btrfs copies a leaf of
+         * its btree only when something in it changes), so long as the source has not
+         * changed it since (the store's parents never do). */
         bool snapshot;
         struct timespec snapshot_time;
 } usage_ctx;
@@ -41,8 +42,9 @@ typedef struct usage_worker {
         struct fiemap *fm;
 } usage_worker;
 
-/* In a btrfs snapshot, is the entry as the snapshot found it (its ctime older)? Then all
- * of it is its source's too: data, inline data (which FIEMAP never calls shared), inode. */
+/* In a btrfs snapshot whose source still exists, is the entry as the snapshot found it (its
+ * ctime older)? Then what FIEMAP cannot tell about, its metadata and its inline data, is
+ * the source's too. (Extents FIEMAP judges itself, from their back references.) */
 static bool unchanged_in_snapshot(const usage_ctx *c, const struct statx *st)
 {
         return c->snapshot && (st->stx_mask & STATX_CTIME) &&
@@ -51,9 +53,8 @@ static bool unchanged_in_snapshot(const usage_ctx *c, const struct statx *st)
                  st->stx_ctime.tv_nsec < (uint32_t)c->snapshot_time.tv_nsec));
 }
 
-/* Blocks counted whole (a directory's, a symlink's, any where FIEMAP is missing or needless):
- * shared if unchanged in a btrfs snapshot, else exclusive and, but for a regular file,
- * metadata. */
+/* Blocks counted whole (a directory's, a symlink's, any where FIEMAP is missing): shared if
+ * unchanged in a btrfs snapshot, else exclusive and, but for a regular file, metadata. */
 static void count_blocks(const usage_ctx *c, usage_worker *wk, const struct statx *st)
 {
         uint64_t blocks = st->stx_blocks * 512;
@@ -67,8 +68,10 @@ static void count_blocks(const usage_ctx *c, usage_worker *wk, const struct stat
                 wk->sum.bytes_metadata += blocks;
 }
 
-/* Sum the file's extents by whether they are shared. -EOPNOTSUPP: no FIEMAP here. */
-static int measure_extents(usage_worker *wk, int fd, uint64_t *excl, uint64_t *shared)
+/* Sum the file's extents by whether they are shared; data kept inline in metadata apart (no
+ * extent of its own: FIEMAP never calls it shared). -EOPNOTSUPP: no FIEMAP here. */
+static int measure_extents(usage_worker *wk, int fd, uint64_t *excl, uint64_t *shared,
+                           uint64_t *inl)
 {
         uint64_t start = 0;
 
@@ -90,7 +93,9 @@ static int measure_extents(usage_worker *wk, int fd, uint64_t *excl, uint64_t *s
                         return 0;
                 for (unsigned i = 0; i < fm->fm_mapped_extents; i++) {
                         const struct fiemap_extent *e = &fm->fm_extents[i];
-                        if (e->fe_flags & FIEMAP_EXTENT_SHARED)
+                        if (e->fe_flags & FIEMAP_EXTENT_DATA_INLINE)
+                                *inl += e->fe_length;
+                        else if (e->fe_flags & FIEMAP_EXTENT_SHARED)
                                 *shared += e->fe_length;
                         else
                                 *excl += e->fe_length;
@@ -121,7 +126,7 @@ static int usage_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name
         }
         wk->sum.inodes++;
         uint64_t blocks = st.stx_blocks * 512;
-        if (S_ISREG(st.stx_mode) && blocks > 0 && !unchanged_in_snapshot(ctx, &st)) {
+        if (S_ISREG(st.stx_mode) && blocks > 0) {
                 _cleanup_close_ int fd = openat(d->fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
                                                                   O_NOCTTY | O_CLOEXEC | O_NOATIME);
                 if (fd < 0 && errno == EPERM)
@@ -129,9 +134,13 @@ static int usage_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name
                                     O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
                 if (fd < 0)
                         return rl_error_set(err, -errno, "usage: open '%s/%s'", d->path, name);
-                uint64_t excl = 0, shared = 0;
-                int r = measure_extents(wk, fd, &excl, &shared);
+                uint64_t excl = 0, shared = 0, inl = 0;
+                int r = measure_extents(wk, fd, &excl, &shared, &inl);
                 if (r == 0) {
+                        if (unchanged_in_snapshot(ctx, &st))
+                                shared += inl;
+                        else
+                                excl += inl;
                         wk->sum.bytes += excl + shared;
                         wk->sum.bytes_exclusive += excl;
                         wk->sum.bytes_shared += shared;
@@ -190,7 +199,7 @@ RL_EXPORT int rl_usage_tree(int dir_fd, unsigned jobs, rl_usage *ret, rl_error *
 {
         usage_ctx c = { .lock = PTHREAD_MUTEX_INITIALIZER, .seen = RL_INOSET_INIT };
         c.snapshot =
-                rl_subvol_is_root(dir_fd) && rl_subvol_snapshot_time(dir_fd, &c.snapshot_time) == 0;
+                rl_subvol_is_root(dir_fd) && rl_subvol_source_time(dir_fd, &c.snapshot_time) == 0;
 
         int r = rl_walk_run(dir_fd, &usage_ops, &c, jobs, NULL, err);
         rl_inoset_done(&c.seen);

@@ -25,8 +25,10 @@ typedef struct rl_usage {
  * Usage of the tree of the directory dir_fd (borrowed), on `jobs` workers (0: online CPUs).
  * Regular files are measured by FIEMAP extents; where the filesystem has no FIEMAP (tmpfs),
  * and for directories and symlinks, allocated blocks count as exclusive. But where dir_fd
- * is the root of a btrfs snapshot, which shares its source's metadata (and inline data)
- * until it changes it: the blocks of an entry whose ctime is older than the snapshot count
- * as shared.
+ * is the root of a btrfs snapshot whose source still exists (looking it up takes
+ * CAP_SYS_ADMIN; without, this is not done), which shares the source's metadata and inline
+ * data until it changes them: those of an entry whose ctime is older than the snapshot
+ * count as shared. (That holds while the source does not change them either, as a store's
+ * parents never do.)
  */
 int rl_usage_tree(int dir_fd, unsigned jobs, rl_usage *ret, rl_error *err);

@@ -179,3 +179,44 @@ Test(cli, clone_subvolume_snapshots_on_btrfs)
         cr_assert(stat(p, &st) == 0);
         cr_expect_neq(st.st_ino, 256);
 }
+
+/* du of a btrfs snapshot: what it has not changed is its source's too, metadata and inline
+ * data included, for as long as the source exists; once the source is deleted, no longer. */
+Test(cli, du_of_a_btrfs_snapshot_counts_its_source)
+{
+        const char *mnt = rlt_mkfs(RLT_BTRFS, 0, "btrfs");
+        char rich[PATH_MAX], x[PATH_MAX], y[PATH_MAX];
+        rlt_make_rich_tree(mnt, "rich");
+        snprintf(rich, sizeof(rich), "%s/rich", mnt);
+        snprintf(x, sizeof(x), "%s/x", mnt);
+        snprintf(y, sizeof(y), "%s/y", mnt);
+        char *to_subvol[] = { cli(), "clone", "--subvolume", rich, x, NULL };
+        cr_assert_eq(rlt_run(to_subvol, out, sizeof(out)), 0, "%s", out);
+        char *snap[] = { cli(), "clone", "--subvolume", x, y, NULL };
+        cr_assert_eq(rlt_run(snap, out, sizeof(out)), 0, "%s", out);
+        cr_assert(strstr(out, "a snapshot"), "%s", out);
+
+        char *du[] = { cli(), "du", "--json", y, NULL };
+        json_error_t jerr;
+        cr_assert_eq(rlt_run(du, out, sizeof(out)), 0, "%s", out);
+        json_t *o = json_loads(out, 0, &jerr);
+        cr_assert(o, "not JSON (%s): %s", jerr.text, out);
+        cr_expect_eq(json_integer_value(json_object_get(o, "bytes_exclusive")), 0,
+                     "an unchanged snapshot owns nothing: %s", out);
+        cr_expect_gt(json_integer_value(json_object_get(o, "bytes_shared")), 0, "%s", out);
+        json_decref(o);
+
+        char *del[] = { "btrfs", "subvolume", "delete", x, NULL };
+        cr_assert_eq(rlt_run(del, out, sizeof(out)), 0, "%s", out);
+        cr_assert_eq(rlt_run(du, out, sizeof(out)), 0, "%s", out);
+        o = json_loads(out, 0, &jerr);
+        cr_assert(o, "not JSON (%s): %s", jerr.text, out);
+        /* Its symlinks' blocks and its inline data at once; the extents once btrfs's
+         * cleaner has dropped the deleted source's references (FIEMAP's business). */
+        cr_expect_gt(json_integer_value(json_object_get(o, "bytes_metadata")), 0,
+                     "its source gone, the snapshot's metadata is its own: %s", out);
+        cr_expect_gt(json_integer_value(json_object_get(o, "bytes_exclusive")),
+                     json_integer_value(json_object_get(o, "bytes_metadata")),
+                     "and so is its inline data: %s", out);
+        json_decref(o);
+}
