@@ -638,11 +638,11 @@ int main(int argc, char **argv)
                             rl_store_root(srv.store), rl_fsinfo_type(srv.fs));
         if (rl_fsinfo_inlines_small_files(srv.fs))
                 log_warning("%s keeps small files inline in its metadata, where a reflink "
-                            "cannot share them: a btrfs snapshot shares them (every Prepare "
-                            "and View from a layer this reflayer wrote), but a tree cloned "
-                            "file by file (from a parent an older reflayer wrote, no subvolume) "
-                            "copies them (about 12 MiB of a Debian rootfs); -o max_inline=0 "
-                            "before such layers are written avoids it",
+                            "cannot share them: a btrfs snapshot shares them, but a Prepare "
+                            "with uid/gid maps (which changes every inode) and a tree cloned "
+                            "file by file (from a parent an older reflayer wrote) copy them "
+                            "(about 12 MiB of a Debian rootfs); mount it with -o max_inline=0 "
+                            "before the layers are written",
                             rl_fsinfo_target(srv.fs));
         r = make_sockets(&listen_fd, &grpc_fd);
         if (r < 0) {

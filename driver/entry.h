@@ -14,6 +14,11 @@
 #include <reflayer/error.h>
 #include <reflayer/idmap.h>
 
+/* Buffers for one call each, never a size probe: a whole xattr name list (XATTR_LIST_MAX),
+ * one value (XATTR_SIZE_MAX) plus room for a v2 capability grown into v3. */
+#define RL_XATTR_LIST_BUF (64u * 1024)
+#define RL_XATTR_VALUE_BUF (64u * 1024 + 64)
+
 typedef struct rl_ref {
         int fd;     /* >= 0: this open entry */
         int dir_fd; /* else: name in dir_fd, symlinks not followed */

@@ -31,7 +31,6 @@
 #include "util.h"
 
 #define READ_BUF (1u << 20)
-#define XATTR_VALUE_BUF (64u * 1024 + 64) /* XATTR_SIZE_MAX, plus room for a v2→v3 cap */
 #define WHITEOUT ".wh."
 #define OPAQUE ".wh..wh..opq"
 #define PROGRESS_NS (100 * 1000000ULL)
@@ -561,14 +560,14 @@ static int set_meta(apply *a, struct archive_entry *e, const rl_ref *ref, const 
         while (archive_entry_xattr_next(e, &name, &value, &size) == ARCHIVE_OK) {
                 if (rl_xattr_is_alias(name))
                         continue;
-                if (size > XATTR_VALUE_BUF - 64)
+                if (size > RL_XATTR_VALUE_BUF - 64)
                         return rl_error_set(err, -EINVAL,
                                             "layer entry '%s': xattr '%s' of %zu bytes", path,
                                             name, size);
                 memcpy(a->xv, value, size);
                 if (o->uid_map || o->gid_map) {
                         r = rl_idmap_shift_xattr(o->uid_map, o->gid_map, o->keep_unmapped, name,
-                                                 a->xv, &size, XATTR_VALUE_BUF);
+                                                 a->xv, &size, RL_XATTR_VALUE_BUF);
                         if (r < 0)
                                 return rl_error_set(err, r,
                                                     "layer entry '%s': shift ids in xattr '%s'",
@@ -791,7 +790,7 @@ RL_EXPORT int rl_layer_apply(int dir_fd, int tar_fd, const rl_apply_options *opt
         _cleanup_(rl_sha256_freep) rl_sha256 *hblob = NULL;
         _cleanup_(rl_sha256_freep) rl_sha256 *htar = NULL;
         _cleanup_free_ char *rbuf = malloc(READ_BUF), *pbuf = malloc(READ_BUF),
-                            *xv = malloc(XATTR_VALUE_BUF);
+                            *xv = malloc(RL_XATTR_VALUE_BUF);
         struct archive *outer = archive_read_new(), *tar = archive_read_new();
         apply a = { .root_fd = dir_fd,
                     .opts = opts ? opts : &defaults,

@@ -20,10 +20,9 @@
 #include "util.h"
 #include "walk.h"
 
-#define XATTR_LIST_BUF (64u * 1024)       /* XATTR_LIST_MAX */
-#define XATTR_VALUE_BUF (64u * 1024 + 64) /* XATTR_SIZE_MAX, plus room for a v2→v3 cap */
 #define CAPABILITY_XATTR "security.capability"
-#define SHIFT_STATX (STATX_TYPE | STATX_MODE | STATX_NLINK | STATX_UID | STATX_GID | STATX_INO | STATX_SIZE)
+#define SHIFT_STATX                                                                                \
+        (STATX_TYPE | STATX_MODE | STATX_NLINK | STATX_UID | STATX_GID | STATX_INO | STATX_SIZE)
 
 typedef struct shift_ctx {
         const rl_tree_options *opts;
@@ -43,12 +42,17 @@ static int buffers(shift_worker *wk, const char *path, rl_error *err)
 {
         if (wk->names)
                 return 0;
-        /* XATTR_LIST_MAX and XATTR_SIZE_MAX: one call each, never a size probe. */
-        wk->names = malloc(XATTR_LIST_BUF);
-        wk->value = malloc(XATTR_VALUE_BUF);
-        wk->cap = malloc(XATTR_VALUE_BUF);
-        if (!wk->names || !wk->value || !wk->cap)
+        char *names = malloc(RL_XATTR_LIST_BUF), *value = malloc(RL_XATTR_VALUE_BUF),
+             *cap = malloc(RL_XATTR_VALUE_BUF);
+        if (!names || !value || !cap) {
+                free(names);
+                free(value);
+                free(cap);
                 return rl_error_set(err, -ENOMEM, "'%s': xattrs", path);
+        }
+        wk->names = names;
+        wk->value = value;
+        wk->cap = cap;
         return 0;
 }
 
@@ -67,16 +71,19 @@ static int shift_xattrs(const shift_ctx *c, shift_worker *wk, const rl_ref *ref,
         *cap_size = 0;
         if ((r = buffers(wk, path, err)) < 0)
                 return r;
-        ssize_t len = rl_ref_listxattr(ref, wk->names, XATTR_LIST_BUF);
-        if (len < 0)
-                return errno == EOPNOTSUPP ? 0 : rl_error_set(err, -errno, "'%s': list xattrs", path);
+        ssize_t len = rl_ref_listxattr(ref, wk->names, RL_XATTR_LIST_BUF);
+        if (len < 0) {
+                if (errno == EOPNOTSUPP)
+                        return 0;
+                return rl_error_set(err, -errno, "'%s': list xattrs", path);
+        }
         for (const char *n = wk->names; n < wk->names + len; n += strlen(n) + 1) {
                 bool is_cap = strcmp(n, CAPABILITY_XATTR) == 0;
                 if (!is_cap && strcmp(n, "system.posix_acl_access") != 0 &&
                     strcmp(n, "system.posix_acl_default") != 0)
                         continue; /* no ids inside: the snapshot has it right already */
                 char *buf = is_cap ? wk->cap : wk->value;
-                ssize_t vlen = rl_ref_getxattr(ref, n, buf, XATTR_VALUE_BUF - 64);
+                ssize_t vlen = rl_ref_getxattr(ref, n, buf, RL_XATTR_VALUE_BUF - 64);
                 if (vlen < 0) {
                         if (errno == ENODATA)
                                 continue;
@@ -84,7 +91,7 @@ static int shift_xattrs(const shift_ctx *c, shift_worker *wk, const rl_ref *ref,
                 }
                 size_t size = (size_t)vlen;
                 r = rl_idmap_shift_xattr(o->uid_map, o->gid_map, keep, n, buf, &size,
-                                         XATTR_VALUE_BUF);
+                                         RL_XATTR_VALUE_BUF);
                 if (r < 0)
                         return rl_error_set(err, r, "'%s': shift ids in xattr '%s'", path, n);
                 if (is_cap) {
@@ -141,8 +148,8 @@ static int shift_one(shift_ctx *c, shift_worker *wk, const rl_ref *ref, const st
                          st->stx_gid, path, &uid, &gid, err);
         if (r < 0)
                 return r;
-        /* A symlink can carry neither an ACL nor a capability: no list to read. */
-        if (!S_ISLNK(st->stx_mode) && (r = shift_xattrs(c, wk, ref, path, &cap_size, err)) < 0)
+        r = shift_xattrs(c, wk, ref, path, &cap_size, err);
+        if (r < 0)
                 return r;
         if (uid != st->stx_uid || gid != st->stx_gid) {
                 r = rl_ref_chown(ref, uid, gid, path, err);
@@ -229,7 +236,7 @@ int rl_shift_tree(int root_fd, const rl_tree_options *opts, rl_tree_stats *stats
         rl_inoset_done(&c.seen);
         pthread_mutex_destroy(&c.stats_lock);
         if (r < 0)
-                return rl_error_prefix(err, r, "shift ids");
+                return rl_error_prefix(err, r, "owners in place");
         *stats = c.stats;
         return 0;
 }

@@ -32,8 +32,6 @@
 
 #define STATX_WANT (STATX_TYPE | STATX_MODE | STATX_NLINK | STATX_UID | STATX_GID |            \
                     STATX_ATIME | STATX_MTIME | STATX_INO | STATX_SIZE)
-#define XATTR_LIST_BUF (64u * 1024)       /* XATTR_LIST_MAX */
-#define XATTR_VALUE_BUF (64u * 1024 + 64) /* XATTR_SIZE_MAX, plus room for a v2→v3 cap */
 #define PROGRESS_EVERY 128                /* entries between clock reads, per worker */
 
 /* --- hardlinks: one destination inode per source inode ------------------------------- */
@@ -150,12 +148,12 @@ static int copy_xattrs(clone_worker *wk, const ref *src, const ref *dst, const c
 
         if (!wk->names) {
                 /* XATTR_LIST_MAX and XATTR_SIZE_MAX: one call each, never a size probe. */
-                wk->names = malloc(XATTR_LIST_BUF);
-                wk->value = malloc(XATTR_VALUE_BUF);
+                wk->names = malloc(RL_XATTR_LIST_BUF);
+                wk->value = malloc(RL_XATTR_VALUE_BUF);
                 if (!wk->names || !wk->value)
                         return rl_error_set(err, -ENOMEM, "'%s': xattrs", path);
         }
-        ssize_t len = rl_ref_listxattr(src, wk->names, XATTR_LIST_BUF);
+        ssize_t len = rl_ref_listxattr(src, wk->names, RL_XATTR_LIST_BUF);
         if (len < 0) {
                 if (errno == EOPNOTSUPP)
                         return 0; /* the source has none to give */
@@ -164,7 +162,7 @@ static int copy_xattrs(clone_worker *wk, const ref *src, const ref *dst, const c
         for (const char *n = wk->names; n < wk->names + len; n += strlen(n) + 1) {
                 if (rl_xattr_is_alias(n))
                         continue;
-                ssize_t vlen = rl_ref_getxattr(src, n, wk->value, XATTR_VALUE_BUF - 64);
+                ssize_t vlen = rl_ref_getxattr(src, n, wk->value, RL_XATTR_VALUE_BUF - 64);
                 if (vlen < 0) {
                         if (errno == ENODATA)
                                 continue; /* removed since it was listed */
@@ -174,7 +172,7 @@ static int copy_xattrs(clone_worker *wk, const ref *src, const ref *dst, const c
                 if (shift) {
                         int r = rl_idmap_shift_xattr(o->uid_map, o->gid_map,
                                                      o->flags & RL_TREE_KEEP_UNMAPPED, n,
-                                                     wk->value, &size, XATTR_VALUE_BUF);
+                                                     wk->value, &size, RL_XATTR_VALUE_BUF);
                         if (r < 0)
                                 return rl_error_set(err, r, "'%s': shift ids in xattr '%s'",
                                                     path, n);
@@ -963,6 +961,7 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
 
         root_kind kind = root_kind_for(src_fd, dst_dir_fd, opts);
         uint64_t snapshots = 1, start_ns = rl_now_ns();
+        rl_tree_stats shifted = {};
         rl_subvol_ref *nested = NULL;
         size_t n_nested = 0;
         /* The subvolumes nested in the source, listed first: where that is not allowed
@@ -972,14 +971,21 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
         tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), kind, src_fd, err);
         if (tmp_fd >= 0 && kind == ROOT_SNAPSHOT) {
                 r = snapshot_nested(src_fd, tmp_fd, nested, n_nested, 0, &snapshots, err);
+                /* With id maps, the snapshot's owners are shifted in place: metadata only,
+                 * where the walk would make every entry anew. */
+                if (r == 0 && (opts->uid_map || opts->gid_map))
+                        r = rl_shift_tree(tmp_fd, opts, &shifted, err);
                 if (r < 0) {
                         close(tmp_fd);
                         tmp_fd = r;
                         /* What cannot be removed must not be left unsaid. */
                         rl_error undo = {};
                         int q = rl_tree_remove(dst_dir_fd, tmp_name, opts->jobs, NULL, &undo);
-                        if (q < 0) {
+                        if (q < 0 || r == -ERANGE || r == -ECANCELED) {
+                                /* Or the walk would stop where the shift did. */
                                 rl_subvol_refs_free(nested, n_nested);
+                                if (q == 0)
+                                        return rl_error_prefix(err, r, "clone '%s'", dst_name);
                                 return rl_error_prefix(err, r,
                                                        "clone '%s' (its half-made '%s' stays: %s)",
                                                        dst_name, tmp_name, undo.msg);
@@ -989,8 +995,9 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
         rl_subvol_refs_free(nested, n_nested);
         if (tmp_fd < 0 && kind == ROOT_SNAPSHOT) {
                 /* btrfs would not (another filesystem, a source we may not snapshot, a
-                 * nested subvolume we may not snapshot): the walk does what the snapshot
-                 * would have. */
+                 * nested subvolume we may not snapshot), or the shift could not change an
+                 * inode (immutable: a snapshot keeps the flag, the walk does not copy it):
+                 * the walk does what the snapshot would have. */
                 kind = ROOT_SUBVOL;
                 rl_error_clear(err);
                 tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), kind, src_fd, err);
@@ -1020,14 +1027,11 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
         atomic_init(&c.progress_bytes, 0);
         atomic_init(&c.progress_last_ns, c.start_ns);
 
-        /* A snapshot is the whole tree already; with id maps, its owners are shifted in
-         * place (metadata only, where the walk would make every entry anew). */
-        if (kind != ROOT_SNAPSHOT)
-                r = rl_walk_run(src_fd, &clone_ops, &c, opts->jobs, opts->cancel, err);
-        else if (opts->uid_map || opts->gid_map)
-                r = rl_shift_tree(tmp_fd, opts, &c.stats, err);
-        else
-                r = 0;
+        /* A snapshot is the whole tree already (shifted above). */
+        c.stats = shifted;
+        r = kind == ROOT_SNAPSHOT
+                    ? 0
+                    : rl_walk_run(src_fd, &clone_ops, &c, opts->jobs, opts->cancel, err);
         link_map_clear(&c.links);
         pthread_mutex_destroy(&c.stats_lock);
         pthread_mutex_destroy(&c.progress_lock);

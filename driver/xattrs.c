@@ -7,10 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "entry.h"
 #include "util.h"
 #include "xattrs.h"
 
-#define XATTR_LIST_BUF (64u * 1024) /* XATTR_LIST_MAX */
 #define XATTR_SIZE_BUF (64u * 1024) /* XATTR_SIZE_MAX */
 
 static int by_name(const void *a, const void *b)
@@ -25,11 +25,11 @@ int rl_xattrs_load(rl_xattrs *x, const rl_ref *r)
         x->n = 0;
         if (!x->names) {
                 /* XATTR_LIST_MAX: one call, never a size probe that can race a setxattr. */
-                x->names = malloc(XATTR_LIST_BUF);
+                x->names = malloc(RL_XATTR_LIST_BUF);
                 if (!x->names)
                         return -ENOMEM;
         }
-        ssize_t len = rl_ref_listxattr(r, x->names, XATTR_LIST_BUF);
+        ssize_t len = rl_ref_listxattr(r, x->names, RL_XATTR_LIST_BUF);
         if (len < 0)
                 return errno == EOPNOTSUPP ? 0 : -errno;
 

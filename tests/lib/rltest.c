@@ -330,6 +330,16 @@ static void set_times(int dir_fd, unsigned *k)
         closedir(d);
 }
 
+void rlt_set_cap(const char *path)
+{
+        struct vfs_cap_data cap = {
+                .magic_etc = htole32(VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE),
+                .data = { { htole32(1u << CAP_NET_RAW), 0 }, { 0, 0 } },
+        };
+        cr_assert(lsetxattr(path, "security.capability", &cap, XATTR_CAPS_SZ_2, 0) == 0,
+                  "setcap %s: %s", path, strerror(errno));
+}
+
 void rlt_make_rich_tree(const char *dir, const char *name)
 {
         char root[PATH_MAX], p[PATH_MAX];
@@ -410,13 +420,8 @@ void rlt_make_rich_tree(const char *dir, const char *name)
         put_xattr(p, "trusted.link", "on a symlink");
         snprintf(p, sizeof(p), "%s/dev/fifo", root);
         put_xattr(p, "trusted.fifo", "on a fifo");
-        struct vfs_cap_data cap = {
-                .magic_etc = htole32(VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE),
-                .data = { { htole32(1u << CAP_NET_RAW), 0 }, { 0, 0 } },
-        };
         snprintf(p, sizeof(p), "%s/bin/ping", root);
-        cr_assert(setxattr(p, "security.capability", &cap, XATTR_CAPS_SZ_2, 0) == 0,
-                  "setcap: %s", strerror(errno));
+        rlt_set_cap(p);
 
         unsigned k = 0;
         int rfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOATIME);

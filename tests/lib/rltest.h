@@ -43,6 +43,10 @@ const char *rlt_mkfs(rlt_fs fs, uint64_t size_mb, const char *name);
  * stdout and stderr go to that buffer (NUL-terminated). */
 int rlt_run(char *const argv[], char *out, size_t out_size);
 
+/* A v2 file capability (cap_net_raw+ep), as setcap writes it for host root; on a symlink
+ * too (lsetxattr). */
+void rlt_set_cap(const char *path);
+
 /* Build the reference tree under dir/name: every entry kind, modes, owners, times, xattrs,
  * ACLs, a capability, hardlinks, sparse and empty files, odd names. */
 void rlt_make_rich_tree(const char *dir, const char *name);

@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
 #include <sys/capability.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -874,4 +876,88 @@ Test(tree, btrfs_snapshots_take_nested_subvolumes_along)
         close(dir);
         cr_expect(access(a, F_OK) < 0 && access(b, F_OK) < 0);
         cr_expect_eq(subvolumes(mnt), before - 1, "subvolumes left after removal");
+}
+
+/* The in-place shift of a btrfs snapshot gives what the walk gives, on what the rich tree
+ * lacks: an owner outside the maps (kept, or -ERANGE with nothing left), a capability on a
+ * hardlinked file and on a symlink, a uid map alone; and an immutable file, which the shift
+ * cannot chown, sends the clone to the walk. */
+Test(tree, btrfs_shift_in_place_matches_the_walk)
+{
+        const char *mnt = rlt_mkfs(RLT_BTRFS, 0, "btrfs");
+        char rich[PATH_MAX], base[PATH_MAX], p[PATH_MAX + 32], q[PATH_MAX + 32];
+        rl_tree_options sub = { .flags = RL_TREE_SUBVOLUME };
+        rl_tree_stats st;
+        rl_error err = {};
+        rlt_make_rich_tree(mnt, "rich");
+        snprintf(rich, sizeof(rich), "%s/rich", mnt);
+        snprintf(base, sizeof(base), "%s/base", mnt);
+        cr_assert_eq(clone_path(rich, mnt, "base", &sub, &st, &err), 0, "%s", err.msg);
+        cr_assert(is_subvolume(base));
+        snprintf(p, sizeof(p), "%s/outside", base);
+        rlt_write_file(p, 100, 1);
+        cr_assert(chown(p, 70000, 70000) == 0);
+        snprintf(p, sizeof(p), "%s/capf", base);
+        rlt_write_file(p, 5000, 2);
+        snprintf(q, sizeof(q), "%s/capf2", base);
+        cr_assert(link(p, q) == 0);
+        rlt_set_cap(p);
+        snprintf(p, sizeof(p), "%s/symcap", base);
+        cr_assert(symlink("capf", p) == 0);
+        rlt_set_cap(p);
+
+        rl_idmap *m = NULL;
+        cr_assert_eq(rl_idmap_new(&m, &err), 0);
+        cr_assert_eq(rl_idmap_parse(m, "0:100000:65536", &err), 0, "%s", err.msg);
+        const rl_idmap *maps[][2] = { { m, m }, { m, NULL } };
+        for (int i = 0; i < 2; i++) {
+                char sh[32], wk[32], a[PATH_MAX], b[PATH_MAX];
+                snprintf(sh, sizeof(sh), "shifted-%d", i);
+                snprintf(wk, sizeof(wk), "walked-%d", i);
+                rl_tree_options o = { .flags = RL_TREE_SUBVOLUME | RL_TREE_KEEP_UNMAPPED,
+                                      .uid_map = maps[i][0],
+                                      .gid_map = maps[i][1] };
+                cr_assert_eq(clone_path(base, mnt, sh, &o, &st, &err), 0, "%s", err.msg);
+                cr_expect_eq(st.snapshots, 1, "map set %d: no snapshot", i);
+                rl_tree_options w = o;
+                w.flags = RL_TREE_KEEP_UNMAPPED;
+                cr_assert_eq(clone_path(base, mnt, wk, &w, &st, &err), 0, "%s", err.msg);
+                cr_expect_eq(st.snapshots, 0);
+                snprintf(a, sizeof(a), "%s/%s", mnt, wk);
+                snprintf(b, sizeof(b), "%s/%s", mnt, sh);
+                assert_same(a, b, NULL, NULL);
+                snprintf(p, sizeof(p), "%s/outside", b);
+                struct stat ost;
+                cr_assert(stat(p, &ost) == 0);
+                cr_expect(ost.st_uid == 70000 && ost.st_gid == 70000, "an unmapped owner moved");
+        }
+
+        /* Without RL_TREE_KEEP_UNMAPPED: -ERANGE naming the file, nothing left behind. */
+        rl_tree_options strict = { .flags = RL_TREE_SUBVOLUME, .uid_map = m, .gid_map = m };
+        cr_expect_eq(clone_path(base, mnt, "strict", &strict, &st, &err), -ERANGE);
+        cr_expect(strstr(err.msg, "'outside'"), "%s", err.msg);
+        snprintf(p, sizeof(p), "%s/strict", mnt);
+        cr_expect(access(p, F_OK) < 0 && !rlt_dir_has_prefix(mnt, ".rl-clone-"),
+                  "a failed shift left something behind");
+
+        /* An immutable file: the snapshot keeps the flag, chown fails, the walk serves. */
+        snprintf(p, sizeof(p), "%s/imm", base);
+        rlt_write_file(p, 10, 3);
+        int fd = open(p, O_RDONLY | O_CLOEXEC);
+        int flags = 0;
+        cr_assert(fd >= 0 && ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0);
+        flags |= FS_IMMUTABLE_FL;
+        cr_assert(ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0, "chattr +i: %s", strerror(errno));
+        rl_tree_options keep = strict;
+        keep.flags |= RL_TREE_KEEP_UNMAPPED;
+        cr_assert_eq(clone_path(base, mnt, "imm", &keep, &st, &err), 0, "%s", err.msg);
+        cr_expect_eq(st.snapshots, 0, "the clone of an immutable file was no walk");
+        cr_expect_gt(st.entries, 10);
+        snprintf(q, sizeof(q), "%s/imm", mnt);
+        cr_expect(is_subvolume(q));
+        cr_expect(!rlt_dir_has_prefix(mnt, ".rl-clone-"));
+        flags &= ~FS_IMMUTABLE_FL;
+        cr_assert(ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0);
+        close(fd);
+        rl_idmap_free(m);
 }
