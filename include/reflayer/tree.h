@@ -20,8 +20,10 @@ typedef enum rl_tree_flags {
         /* On btrfs, the new tree is a subvolume: a snapshot of the source when the source
          * is one (one call, no walk: the stats stay 0 but elapsed_ns and snapshots),
          * subvolumes nested in it snapshotted into place too, and with id maps its owners
-         * shifted in place (the stats count what was shifted); else a new subvolume the
-         * walk fills. Elsewhere, a directory as without it. */
+         * shifted in place (the stats count what was shifted); else, or where that cannot
+         * be done (a nested subvolume the caller may not list, an immutable inode the shift
+         * cannot chown), a new subvolume the walk fills. Elsewhere, a directory as
+         * without it. */
         RL_TREE_SUBVOLUME = 1 << 2,
 } rl_tree_flags;
 
