@@ -15,7 +15,8 @@
 #   - an overlayfs mount over the same tree: the mount(2) call, timed in C;
 #   - Remove latency (every Remove of a prepared snapshot: p50 and max);
 #   - chown -R 100000:100000 of the whole tree (plus a syncfs) on a reflayer snapshot and on
-#     an overlayfs mount: time, files copied up, new data blocks, filesystem blocks used; and
+#     an overlayfs mount: time, files copied up, new file data blocks (usage or du exclusive
+#     minus metadata), filesystem blocks used; and
 #     the reflayer way to shift owners, Prepare with --uid-map/--gid-map;
 #   - 50 snapshots of the rootfs: filesystem blocks used (df); new file data (the sum of
 #     `reflayer usage` exclusive minus metadata bytes: extents of regular files no other file
@@ -68,6 +69,15 @@ ctrs() { ctr_ snapshots --snapshotter native "$@"; }
 df_used() { sync -f "$MNT"; df -B1 --output=used "$MNT" | tail -n 1 | tr -d ' '; }
 exclusive() { rl --json usage "$1" | grep -o '"exclusive":[0-9]*' | cut -d: -f2; }
 metadata() { rl --json usage "$1" | grep -o '"metadata":[0-9]*' | cut -d: -f2; }
+# own_data JSON: of a usage (or du --json) object, the file data no other file shares
+# (exclusive minus metadata: directories and symlinks are not data, and on btrfs a snapshot
+# shares them only until their inode changes, as a chown changes every one).
+own_data() {
+        local e m
+        e=$(grep -o '"\(bytes_\)\?exclusive":[0-9]*' <<<"$1" | cut -d: -f2)
+        m=$(grep -o '"\(bytes_\)\?metadata":[0-9]*' <<<"$1" | cut -d: -f2)
+        echo $((e - m))
+}
 # pb_prepare PARENT KEY [maps]: the Prepare's seconds in T, the tree in SRC.
 pb_prepare() {
         local out
@@ -171,11 +181,11 @@ chown_timed() {
 step_chown_rl() {
         local k=chown-$NAME-$1 e0 e1 d0 d1
         pb_prepare "base-$NAME" "$k"
-        e0=$(exclusive "$k")
+        e0=$(own_data "$(rl --json usage "$k")")
         d0=$(df_used)
         add chown_rl "$(chown_timed "$SRC")"
         d1=$(df_used)
-        e1=$(exclusive "$k")
+        e1=$(own_data "$(rl --json usage "$k")")
         add chown_rl_new $((e1 - e0))
         add chown_rl_df $((d1 - d0))
         add chown_rl_files 0
@@ -190,7 +200,7 @@ step_chown_ovl() {
         add chown_ovl_df $((d1 - d0))
         add chown_ovl_files "$(find "$d/u" -type f | wc -l)"
         add chown_ovl_du "$(du -s -B1 "$d/u" | cut -f1)"
-        add chown_ovl_new "$("$CLI" du --json "$d/u" | grep -o '"bytes_exclusive":[0-9]*' | cut -d: -f2)"
+        add chown_ovl_new "$(own_data "$("$CLI" du --json "$d/u")")"
         ovl_drop "$d"
 }
 step_shift() {
@@ -200,7 +210,7 @@ step_shift() {
         d1=$(df_used)
         add shift "$T"
         add shift_df $((d1 - d0))
-        add shift_new "$(exclusive "$k")"
+        add shift_new "$(own_data "$(rl --json usage "$k")")"
         [[ $(stat -c %u:%g "$SRC/etc/passwd") == 100000:100000 ]] ||
                 die "Prepare --uid-map $MAP: $SRC/etc/passwd is $(stat -c %u:%g "$SRC/etc/passwd"), not 100000:100000"
         pb_remove "$k"
