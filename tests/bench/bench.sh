@@ -66,7 +66,16 @@ secs() { echo "($2 - $1) / 1000000000" | bc -l; }
 rl() { "$CLI" --socket "$SOCK" "$@"; }
 ctr_() { ctr -a "$CSOCK" -n bench "$@"; }
 ctrs() { ctr_ snapshots --snapshotter native "$@"; }
-df_used() { sync -f "$MNT"; df -B1 --output=used "$MNT" | tail -n 1 | tr -d ' '; }
+# df_used: the filesystem's used bytes, once what was deleted is freed: btrfs frees a
+# deleted subvolume's blocks later, in its cleaner thread (a commit wakes it; the sync waits).
+df_used() {
+        if [[ $FS == btrfs ]]; then
+                btrfs filesystem sync "$MNT" >/dev/null && btrfs subvolume sync "$MNT" >/dev/null ||
+                        die "btrfs sync of $MNT failed"
+        fi
+        sync -f "$MNT"
+        df -B1 --output=used "$MNT" | tail -n 1 | tr -d ' '
+}
 exclusive() { rl --json usage "$1" | grep -o '"exclusive":[0-9]*' | cut -d: -f2; }
 metadata() { rl --json usage "$1" | grep -o '"metadata":[0-9]*' | cut -d: -f2; }
 # own_data JSON: of a usage (or du --json) object, the file data no other file shares
