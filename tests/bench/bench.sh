@@ -66,12 +66,13 @@ secs() { echo "($2 - $1) / 1000000000" | bc -l; }
 rl() { "$CLI" --socket "$SOCK" "$@"; }
 ctr_() { ctr -a "$CSOCK" -n bench "$@"; }
 ctrs() { ctr_ snapshots --snapshotter native "$@"; }
-# df_used: the filesystem's used bytes, once what was deleted is freed: btrfs frees a
-# deleted subvolume's blocks later, in its cleaner thread (a commit wakes it; the sync waits).
+# df_used: the filesystem's used bytes, once what was deleted is freed: btrfs drops a
+# deleted subvolume later, in its cleaner thread (a commit wakes it, subvolume sync waits for
+# it), and the blocks it frees count as free only after the next commit.
 df_used() {
         if [[ $FS == btrfs ]]; then
-                btrfs filesystem sync "$MNT" >/dev/null && btrfs subvolume sync "$MNT" >/dev/null ||
-                        die "btrfs sync of $MNT failed"
+                { btrfs filesystem sync "$MNT" && btrfs subvolume sync "$MNT" &&
+                        btrfs filesystem sync "$MNT"; } >/dev/null || die "btrfs sync of $MNT failed"
         fi
         sync -f "$MNT"
         df -B1 --output=used "$MNT" | tail -n 1 | tr -d ' '
