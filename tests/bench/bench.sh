@@ -88,6 +88,20 @@ own_data() {
         m=$(grep -o '"\(bytes_\)\?metadata":[0-9]*' <<<"$1" | cut -d: -f2)
         echo $((e - m))
 }
+# df_settled: df_used once two readings a second apart agree (at most 60 s): what the steps
+# before left to be freed in the background (containerd's removals) is freed by then, so
+# that it does not come off the next measurement.
+df_settled() {
+        local a b i
+        a=$(df_used)
+        for ((i = 0; i < 60; i++)); do
+                sleep 1
+                b=$(df_used)
+                [[ $a == "$b" ]] && break
+                a=$b
+        done
+        echo "$b"
+}
 # pb_prepare PARENT KEY [maps]: the Prepare's seconds in T, the tree in SRC.
 pb_prepare() {
         local out
@@ -255,7 +269,7 @@ fifty() {
         local d0 d1 keys=() k sum=0 meta=0 m
         for k in $(seq 50); do keys+=("s50-$NAME-$k"); done
         rl cleanup
-        d0=$(df_used)
+        d0=$(df_settled)
         "$PB" prepare "$SOCK" "base-$NAME" "${keys[@]}" >/dev/null || die "50 Prepares failed"
         d1=$(df_used)
         for k in "${keys[@]}"; do
