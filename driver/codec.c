@@ -11,8 +11,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "treestats.h"
 #include "codec.h"
+#include "treestats.h"
 #include "util.h"
 
 json_t *rl_json_string_lossy(const char *s)
@@ -187,8 +187,7 @@ void rl_usage_from_json(json_t *o, rl_usage *ret)
         };
 }
 
-/* The counters of rl_tree_stats by their JSON names, for both directions. */
-
+/* The counters of rl_tree_stats by their JSON names (treestats.h), for both directions. */
 json_t *rl_clone_result_to_json(const char *src, const char *dst, const char *fstype,
                                 rl_reflink reflink, const rl_tree_stats *st)
 {

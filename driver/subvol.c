@@ -133,12 +133,24 @@ int rl_subvol_nested(int fd, rl_subvol_ref **ret, size_t *ret_n)
         return 0;
 }
 
+/* The subvolume item of fd's subvolume (id, UUIDs, when it was made): malloc'd, or NULL
+ * and errno. */
+static struct btrfs_ioctl_get_subvol_info_args *subvol_info(int fd)
+{
+        struct btrfs_ioctl_get_subvol_info_args *info = calloc(1, sizeof(*info));
+        if (info && ioctl(fd, BTRFS_IOC_GET_SUBVOL_INFO, info) < 0) {
+                int saved = errno;
+                free(info);
+                errno = saved;
+                return NULL;
+        }
+        return info;
+}
+
 int rl_subvol_id(int fd, uint64_t *ret)
 {
-        _cleanup_free_ struct btrfs_ioctl_get_subvol_info_args *info = calloc(1, sizeof(*info));
+        _cleanup_free_ struct btrfs_ioctl_get_subvol_info_args *info = subvol_info(fd);
         if (!info)
-                return -ENOMEM;
-        if (ioctl(fd, BTRFS_IOC_GET_SUBVOL_INFO, info) < 0)
                 return -errno;
         *ret = info->treeid;
         return 0;
@@ -175,13 +187,11 @@ static int uuid_exists(int fd, const uint8_t uuid[BTRFS_UUID_SIZE])
 int rl_subvol_source_time(int fd, struct timespec *ret)
 {
         static const uint8_t none[BTRFS_UUID_SIZE];
-        _cleanup_free_ struct btrfs_ioctl_get_subvol_info_args *info = calloc(1, sizeof(*info));
-
-        if (!info)
-                return -ENOMEM;
         /* The root directory's own times are the source's (a snapshot copies its inode);
          * the subvolume's item has when it was made, and of what. */
-        if (ioctl(fd, BTRFS_IOC_GET_SUBVOL_INFO, info) < 0)
+        _cleanup_free_ struct btrfs_ioctl_get_subvol_info_args *info = subvol_info(fd);
+
+        if (!info)
                 return -errno;
         if (!memcmp(info->parent_uuid, none, sizeof(none)))
                 return -ENOENT;

@@ -25,8 +25,8 @@
 #include "entry.h"
 #include "inoset.h"
 #include "shift.h"
-#include "treestats.h"
 #include "subvol.h"
+#include "treestats.h"
 #include "util.h"
 #include "walk.h"
 
@@ -916,6 +916,47 @@ static int snapshot_nested(int src_fd, int dst_fd, const rl_subvol_ref *refs, si
         return 0;
 }
 
+/*
+ * ROOT_SNAPSHOT: the temporary root as a snapshot of the subvolume src_fd, the subvolumes
+ * nested in it snapshotted into place, its owners shifted in place where there are maps
+ * (*shifted: what was). Its fd, or -errno, with *fall_back true where the walk may do it
+ * instead: btrfs would not (a nested subvolume we may not list or snapshot), or the shift
+ * could not change an inode (immutable: a snapshot keeps the flag, the walk never copies
+ * it). Not after an id outside the maps or a cancel, where the walk would stop too, nor
+ * when what was made cannot be removed (said in err).
+ */
+static int snapshot_root(int src_fd, int dst_dir_fd, char *tmp_name, size_t size,
+                         const rl_tree_options *opts, uint64_t *snapshots,
+                         rl_tree_stats *shifted, bool *fall_back, rl_error *err)
+{
+        rl_subvol_ref *nested = NULL;
+        size_t n_nested = 0;
+        int r;
+
+        *fall_back = true;
+        /* Listed first: where that is not allowed (another user's directories on the way),
+         * nothing is made in vain. */
+        r = rl_subvol_nested(src_fd, &nested, &n_nested);
+        if (r < 0)
+                return rl_error_set(err, r, "list the subvolumes nested in the source");
+        int fd = make_tmp_root(dst_dir_fd, tmp_name, size, ROOT_SNAPSHOT, src_fd, err);
+        r = fd < 0 ? fd : snapshot_nested(src_fd, fd, nested, n_nested, 0, snapshots, err);
+        rl_subvol_refs_free(nested, n_nested);
+        if (r == 0 && (opts->uid_map || opts->gid_map))
+                r = rl_shift_tree(fd, opts, shifted, err);
+        if (r == 0 || fd < 0)
+                return r == 0 ? fd : r;
+        close(fd);
+        *fall_back = r != -ERANGE && r != -ECANCELED;
+        rl_error undo = {};
+        if (rl_tree_remove(dst_dir_fd, tmp_name, opts->jobs, NULL, &undo) < 0) {
+                *fall_back = false;
+                return rl_error_prefix(err, r, "(its half-made '%s' stays: %s)", tmp_name,
+                                       undo.msg);
+        }
+        return r;
+}
+
 /* RL_TREE_SUBVOLUME: a snapshot where the source is a subvolume (its ids shifted in place
  * if there are maps), else a new subvolume to fill; where the destination is not btrfs, a
  * directory. */
@@ -962,46 +1003,21 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
         root_kind kind = root_kind_for(src_fd, dst_dir_fd, opts);
         uint64_t snapshots = 1, start_ns = rl_now_ns();
         rl_tree_stats shifted = {};
-        rl_subvol_ref *nested = NULL;
-        size_t n_nested = 0;
-        /* The subvolumes nested in the source, listed first: where that is not allowed
-         * (another user's directories on the way), the walk, with nothing made in vain. */
-        if (kind == ROOT_SNAPSHOT && rl_subvol_nested(src_fd, &nested, &n_nested) < 0)
-                kind = ROOT_SUBVOL;
-        tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), kind, src_fd, err);
-        if (tmp_fd >= 0 && kind == ROOT_SNAPSHOT) {
-                r = snapshot_nested(src_fd, tmp_fd, nested, n_nested, 0, &snapshots, err);
-                /* With id maps, the snapshot's owners are shifted in place: metadata only,
-                 * where the walk would make every entry anew. */
-                if (r == 0 && (opts->uid_map || opts->gid_map))
-                        r = rl_shift_tree(tmp_fd, opts, &shifted, err);
-                if (r < 0) {
-                        close(tmp_fd);
-                        tmp_fd = r;
-                        /* What cannot be removed must not be left unsaid. */
-                        rl_error undo = {};
-                        int q = rl_tree_remove(dst_dir_fd, tmp_name, opts->jobs, NULL, &undo);
-                        if (q < 0 || r == -ERANGE || r == -ECANCELED) {
-                                /* Or the walk would stop where the shift did. */
-                                rl_subvol_refs_free(nested, n_nested);
-                                if (q == 0)
-                                        return rl_error_prefix(err, r, "clone '%s'", dst_name);
-                                return rl_error_prefix(err, r,
-                                                       "clone '%s' (its half-made '%s' stays: %s)",
-                                                       dst_name, tmp_name, undo.msg);
-                        }
+        if (kind == ROOT_SNAPSHOT) {
+                bool fall_back;
+                tmp_fd = snapshot_root(src_fd, dst_dir_fd, tmp_name, sizeof(tmp_name), opts,
+                                       &snapshots, &shifted, &fall_back, err);
+                if (tmp_fd < 0 && !fall_back)
+                        return rl_error_prefix(err, tmp_fd, "clone '%s'", dst_name);
+                if (tmp_fd < 0) {
+                        /* Another filesystem, a source we may not snapshot, an inode the
+                         * shift cannot change: the walk does what the snapshot would have. */
+                        kind = ROOT_SUBVOL;
+                        rl_error_clear(err);
                 }
         }
-        rl_subvol_refs_free(nested, n_nested);
-        if (tmp_fd < 0 && kind == ROOT_SNAPSHOT) {
-                /* btrfs would not (another filesystem, a source we may not snapshot, a
-                 * nested subvolume we may not snapshot), or the shift could not change an
-                 * inode (immutable: a snapshot keeps the flag, the walk does not copy it):
-                 * the walk does what the snapshot would have. */
-                kind = ROOT_SUBVOL;
-                rl_error_clear(err);
+        if (kind != ROOT_SNAPSHOT)
                 tmp_fd = make_tmp_root(dst_dir_fd, tmp_name, sizeof(tmp_name), kind, src_fd, err);
-        }
         if (tmp_fd < 0)
                 return rl_error_prefix(err, tmp_fd, "clone '%s'", dst_name);
         if (fstat(tmp_fd, &tmp_st) < 0) {
