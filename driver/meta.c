@@ -70,7 +70,12 @@ int rl_meta_read(int dir_fd, rl_meta *ret, rl_error *err)
         if (!root)
                 return rl_error_set(err, -EUCLEAN, "%s: %s at line %d", RL_META_FILE, jerr.text,
                                     jerr.line);
+        return rl_meta_from_json(root, RL_META_FILE, ret, err);
+}
 
+int rl_meta_from_json(json_t *root, const char *what, rl_meta *ret, rl_error *err)
+{
+        json_error_t jerr;
         json_int_t version = 0, id = 0, parent = 0, created = 0, updated = 0;
         const char *kind = NULL, *name = NULL;
         json_t *labels = NULL;
@@ -78,23 +83,32 @@ int rl_meta_read(int dir_fd, rl_meta *ret, rl_error *err)
                            "version", &version, "id", &id, "kind", &kind, "name", &name,
                            "parent", &parent, "labels", &labels, "created_ns", &created,
                            "updated_ns", &updated) < 0)
-                return rl_error_set(err, -EUCLEAN, "%s: %s", RL_META_FILE, jerr.text);
+                return rl_error_set(err, -EUCLEAN, "%s: %s", what, jerr.text);
         rl_meta m = { .id = (uint64_t)id, .parent_id = (uint64_t)parent, .created_ns = created,
                       .updated_ns = updated };
         if (version != META_VERSION || id <= 0 || parent < 0 || !json_is_object(labels) ||
             kind_from_string(kind, &m.kind) < 0)
-                return rl_error_set(err, -EUCLEAN, "%s: not a version %d record", RL_META_FILE,
+                return rl_error_set(err, -EUCLEAN, "%s: not a version %d record", what,
                                     META_VERSION);
         const char *k;
         json_t *v;
         json_object_foreach(labels, k, v) if (!json_is_string(v)) return rl_error_set(
-                err, -EUCLEAN, "%s: label '%s' is not a string", RL_META_FILE, k);
+                err, -EUCLEAN, "%s: label '%s' is not a string", what, k);
         m.name = strdup(name);
         if (!m.name)
-                return rl_error_set(err, -ENOMEM, "read %s", RL_META_FILE);
+                return rl_error_set(err, -ENOMEM, "read %s", what);
         m.labels = json_incref(labels);
         *ret = m;
         return 0;
+}
+
+json_t *rl_meta_to_json(const rl_meta *m)
+{
+        return json_pack("{s:i, s:I, s:s, s:s, s:I, s:O, s:I, s:I}", "version", META_VERSION,
+                         "id", (json_int_t)m->id, "kind", rl_kind_to_string(m->kind), "name",
+                         m->name, "parent", (json_int_t)m->parent_id, "labels", m->labels,
+                         "created_ns", (json_int_t)m->created_ns, "updated_ns",
+                         (json_int_t)m->updated_ns);
 }
 
 /* The record as JSON text (malloc'd). */
@@ -102,11 +116,7 @@ static int encode(const rl_meta *m, char **ret, rl_error *err)
 {
         _cleanup_(json_decrefp) json_t *root = NULL;
 
-        root = json_pack("{s:i, s:I, s:s, s:s, s:I, s:O, s:I, s:I}", "version", META_VERSION,
-                         "id", (json_int_t)m->id, "kind", rl_kind_to_string(m->kind), "name",
-                         m->name, "parent", (json_int_t)m->parent_id, "labels", m->labels,
-                         "created_ns", (json_int_t)m->created_ns, "updated_ns",
-                         (json_int_t)m->updated_ns);
+        root = rl_meta_to_json(m);
         char *text = root ? json_dumps(root, JSON_SORT_KEYS | JSON_COMPACT) : NULL;
         if (!text)
                 return rl_error_set(err, -ENOMEM, "write %s", RL_META_FILE);
@@ -175,7 +185,7 @@ int rl_meta_reserve(int dir_fd, rl_error *err)
         return fd < 0 ? fd : 0;
 }
 
-int rl_meta_fill(int dir_fd, const rl_meta *m, rl_error *err)
+int rl_meta_fill(int dir_fd, const rl_meta *m, bool flush, rl_error *err)
 {
         _cleanup_free_ char *text = NULL;
         _cleanup_close_ int fd = -EBADF;
@@ -193,10 +203,11 @@ int rl_meta_fill(int dir_fd, const rl_meta *m, rl_error *err)
         if (fd >= 0 && fstat(fd, &st) < 0)
                 return rl_error_set(err, -errno, "write %s", RL_META_FILE);
         /* No placeholder, or a record too long for it: the usual way (new file, rename,
-         * two fsyncs). The newline at the end of the placeholder stays. */
+         * two fsyncs), unless the caller flushes it some other way. The newline at the end
+         * of the placeholder stays. */
         if (fd < 0 || !S_ISREG(st.st_mode) || st.st_size != RL_META_RESERVED ||
             len > RL_META_RESERVED - 1)
-                return rl_meta_write(dir_fd, m, err);
+                return flush ? rl_meta_write(dir_fd, m, err) : -E2BIG;
 
         /* The record, then blanks to the placeholder's length (JSON allows whitespace after
          * the value): the size stays, and the blocks were allocated and written (and synced,
@@ -209,7 +220,7 @@ int rl_meta_fill(int dir_fd, const rl_meta *m, rl_error *err)
         r = rl_write_all(fd, buf, sizeof(buf)); /* from offset 0: the fd is fresh */
         if (r < 0)
                 return rl_error_set(err, r, "write %s", RL_META_FILE);
-        if (!m->ephemeral && fdatasync(fd) < 0)
+        if (flush && !m->ephemeral && fdatasync(fd) < 0)
                 return rl_error_set(err, -errno, "fdatasync %s", RL_META_FILE);
         return 0;
 }

@@ -46,12 +46,18 @@ int rl_meta_write(int dir_fd, const rl_meta *m, rl_error *err);
 int rl_meta_reserve(int dir_fd, rl_error *err);
 
 /*
- * Write the record of a snapshot whose directory (dir_fd) is not published yet, durably
- * (unless m is ephemeral), before it is: into the placeholder in place, padded with blanks
- * (fdatasync only), or, when there is no placeholder or the record does not fit, as rl_meta_write
- * does. Nobody may read dir_fd/info.json until this returns: an in-place write is not atomic.
+ * Write the record of a snapshot whose directory (dir_fd) is not published yet, before it
+ * is: into the placeholder in place, padded with blanks, and with flush (unless m is
+ * ephemeral) durably (fdatasync only); when there is no placeholder or the record does not
+ * fit, as rl_meta_write does with flush, and -E2BIG (no message, nothing written) without.
+ * Nobody may read dir_fd/info.json until this returns: an in-place write is not atomic.
  */
-int rl_meta_fill(int dir_fd, const rl_meta *m, rl_error *err);
+int rl_meta_fill(int dir_fd, const rl_meta *m, bool flush, rl_error *err);
+
+/* The record as a JSON object (NULL: out of memory), and back, validated as rl_meta_read
+ * validates (-EUCLEAN, the message naming `what`). */
+json_t *rl_meta_to_json(const rl_meta *m);
+int rl_meta_from_json(json_t *root, const char *what, rl_meta *ret, rl_error *err);
 
 /* Strict UTF-8 without NUL: keys and labels must be. */
 bool rl_utf8_valid(const char *s, size_t len);

@@ -4,9 +4,9 @@
  * the builder thread that keeps them topped up. A ready clone is a snapshot directory but
  * for its record: pool/cN/fs, the tree, and pool/cN/info.json, a placeholder the record is
  * later written into in place (meta.h); all of it synced when built, so that taking one is a
- * rename and publishing it costs one fdatasync and one fsync (store.c). Names in pool/ never
- * repeat within a process; what a previous process left is thrown away at start (it may be
- * of parents since removed).
+ * rename and publishing it costs one flush, the store's journal entry (store.c). Names in
+ * pool/ never repeat within a process; what a previous process left is thrown away at start
+ * (it may be of parents since removed), after the store's journal replayed what it needs.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -103,9 +103,9 @@ static pooled *find(rl_pool *p, uint64_t parent, const char *key)
         return NULL;
 }
 
-static void name_of(char buf[32], uint64_t n)
+static void name_of(char buf[RL_POOL_NAME_MAX], uint64_t n)
 {
-        snprintf(buf, 32, "c%" PRIu64, n);
+        snprintf(buf, RL_POOL_NAME_MAX, "c%" PRIu64, n);
 }
 
 /* Under the lock: a ready or unwanted clone goes to the trash. */
@@ -212,11 +212,14 @@ static int build(rl_pool *p, pooled *e, uint64_t n)
                 rl_tree_remove(p->pool_fd, tmp, 1, NULL, NULL);
                 return r;
         }
-        /* Not needed for correctness (the Prepare's own fsync of snapshots/ commits this
-         * rename with its own, the journal being in order), but then "durable when built"
-         * holds for every name, and the Prepare's journal commit has less to carry. */
-        if (sync)
-                (void)fsync(p->pool_fd);
+        /* The name must be durable before the clone is handed out: a Prepare that takes it
+         * publishes it without flushing that rename, and the store's journal finds the tree
+         * here again after a crash (store.c, replay_entry). */
+        if (sync && fsync(p->pool_fd) < 0) {
+                r = -errno;
+                discard(p, n);
+                return r;
+        }
         return 0;
 }
 
@@ -306,9 +309,9 @@ int rl_pool_start(int root_fd, int snaps_fd, int trash_fd, const rl_pool_config 
         pthread_mutex_init(&p->lock, NULL);
         pthread_cond_init(&p->wake, NULL);
         int r = 0;
-        if (mkdirat(root_fd, "pool", 0700) < 0 && errno != EEXIST)
+        if (mkdirat(root_fd, RL_POOL_DIR, 0700) < 0 && errno != EEXIST)
                 r = rl_error_set(err, -errno, "pool: create pool/");
-        else if ((p->pool_fd = openat(root_fd, "pool", O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+        else if ((p->pool_fd = openat(root_fd, RL_POOL_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
                                                                 O_CLOEXEC)) < 0)
                 r = rl_error_set(err, -errno, "pool: open pool/");
         if (r == 0) {
@@ -363,7 +366,7 @@ void rl_pool_stop(rl_pool *p)
 }
 
 int rl_pool_take(rl_pool *p, uint64_t parent, const rl_prepare_options *popts, int dir_fd,
-                 const char *name)
+                 const char *name, char taken[RL_POOL_NAME_MAX])
 {
         _cleanup_free_ char *key = key_of(popts);
         if (!key)
@@ -372,11 +375,10 @@ int rl_pool_take(rl_pool *p, uint64_t parent, const rl_prepare_options *popts, i
         pooled *e = find(p, parent, key);
         int r = -ENOENT;
         if (e && e->n_ready > 0) {
-                char from[32];
                 uint64_t n = e->ready[--e->n_ready];
-                name_of(from, n);
+                name_of(taken, n);
                 /* A rename within one filesystem: the lock is held for microseconds. */
-                r = renameat(p->pool_fd, from, dir_fd, name) < 0 ? -errno : 0;
+                r = renameat(p->pool_fd, taken, dir_fd, name) < 0 ? -errno : 0;
                 if (r < 0)
                         discard(p, n);
         }
@@ -385,8 +387,9 @@ int rl_pool_take(rl_pool *p, uint64_t parent, const rl_prepare_options *popts, i
         else if (e)
                 p->stats.misses++;
         /* The builder is not woken here, though a clone is missing now: a refill started
-         * at once would fill the journal while this Prepare publishes, and its fsync would
-         * wait for the refill's metadata too (measured: 5-25 ms instead of 1). rl_pool_note,
+         * at once would fill the filesystem's log while this Prepare publishes, and its
+         * flush would wait for the refill's metadata too (measured: 5-25 ms instead of 1,
+         * when that was an fsync of snapshots/). rl_pool_note,
          * called once the snapshot is published, wakes it. */
         pthread_mutex_unlock(&p->lock);
         return r;

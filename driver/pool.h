@@ -36,14 +36,21 @@ int rl_pool_start(int root_fd, int snaps_fd, int trash_fd, const rl_pool_config 
  * for the next open to throw away. Accepts NULL. */
 void rl_pool_stop(rl_pool *p);
 
+/* Where the ready clones are, in the store's root. */
+#define RL_POOL_DIR "pool"
+/* The longest name of a ready clone in pool/, with its NUL. */
+#define RL_POOL_NAME_MAX 32
+
 /*
  * Move a ready clone of parent (with these maps) to (dir_fd, name): a directory holding the
- * tree as fs/ and a placeholder record (rl_meta_reserve) as info.json, both durable. 0 when
- * taken, -ENOENT when none is ready. Counts a hit or a miss. The refill waits for the next
- * rl_pool_note: call it once the snapshot is published.
+ * tree as fs/ and a placeholder record (rl_meta_reserve) as info.json, both durable, under
+ * the name pool/`taken` (a name the pool gives out once in its life: after a crash, the
+ * clone is still there under it unless the move reached the disk). 0 when taken, -ENOENT
+ * when none is ready. Counts a hit or a miss. The refill waits for the next rl_pool_note:
+ * call it once the snapshot is published.
  */
 int rl_pool_take(rl_pool *p, uint64_t parent, const rl_prepare_options *popts, int dir_fd,
-                 const char *name);
+                 const char *name, char taken[RL_POOL_NAME_MAX]);
 
 /* A Prepare or View of parent: counted toward pooling it automatically. labelled: the
  * parent's RL_POOL_LABEL value (0: none), which pools it at once with that many clones. */

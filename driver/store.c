@@ -26,12 +26,17 @@
 #include <reflayer/tree.h>
 
 #include "filter.h"
+#include "journal.h"
 #include "meta.h"
 #include "pool.h"
 #include "subvol.h"
 #include "util.h"
 
 #define NEXT_ID_FILE "next-id"
+#define JOURNAL_FILE "journal"
+/* Journalled publishes settled at a time (journal_settle): each costs the settle one
+ * fdatasync, and the journal holds about a thousand. */
+#define SETTLE_BATCH 64
 #define ID_BLOCK 1024 /* ids reserved on disk at a time, so none is ever handed out twice */
 
 typedef struct snap snap;
@@ -76,6 +81,13 @@ struct rl_store {
         pthread_t trash_thread;
 
         rl_pool *pool; /* NULL: no warm pool */
+
+        /* Lock order: lock, then publish_lock. Held from a journalled publish's entry to
+         * its rename, so that a journal mark covers whole publishes only. */
+        pthread_mutex_t publish_lock;
+        rl_journal *journal;  /* NULL: every publish flushes its own way */
+        uint64_t *unsettled;  /* ids published through the journal since the last settle */
+        size_t n_unsettled, cap_unsettled;
 };
 
 static int64_t now_realtime(void)
@@ -289,6 +301,190 @@ static DIR *opendir_fd(int dir_fd)
         return d;
 }
 
+/* --- the journal: durable publishes with one flush --------------------------------------- */
+
+/* Under publish_lock: room for one more unsettled id. */
+static int reserve_unsettled(rl_store *s, size_t more)
+{
+        if (s->n_unsettled + more <= s->cap_unsettled)
+                return 0;
+        size_t cap = s->cap_unsettled ? s->cap_unsettled * 2 : SETTLE_BATCH;
+        while (cap < s->n_unsettled + more)
+                cap *= 2;
+        uint64_t *ids = realloc(s->unsettled, cap * sizeof(*ids));
+        if (!ids)
+                return -ENOMEM;
+        s->unsettled = ids;
+        s->cap_unsettled = cap;
+        return 0;
+}
+
+/*
+ * Make every publish journalled so far durable without the journal (its record's
+ * fdatasync, then one fsync of snapshots/ for all the renames), then checkpoint the
+ * journal: its entries are not needed any more. In the background (the trash thread) and
+ * at close; a failure leaves the ids for the next time, and the entries for a replay.
+ */
+static int journal_settle(rl_store *s, rl_error *err)
+{
+        if (!s->journal)
+                return 0;
+        pthread_mutex_lock(&s->publish_lock);
+        uint64_t mark = rl_journal_mark(s->journal);
+        _cleanup_free_ uint64_t *ids = TAKE_PTR(s->unsettled);
+        size_t n = s->n_unsettled;
+        s->n_unsettled = s->cap_unsettled = 0;
+        pthread_mutex_unlock(&s->publish_lock);
+
+        int r = 0;
+        for (size_t i = 0; i < n && r == 0; i++) {
+                char rec[48];
+                snprintf(rec, sizeof(rec), "%" PRIu64 "/" RL_META_FILE, ids[i]);
+                _cleanup_close_ int fd = rl_openat_beneath(s->snaps_fd, rec, O_RDONLY, 0);
+                /* Gone: removed, which needs nothing durable (a replay finds it in trash/ or
+                 * nowhere). Otherwise its record may have been replaced since (an update, a
+                 * commit), durably: flushing the one there now does no harm. */
+                if (fd == -ENOENT)
+                        continue;
+                if (fd < 0 || fdatasync(fd) < 0)
+                        r = rl_error_set(err, fd < 0 ? fd : -errno, "settle snapshots/%s", rec);
+        }
+        if (r == 0 && fsync(s->snaps_fd) < 0)
+                r = rl_error_set(err, -errno, "settle: fsync snapshots/");
+        if (r == 0)
+                r = rl_journal_checkpoint(s->journal, mark, err);
+        if (r < 0 && n > 0) {
+                pthread_mutex_lock(&s->publish_lock);
+                if (reserve_unsettled(s, n) == 0) {
+                        memcpy(s->unsettled + s->n_unsettled, ids, n * sizeof(*ids));
+                        s->n_unsettled += n;
+                }
+                pthread_mutex_unlock(&s->publish_lock);
+        }
+        return r;
+}
+
+/* A ready clone's name in pool/, as pool.c gives them: "c" and a number. */
+static bool pool_name_valid(const char *name)
+{
+        size_t n = strlen(name);
+        return n >= 2 && n < RL_POOL_NAME_MAX && name[0] == 'c' &&
+               strspn(name + 1, "0123456789") == n - 1;
+}
+
+/*
+ * One journal entry, at open, before tmp/ is swept and the pool throws its clones away:
+ * make its change whole. {"publish": ID, "pool": NAME, "record": {...}}: snapshot ID was
+ * published from pool/NAME by way of tmp/ID; whichever of its renames reached the disk,
+ * the tree is in one of those three places, unless it was removed since (trash/ID, or
+ * nowhere once deleted). Its record is the one in the entry unless the one on disk reads
+ * (it may be newer: an update, a commit). {"cancel": ID}: that publish failed after its
+ * entry was written; it is taken back.
+ */
+typedef struct replay_ctx {
+        rl_store *s;
+        unsigned entries;
+} replay_ctx;
+
+static int replay_entry(const char *payload, size_t len, void *userdata, rl_error *err)
+{
+        replay_ctx *ctx = userdata;
+        rl_store *s = ctx->s;
+        json_error_t jerr;
+        _cleanup_(json_decrefp) json_t *e = json_loadb(payload, len, JSON_REJECT_DUPLICATES,
+                                                       &jerr);
+        _cleanup_(rl_meta_clear) rl_meta m = {};
+        json_int_t id = 0;
+        const char *pool = NULL;
+        json_t *rec = NULL;
+        char idname[24], trashname[40];
+        int r;
+
+        ctx->entries++;
+        if (!e)
+                return rl_error_set(err, -EUCLEAN, "journal: %s", jerr.text);
+        if (json_unpack(e, "{s:I}", "cancel", &id) == 0 && id > 0) {
+                snprintf(idname, sizeof(idname), "%" PRIu64, (uint64_t)id);
+                snprintf(trashname, sizeof(trashname), "cancelled-%s", idname);
+                if (renameat(s->snaps_fd, idname, s->trash_fd, trashname) < 0 && errno != ENOENT)
+                        return rl_error_set(err, -errno, "journal: take back snapshots/%s",
+                                            idname);
+                return 0;
+        }
+        if (json_unpack_ex(e, &jerr, JSON_STRICT, "{s:I, s:s, s:o}", "publish", &id, "pool",
+                           &pool, "record", &rec) < 0)
+                return rl_error_set(err, -EUCLEAN, "journal: %s", jerr.text);
+        r = rl_meta_from_json(rec, "journal", &m, err);
+        if (r < 0)
+                return r;
+        if (id <= 0 || m.id != (uint64_t)id || !pool_name_valid(pool))
+                return rl_error_set(err, -EUCLEAN, "journal: publish %" PRIu64 " from '%s'",
+                                    (uint64_t)id, pool);
+        snprintf(idname, sizeof(idname), "%" PRIu64, m.id);
+        if (faccessat(s->trash_fd, idname, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+                return 0;
+        if (faccessat(s->snaps_fd, idname, F_OK, AT_SYMLINK_NOFOLLOW) < 0) {
+                if (errno != ENOENT)
+                        return rl_error_set(err, -errno, "journal: snapshots/%s", idname);
+                if (renameat(s->tmp_fd, idname, s->snaps_fd, idname) < 0) {
+                        if (errno != ENOENT)
+                                return rl_error_set(err, -errno, "journal: publish tmp/%s",
+                                                    idname);
+                        _cleanup_close_ int pool_fd = openat(
+                                s->root_fd, RL_POOL_DIR,
+                                O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                        if (pool_fd < 0 || renameat(pool_fd, pool, s->snaps_fd, idname) < 0) {
+                                if (errno != ENOENT)
+                                        return rl_error_set(err, -errno,
+                                                            "journal: publish pool/%s", pool);
+                                return 0; /* removed, and deleted from trash/ */
+                        }
+                }
+        }
+        _cleanup_close_ int dir = openat(s->snaps_fd, idname,
+                                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dir < 0)
+                return rl_error_set(err, -errno, "journal: open snapshots/%s", idname);
+        rl_meta cur = {};
+        rl_error ignored = {};
+        r = rl_meta_read(dir, &cur, &ignored);
+        rl_meta_clear(&cur);
+        if (r == 0)
+                return 0;
+        if (r != -EUCLEAN && r != -ENOENT)
+                return rl_error_set(err, r, "journal: read snapshots/%s/%s", idname,
+                                    RL_META_FILE);
+        /* The placeholder, or a fill a crash cut short. */
+        return rl_meta_write(dir, &m, err);
+}
+
+/*
+ * Open ROOT/journal and replay what it holds: before anything else looks at snapshots/,
+ * tmp/ or pool/. Whatever the replay changed is made durable by one syncfs (a rare path,
+ * after a crash), and the journal checkpointed. Without flushes (no_sync), no journal.
+ */
+static int open_journal(rl_store *s, rl_error *err)
+{
+        rl_journal *j = NULL;
+        if (s->opts.no_sync && faccessat(s->root_fd, JOURNAL_FILE, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
+                return 0; /* none to replay, and none to make */
+        int r = rl_journal_open(s->root_fd, JOURNAL_FILE, &j, err);
+        if (r < 0)
+                return r;
+        replay_ctx ctx = { .s = s };
+        r = rl_journal_replay(j, replay_entry, &ctx, err);
+        if (r == 0 && ctx.entries > 0 && syncfs(s->root_fd) < 0)
+                r = rl_error_set(err, -errno, "journal: syncfs");
+        if (r == 0)
+                r = rl_journal_checkpoint(j, rl_journal_mark(j), err);
+        if (r < 0 || s->opts.no_sync) {
+                rl_journal_free(j);
+                return r < 0 ? rl_error_prefix(err, r, "replay the journal") : 0;
+        }
+        s->journal = j;
+        return 0;
+}
+
 /* --- trash: removed trees, deleted in the background ------------------------------------ */
 
 static void *trash_main(void *arg)
@@ -311,6 +507,11 @@ static void *trash_main(void *arg)
                 }
                 uint64_t gen = s->trash_requested;
                 pthread_mutex_unlock(&s->trash_lock);
+
+                /* Settling the journal is as much background work as deleting trees is, and
+                 * quick: first. Should it fail, its entries stay, for the next round or a
+                 * replay. */
+                (void)journal_settle(s, NULL);
 
                 int r = 0;
                 rl_error err = {};
@@ -660,6 +861,7 @@ RL_EXPORT int rl_store_open(const char *root, const rl_store_options *opts, rl_s
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->idle, NULL);
         pthread_mutex_init(&s->trash_lock, NULL);
+        pthread_mutex_init(&s->publish_lock, NULL);
         pthread_cond_init(&s->trash_wake, NULL);
         pthread_cond_init(&s->trash_done_cond, NULL);
         if (opts)
@@ -682,7 +884,7 @@ RL_EXPORT int rl_store_open(const char *root, const rl_store_options *opts, rl_s
         if ((r = open_subdir(s->root_fd, "snapshots", &s->snaps_fd, err)) < 0 ||
             (r = open_subdir(s->root_fd, "tmp", &s->tmp_fd, err)) < 0 ||
             (r = open_subdir(s->root_fd, "trash", &s->trash_fd, err)) < 0 ||
-            (r = open_ephemeral(s, err)) < 0)
+            (r = open_ephemeral(s, err)) < 0 || (r = open_journal(s, err)) < 0)
                 return rl_error_prefix(err, r, "store '%s'", s->root);
         r = sweep_tmp(s, &max_id, err);
         if (r < 0)
@@ -748,7 +950,15 @@ RL_EXPORT int rl_store_close(rl_store *s)
                 pthread_join(s->trash_thread, NULL);
                 s->trash_thread_started = false;
         }
+        /* Nothing is publishing now: what the journal holds is settled, so that the next
+         * open has nothing to replay (should this fail, it replays). */
+        (void)journal_settle(s, NULL);
 out_fds:
+        rl_journal_free(s->journal);
+        s->journal = NULL;
+        free(s->unsettled);
+        s->unsettled = NULL;
+        s->n_unsettled = s->cap_unsettled = 0;
         free_index(s);
         closep(&s->snaps_fd);
         closep(&s->eph_fd);
@@ -768,6 +978,7 @@ RL_EXPORT rl_store *rl_store_free(rl_store *s)
         pthread_mutex_destroy(&s->lock);
         pthread_cond_destroy(&s->idle);
         pthread_mutex_destroy(&s->trash_lock);
+        pthread_mutex_destroy(&s->publish_lock);
         pthread_cond_destroy(&s->trash_wake);
         pthread_cond_destroy(&s->trash_done_cond);
         free(s->root);
@@ -813,19 +1024,26 @@ typedef struct layer_fill {
  * of it reaches the disk before a power cut is thrown away whole after the reboot, and a
  * crash of this process alone loses nothing the page cache holds.
  *
- * From the warm pool that is two flushes: the record, written in place into the
+ * From the warm pool that would be two flushes: the record, written in place into the
  * placeholder the pool reserved (fdatasync: data only, no journal commit), and the fsync of
  * snapshots/. Neither can go: without the first, the rename could reach the disk before
  * the record (a published directory whose record is a placeholder: the store would not
  * open); without the second, a Prepare could return and then be lost. fsync covers one
  * inode, so no single call does both, but syncfs, which would also flush every other
- * writer on the filesystem (the containers' own writes included).
+ * writer on the filesystem (the containers' own writes included). So the store's journal
+ * (publish_journalled) makes it one: a Prepare that takes a ready clone writes an entry
+ * saying what the publish will have done and flushes that alone, and then publishes
+ * without a flush; the trash thread settles those publishes later, and a replay at the
+ * next open makes whole whatever a crash cut short.
  */
+static int publish_journalled(rl_store *s, const rl_meta *m, int dir, const char *idname,
+                              const char *pool_name, rl_error *err);
+
 static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
                              const rl_prepare_options *popts, const layer_fill *fill,
                              rl_error *err)
 {
-        char idname[24];
+        char idname[24], pool_name[RL_POOL_NAME_MAX];
         _cleanup_close_ int dir = -EBADF;
         bool pooled = false;
         rl_meta m;
@@ -835,7 +1053,7 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
         /* A ready clone is a whole directory (fs/ and a placeholder record), durable since it
          * was built: it becomes tmp/ID in one rename; nothing to clone or flush. */
         if (parent && !fill && s->pool &&
-            rl_pool_take(s->pool, parent->id, popts, s->tmp_fd, idname) == 0)
+            rl_pool_take(s->pool, parent->id, popts, s->tmp_fd, idname, pool_name) == 0)
                 pooled = true;
         else if (mkdirat(s->tmp_fd, idname, 0700) < 0)
                 return rl_error_set(err, -errno, "create tmp/%s", idname);
@@ -899,9 +1117,16 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
                         goto out_remove_tmp;
         }
         meta_of(n, &m);
+        if (pooled && s->journal && !n->ephemeral) {
+                r = publish_journalled(s, &m, dir, idname, pool_name, err);
+                if (r == 0)
+                        return 0;
+                if (r != -EAGAIN)
+                        goto out_remove_tmp;
+        }
         /* tmp/ID is ours alone: no reader needs the record replaced atomically, only durable
          * before the rename below. */
-        r = pooled ? rl_meta_fill(dir, &m, err) : rl_meta_write(dir, &m, err);
+        r = pooled ? rl_meta_fill(dir, &m, true, err) : rl_meta_write(dir, &m, err);
         if (r < 0)
                 goto out_remove_tmp;
         /* The whole snapshot appears at once: tree and record in one rename. */
@@ -921,6 +1146,78 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
 
 out_remove_tmp:
         rl_tree_remove(s->tmp_fd, idname, s->opts.jobs, NULL, NULL);
+        return r;
+}
+
+/*
+ * Publish tmp/ID, a ready clone taken from pool/pool_name, with one flush: the record goes
+ * into its placeholder unflushed, the journal entry (what a replay needs to redo all of it)
+ * is appended and flushed, and the rename into snapshots/ follows, unflushed. The pool's
+ * clone and its name were durable before it was handed out (pool.c), so after a crash the
+ * tree is found in pool/, tmp/ or snapshots/ whichever renames reached the disk.
+ * -EAGAIN (no message): not this way, as the record does not fit the placeholder or the
+ * journal is full; nothing is published and the record is still to be written.
+ */
+static int publish_journalled(rl_store *s, const rl_meta *m, int dir, const char *idname,
+                              const char *pool_name, rl_error *err)
+{
+        _cleanup_(json_decrefp) json_t *rec = NULL, *entry = NULL;
+        _cleanup_free_ char *text = NULL;
+        bool kick = false;
+        int r;
+
+        r = rl_meta_fill(dir, m, false, err);
+        if (r == -E2BIG)
+                return -EAGAIN;
+        if (r < 0)
+                return r;
+        rec = rl_meta_to_json(m);
+        entry = rec ? json_pack("{s:I, s:s, s:O}", "publish", (json_int_t)m->id, "pool",
+                                pool_name, "record", rec)
+                    : NULL;
+        text = entry ? json_dumps(entry, JSON_COMPACT) : NULL;
+        if (!text)
+                return rl_error_set(err, -ENOMEM, "publish snapshots/%s", idname);
+
+        pthread_mutex_lock(&s->publish_lock);
+        r = reserve_unsettled(s, 1);
+        if (r < 0) {
+                r = rl_error_set(err, r, "publish snapshots/%s", idname);
+                goto out;
+        }
+        r = rl_journal_append(s->journal, text, strlen(text), err);
+        if (r == -ENOSPC) {
+                /* Full: this one the slow way, and the settle that empties it, now. */
+                kick = true;
+                r = -EAGAIN;
+                goto out;
+        }
+        if (r < 0) {
+                rl_error_prefix(err, r, "publish snapshots/%s", idname);
+                goto out;
+        }
+        if (renameat(s->tmp_fd, idname, s->snaps_fd, idname) < 0) {
+                /* The entry says it was published: a crash now would publish it. Say
+                 * otherwise, and should that fail too, say so. */
+                r = -errno;
+                _cleanup_free_ char *cancel = NULL;
+                rl_error ignored = {};
+                if (asprintf(&cancel, "{\"cancel\":%" PRIu64 "}", m->id) < 0 ||
+                    rl_journal_append(s->journal, cancel, strlen(cancel), &ignored) < 0)
+                        rl_error_set(err, r,
+                                     "publish snapshots/%s: %s; the journal could not record "
+                                     "the failure, so the next open may publish it",
+                                     idname, strerror(-r));
+                else
+                        rl_error_set(err, r, "publish snapshots/%s", idname);
+                goto out;
+        }
+        s->unsettled[s->n_unsettled++] = m->id;
+        kick = s->n_unsettled >= SETTLE_BATCH;
+out:
+        pthread_mutex_unlock(&s->publish_lock);
+        if (kick)
+                trash_kick(s);
         return r;
 }
 

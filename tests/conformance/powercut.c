@@ -10,8 +10,9 @@
  * Prepares from the warm pool run without pause in a thread (and a cold one whenever the
  * pool is empty); the filesystem goes down at a random instant. After each cut:
  *   - the store opens: no published directory lacks its record (a pooled snapshot's record
- *     is written into a placeholder in place: were the rename durable before the record,
- *     the placeholder would be found and the open refused);
+ *     is written into a placeholder in place, and neither it nor the renames are flushed
+ *     before the Prepare returns, only the store's journal entry: the open's replay must
+ *     make each whole);
  *   - every Prepare that returned before the cut is there, active, with base as parent and
  *     base's tree; those that returned after it, and the one it interrupted, are whole or
  *     absent. (After the cut is not after a power cut: XFS's fsync of a directory answers 0
