@@ -3,15 +3,19 @@
  * journal.c owns the store's intent journal (journal.h): its file format, appends,
  * checkpoints and the scan that finds the entries to replay.
  *
- * The file is JOURNAL_SIZE bytes, written whole when made. Bytes 0 and 512 are two header
+ * The file is JOURNAL_SIZE bytes, written whole when made. Its first two blocks are header
  * slots, written in turn, each {magic, generation, start, crc}: the valid one of the higher
  * generation says which sequence number the entries to replay start at (a checkpoint writes
  * the other slot, so a header torn by a crash leaves the previous one standing). Entries
- * start at ENTRY0, each {magic, length, sequence, crc} and the payload, padded to SECTOR:
+ * start at ENTRY0, each {magic, length, sequence, crc} and the payload, padded to BLOCK:
  * the scan takes entries from ENTRY0 while each is whole (its crc) and numbered one past the
  * previous; those numbered from `start` on are replayed. When a checkpoint leaves nothing to
  * replay, appends start over at ENTRY0 with the next number: what is left further on of
  * older rounds is numbered lower, so the scan stops there.
+ *
+ * Every write is of whole 4 KiB blocks no other write shares: a device that tears a write
+ * tears it within its own block (a 4Kn disk's atomic unit), never an entry or header that
+ * was already flushed.
  */
 #include <endian.h>
 #include <errno.h>
@@ -26,9 +30,9 @@
 #include "journal.h"
 #include "util.h"
 
-#define JOURNAL_SIZE (1u << 20)
-#define SECTOR 512u
-#define ENTRY0 4096u
+#define JOURNAL_SIZE (2u << 20) /* 510 entries of up to 4 KiB */
+#define BLOCK 4096u
+#define ENTRY0 (2 * BLOCK)
 #define HEADER_MAGIC "RLJRNL01"
 #define ENTRY_MAGIC 0x454a4c52u /* "RLJE" */
 #define ENTRY_HEAD 24u
@@ -106,13 +110,17 @@ static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
         return 0;
 }
 
-/* Header slot i (0 or 1): 0 and its generation and start when valid. */
+/* Header slot i (0 or 1): 0 and its generation and start when valid, -ENODATA when never
+ * written (zeros), -EUCLEAN when neither. */
 static int header_read(int fd, unsigned i, uint64_t *gen, uint64_t *start)
 {
+        static const unsigned char zeros[32];
         unsigned char h[32];
-        int r = pread_all(fd, h, sizeof(h), i * SECTOR);
+        int r = pread_all(fd, h, sizeof(h), i * BLOCK);
         if (r < 0)
                 return r;
+        if (memcmp(h, zeros, sizeof(h)) == 0)
+                return -ENODATA;
         if (memcmp(h, HEADER_MAGIC, 8) != 0 || get32(h + 24) != crc32c(0, h, 24))
                 return -EUCLEAN;
         *gen = get64(h + 8);
@@ -123,13 +131,13 @@ static int header_read(int fd, unsigned i, uint64_t *gen, uint64_t *start)
 /* The next header (generation gen + 1) into the slot the current one is not in, flushed. */
 static int header_write(rl_journal *j, uint64_t start)
 {
-        unsigned char h[SECTOR] = {};
+        unsigned char h[BLOCK] = {};
         uint64_t gen = j->gen + 1;
         memcpy(h, HEADER_MAGIC, 8);
         put64(h + 8, gen);
         put64(h + 16, start);
         put32(h + 24, crc32c(0, h, 24));
-        int r = pwrite_all(j->fd, h, sizeof(h), (gen & 1) * SECTOR);
+        int r = pwrite_all(j->fd, h, sizeof(h), (gen & 1) * BLOCK);
         if (r == 0 && fdatasync(j->fd) < 0)
                 r = -errno;
         if (r < 0)
@@ -141,7 +149,7 @@ static int header_write(rl_journal *j, uint64_t start)
 
 static uint64_t entry_size(size_t len)
 {
-        return (ENTRY_HEAD + len + SECTOR - 1) / SECTOR * SECTOR;
+        return (ENTRY_HEAD + len + BLOCK - 1) / BLOCK * BLOCK;
 }
 
 /* The entry at off, numbered seq: its payload (malloc'd) and length, or -EUCLEAN when
@@ -231,15 +239,31 @@ int rl_journal_open(int dir_fd, const char *name, rl_journal **ret, rl_error *er
         pthread_mutex_init(&j->lock, NULL);
 
         uint64_t gen[2] = {}, start[2] = {};
-        bool ok[2] = { header_read(j->fd, 0, &gen[0], &start[0]) == 0,
-                       header_read(j->fd, 1, &gen[1], &start[1]) == 0 };
+        int h0 = header_read(j->fd, 0, &gen[0], &start[0]);
+        int h1 = header_read(j->fd, 1, &gen[1], &start[1]);
+        bool ok[2] = { h0 == 0, h1 == 0 };
         int r;
-        if (st.st_size != JOURNAL_SIZE || (!ok[0] && !ok[1])) {
+        if (!ok[0] && !ok[1] && (h0 != -ENODATA || h1 != -ENODATA) &&
+            st.st_size == JOURNAL_SIZE) {
+                /* Written once, unreadable now: it may hold entries whose changes a crash
+                 * cut short, which making it anew would lose. */
+                rl_journal_free(j);
+                return rl_error_set(err, -EUCLEAN,
+                                    "journal: %s: neither header reads (%s, %s)", name,
+                                    strerror(-h0), strerror(-h1));
+        }
+        if (!ok[0] && !ok[1]) {
                 /* New, or made by a process that died before it was whole (nothing was
                  * appended then: appends wait for this to be durable). Zeros throughout,
                  * so that no append ever allocates, then a first header. */
                 static const char zero[65536];
                 r = ftruncate(j->fd, 0) < 0 ? -errno : 0;
+                /* Allocated first, so that the writes below stay within the size: writes
+                 * that extend a file make XFS allocate speculatively past its end, blocks
+                 * df counts as used for as long as the file is open. */
+                if (r == 0 && fallocate(j->fd, 0, 0, JOURNAL_SIZE) < 0 &&
+                    errno != EOPNOTSUPP)
+                        r = -errno;
                 for (uint64_t off = 0; r == 0 && off < JOURNAL_SIZE; off += sizeof(zero))
                         r = pwrite_all(j->fd, zero, sizeof(zero), off);
                 j->gen = 0;

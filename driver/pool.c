@@ -217,7 +217,7 @@ static int build(rl_pool *p, pooled *e, uint64_t n)
          * here again after a crash (store.c, replay_entry). */
         if (sync && fsync(p->pool_fd) < 0) {
                 r = -errno;
-                discard(p, n);
+                rl_tree_remove(p->pool_fd, name, 1, NULL, NULL);
                 return r;
         }
         return 0;

@@ -35,8 +35,10 @@
 #define NEXT_ID_FILE "next-id"
 #define JOURNAL_FILE "journal"
 /* Journalled publishes settled at a time (journal_settle): each costs the settle one
- * fdatasync, and the journal holds about a thousand. */
+ * fdatasync, and the journal holds about five hundred. */
 #define SETTLE_BATCH 64
+/* Removals remembered until snapshots/ is next flushed (see removed_keys). */
+#define REMOVED_MAX 4096
 #define ID_BLOCK 1024 /* ids reserved on disk at a time, so none is ever handed out twice */
 
 typedef struct snap snap;
@@ -86,8 +88,15 @@ struct rl_store {
          * its rename, so that a journal mark covers whole publishes only. */
         pthread_mutex_t publish_lock;
         rl_journal *journal;  /* NULL: every publish flushes its own way */
-        uint64_t *unsettled;  /* ids published through the journal since the last settle */
+        uint64_t *unsettled;  /* ids published through the journal, not settled yet */
         size_t n_unsettled, cap_unsettled;
+        /* Hashes of the keys of durable snapshots removed since snapshots/ was last
+         * flushed: a journalled publish of one of these keys would not flush that removal,
+         * and a crash could then leave two snapshots of one key. */
+        size_t *removed_keys;
+        size_t n_removed, cap_removed;
+        bool settle_failed; /* the entries wait for the next open's replay */
+        bool journal_full;  /* a publish found no room: settle whatever the batch */
 };
 
 static int64_t now_realtime(void)
@@ -303,38 +312,60 @@ static DIR *opendir_fd(int dir_fd)
 
 /* --- the journal: durable publishes with one flush --------------------------------------- */
 
-/* Under publish_lock: room for one more unsettled id. */
-static int reserve_unsettled(rl_store *s, size_t more)
+/* Under publish_lock: room for `more` more in an array of `size`-byte items. */
+static int reserve(void **array, size_t *cap, size_t n, size_t more, size_t size)
 {
-        if (s->n_unsettled + more <= s->cap_unsettled)
+        if (n + more <= *cap)
                 return 0;
-        size_t cap = s->cap_unsettled ? s->cap_unsettled * 2 : SETTLE_BATCH;
-        while (cap < s->n_unsettled + more)
-                cap *= 2;
-        uint64_t *ids = realloc(s->unsettled, cap * sizeof(*ids));
-        if (!ids)
+        size_t c = *cap ? *cap * 2 : SETTLE_BATCH;
+        while (c < n + more)
+                c *= 2;
+        void *a = realloc(*array, c * size);
+        if (!a)
                 return -ENOMEM;
-        s->unsettled = ids;
-        s->cap_unsettled = cap;
+        *array = a;
+        *cap = c;
         return 0;
+}
+
+/* Drop the first n of an array of `size`-byte items. */
+static void drop_front(void *array, size_t *count, size_t n, size_t size)
+{
+        if (n == 0)
+                return;
+        memmove(array, (char *)array + n * size, (*count - n) * size);
+        *count -= n;
 }
 
 /*
  * Make every publish journalled so far durable without the journal (its record's
- * fdatasync, then one fsync of snapshots/ for all the renames), then checkpoint the
- * journal: its entries are not needed any more. In the background (the trash thread) and
- * at close; a failure leaves the ids for the next time, and the entries for a replay.
+ * fdatasync, then one fsync of snapshots/ for all the renames, the removals before them
+ * included), then checkpoint the journal: its entries are not needed any more. In the
+ * background (the trash thread) once a batch is there, the journal is full or the removed
+ * keys are too many to remember; and at close (all). Not sooner: on btrfs an fsync of
+ * snapshots/ holds the directory for milliseconds, which a Remove's rename would wait for.
+ * Should a flush fail, nothing more is settled in this process (a retried fdatasync may
+ * answer 0 for a page the failed one dropped): the entries stay for the next open's
+ * replay, which rewrites what does not read.
  */
-static int journal_settle(rl_store *s, rl_error *err)
+static int journal_settle(rl_store *s, bool all, rl_error *err)
 {
         if (!s->journal)
                 return 0;
         pthread_mutex_lock(&s->publish_lock);
         uint64_t mark = rl_journal_mark(s->journal);
-        _cleanup_free_ uint64_t *ids = TAKE_PTR(s->unsettled);
-        size_t n = s->n_unsettled;
-        s->n_unsettled = s->cap_unsettled = 0;
+        size_t n = s->n_unsettled, n_removed = s->n_removed;
+        _cleanup_free_ uint64_t *ids = n ? malloc(n * sizeof(*ids)) : NULL;
+        if (ids)
+                memcpy(ids, s->unsettled, n * sizeof(*ids));
+        bool due = n >= SETTLE_BATCH || s->journal_full || n_removed >= REMOVED_MAX ||
+                   (all && (n > 0 || n_removed > 0));
+        bool skip = s->settle_failed || !due || (n && !ids);
+        if (!skip)
+                s->journal_full = false;
         pthread_mutex_unlock(&s->publish_lock);
+        if (skip)
+                return 0;
 
         int r = 0;
         for (size_t i = 0; i < n && r == 0; i++) {
@@ -353,15 +384,45 @@ static int journal_settle(rl_store *s, rl_error *err)
                 r = rl_error_set(err, -errno, "settle: fsync snapshots/");
         if (r == 0)
                 r = rl_journal_checkpoint(s->journal, mark, err);
-        if (r < 0 && n > 0) {
-                pthread_mutex_lock(&s->publish_lock);
-                if (reserve_unsettled(s, n) == 0) {
-                        memcpy(s->unsettled + s->n_unsettled, ids, n * sizeof(*ids));
-                        s->n_unsettled += n;
-                }
-                pthread_mutex_unlock(&s->publish_lock);
+
+        pthread_mutex_lock(&s->publish_lock);
+        if (r < 0) {
+                s->settle_failed = true;
+        } else {
+                /* Those published or removed meanwhile stay, after these. */
+                drop_front(s->unsettled, &s->n_unsettled, n, sizeof(*s->unsettled));
+                drop_front(s->removed_keys, &s->n_removed, n_removed, sizeof(*s->removed_keys));
         }
+        pthread_mutex_unlock(&s->publish_lock);
         return r;
+}
+
+/* A durable snapshot named key was removed (under s->lock): remembered until snapshots/ is
+ * flushed, so that a journalled publish of the same key flushes it first. */
+static void note_removal(rl_store *s, const char *key)
+{
+        if (!s->journal)
+                return;
+        pthread_mutex_lock(&s->publish_lock);
+        if (s->n_removed < REMOVED_MAX &&
+            reserve((void **)&s->removed_keys, &s->cap_removed, s->n_removed, 1,
+                    sizeof(*s->removed_keys)) == 0)
+                s->removed_keys[s->n_removed++] = hash_name(key);
+        else
+                s->n_removed = REMOVED_MAX; /* full (or no memory): every key counts as one */
+        pthread_mutex_unlock(&s->publish_lock);
+}
+
+/* Under publish_lock: was key (perhaps) removed since snapshots/ was last flushed? */
+static bool removed_unflushed(const rl_store *s, const char *key)
+{
+        if (s->n_removed >= REMOVED_MAX)
+                return true;
+        size_t h = hash_name(key);
+        for (size_t i = 0; i < s->n_removed; i++)
+                if (s->removed_keys[i] == h)
+                        return true;
+        return false;
 }
 
 /* A ready clone's name in pool/, as pool.c gives them: "c" and a number. */
@@ -378,8 +439,8 @@ static bool pool_name_valid(const char *name)
  * published from pool/NAME by way of tmp/ID; whichever of its renames reached the disk,
  * the tree is in one of those three places, unless it was removed since (trash/ID, or
  * nowhere once deleted). Its record is the one in the entry unless the one on disk reads
- * (it may be newer: an update, a commit). {"cancel": ID}: that publish failed after its
- * entry was written; it is taken back.
+ * (it may be newer: an update, a commit). A publish that failed after its entry was
+ * written moved its tree to trash/ (publish_journalled).
  */
 typedef struct replay_ctx {
         rl_store *s;
@@ -397,20 +458,12 @@ static int replay_entry(const char *payload, size_t len, void *userdata, rl_erro
         json_int_t id = 0;
         const char *pool = NULL;
         json_t *rec = NULL;
-        char idname[24], trashname[40];
+        char idname[24];
         int r;
 
         ctx->entries++;
         if (!e)
                 return rl_error_set(err, -EUCLEAN, "journal: %s", jerr.text);
-        if (json_unpack(e, "{s:I}", "cancel", &id) == 0 && id > 0) {
-                snprintf(idname, sizeof(idname), "%" PRIu64, (uint64_t)id);
-                snprintf(trashname, sizeof(trashname), "cancelled-%s", idname);
-                if (renameat(s->snaps_fd, idname, s->trash_fd, trashname) < 0 && errno != ENOENT)
-                        return rl_error_set(err, -errno, "journal: take back snapshots/%s",
-                                            idname);
-                return 0;
-        }
         if (json_unpack_ex(e, &jerr, JSON_STRICT, "{s:I, s:s, s:o}", "publish", &id, "pool",
                            &pool, "record", &rec) < 0)
                 return rl_error_set(err, -EUCLEAN, "journal: %s", jerr.text);
@@ -511,7 +564,7 @@ static void *trash_main(void *arg)
                 /* Settling the journal is as much background work as deleting trees is, and
                  * quick: first. Should it fail, its entries stay, for the next round or a
                  * replay. */
-                (void)journal_settle(s, NULL);
+                (void)journal_settle(s, false, NULL);
 
                 int r = 0;
                 rl_error err = {};
@@ -952,13 +1005,16 @@ RL_EXPORT int rl_store_close(rl_store *s)
         }
         /* Nothing is publishing now: what the journal holds is settled, so that the next
          * open has nothing to replay (should this fail, it replays). */
-        (void)journal_settle(s, NULL);
+        (void)journal_settle(s, true, NULL);
 out_fds:
         rl_journal_free(s->journal);
         s->journal = NULL;
         free(s->unsettled);
         s->unsettled = NULL;
         s->n_unsettled = s->cap_unsettled = 0;
+        free(s->removed_keys);
+        s->removed_keys = NULL;
+        s->n_removed = s->cap_removed = 0;
         free_index(s);
         closep(&s->snaps_fd);
         closep(&s->eph_fd);
@@ -1155,8 +1211,9 @@ out_remove_tmp:
  * is appended and flushed, and the rename into snapshots/ follows, unflushed. The pool's
  * clone and its name were durable before it was handed out (pool.c), so after a crash the
  * tree is found in pool/, tmp/ or snapshots/ whichever renames reached the disk.
- * -EAGAIN (no message): not this way, as the record does not fit the placeholder or the
- * journal is full; nothing is published and the record is still to be written.
+ * -EAGAIN (no message): not this way (the record does not fit the placeholder, the journal
+ * is full, or a snapshot of this key was removed and that is not flushed yet); nothing is
+ * published and the record is still to be written.
  */
 static int publish_journalled(rl_store *s, const rl_meta *m, int dir, const char *idname,
                               const char *pool_name, rl_error *err)
@@ -1166,6 +1223,12 @@ static int publish_journalled(rl_store *s, const rl_meta *m, int dir, const char
         bool kick = false;
         int r;
 
+        /* The key cannot be removed meanwhile: this Prepare holds it. */
+        pthread_mutex_lock(&s->publish_lock);
+        bool removed = removed_unflushed(s, m->name);
+        pthread_mutex_unlock(&s->publish_lock);
+        if (removed)
+                return -EAGAIN; /* the slow way's fsync of snapshots/ flushes that removal */
         r = rl_meta_fill(dir, m, false, err);
         if (r == -E2BIG)
                 return -EAGAIN;
@@ -1180,7 +1243,8 @@ static int publish_journalled(rl_store *s, const rl_meta *m, int dir, const char
                 return rl_error_set(err, -ENOMEM, "publish snapshots/%s", idname);
 
         pthread_mutex_lock(&s->publish_lock);
-        r = reserve_unsettled(s, 1);
+        r = reserve((void **)&s->unsettled, &s->cap_unsettled, s->n_unsettled, 1,
+                    sizeof(*s->unsettled));
         if (r < 0) {
                 r = rl_error_set(err, r, "publish snapshots/%s", idname);
                 goto out;
@@ -1188,28 +1252,24 @@ static int publish_journalled(rl_store *s, const rl_meta *m, int dir, const char
         r = rl_journal_append(s->journal, text, strlen(text), err);
         if (r == -ENOSPC) {
                 /* Full: this one the slow way, and the settle that empties it, now. */
-                kick = true;
+                s->journal_full = kick = true;
                 r = -EAGAIN;
                 goto out;
         }
+        if (r == 0 && renameat(s->tmp_fd, idname, s->snaps_fd, idname) < 0)
+                r = rl_error_set(err, -errno, "rename tmp/%s into snapshots/", idname);
         if (r < 0) {
+                /* The entry may have reached the disk (a failed fdatasync may have written
+                 * it): a replay would publish what failed, unless the tree is in trash/,
+                 * which the replay takes for removed. */
                 rl_error_prefix(err, r, "publish snapshots/%s", idname);
-                goto out;
-        }
-        if (renameat(s->tmp_fd, idname, s->snaps_fd, idname) < 0) {
-                /* The entry says it was published: a crash now would publish it. Say
-                 * otherwise, and should that fail too, say so. */
-                r = -errno;
-                _cleanup_free_ char *cancel = NULL;
-                rl_error ignored = {};
-                if (asprintf(&cancel, "{\"cancel\":%" PRIu64 "}", m->id) < 0 ||
-                    rl_journal_append(s->journal, cancel, strlen(cancel), &ignored) < 0)
+                if (renameat(s->tmp_fd, idname, s->trash_fd, idname) < 0 ||
+                    fsync(s->trash_fd) < 0)
                         rl_error_set(err, r,
-                                     "publish snapshots/%s: %s; the journal could not record "
-                                     "the failure, so the next open may publish it",
-                                     idname, strerror(-r));
-                else
-                        rl_error_set(err, r, "publish snapshots/%s", idname);
+                                     "publish snapshots/%s failed, and moving it to trash/ "
+                                     "failed too (%m): the next open may publish it",
+                                     idname);
+                kick = true;
                 goto out;
         }
         s->unsettled[s->n_unsettled++] = m->id;
@@ -1557,6 +1617,8 @@ static int do_remove(rl_store *s, const char *key, rl_error *err)
                         n->parent->children--;
                 if (s->pool)
                         rl_pool_forget(s->pool, n->id);
+                if (!n->ephemeral)
+                        note_removal(s, n->name);
                 unlink_snap(s, n);
                 snap_free(n);
                 pthread_cond_broadcast(&s->idle);
