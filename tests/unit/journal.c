@@ -223,6 +223,17 @@ static void open_store(const char *root, rl_store **s)
         cr_assert_eq(rl_store_open(root, &o, s, &err), 0, "%s", err.msg);
 }
 
+/* A store on a new loop XFS (its root into root) with "base", pooled by one clone. */
+static rl_store *pooled_store(char root[PATH_MAX])
+{
+        rl_store *s = NULL;
+        rl_label l = { RL_POOL_LABEL, "1" };
+        snprintf(root, PATH_MAX, "%s/store", rlt_mkfs(RLT_XFS, 0, "xfs"));
+        open_store(root, &s);
+        rlt_store_base(s, &l, 1);
+        return s;
+}
+
 /* The publish entries of ROOT/journal from its start: ids and pool names. */
 static unsigned journal_publishes(const char *root, uint64_t ids[], char pools[][32],
                                   unsigned max)
@@ -251,15 +262,9 @@ static unsigned journal_publishes(const char *root, uint64_t ids[], char pools[]
 
 Test(journal, the_store_replays_a_pooled_prepare_a_crash_cut_short)
 {
-        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
         char root[PATH_MAX], p[PATH_MAX], q[PATH_MAX];
-        snprintf(root, sizeof(root), "%s/store", mnt);
-        rl_store *s = NULL;
+        rl_store *s = pooled_store(root);
         rl_error err = {};
-        rl_label l = { RL_POOL_LABEL, "1" };
-
-        open_store(root, &s);
-        rlt_store_base(s, &l, 1);
         s = rl_store_free(s);
 
         /* Three Prepares from the pool, and the journal as it was then, before the close
@@ -356,15 +361,9 @@ static uint64_t id_of(rl_store *s, const char *key)
 
 Test(journal, a_key_removed_and_prepared_again_is_not_journalled_until_flushed)
 {
-        const char *mnt = rlt_mkfs(RLT_XFS, 0, "xfs");
         char root[PATH_MAX];
-        snprintf(root, sizeof(root), "%s/store", mnt);
-        rl_store *s = NULL;
+        rl_store *s = pooled_store(root);
         rl_error err = {};
-        rl_label l = { RL_POOL_LABEL, "1" };
-
-        open_store(root, &s);
-        rlt_store_base(s, &l, 1);
         rl_pool_stats ps0 = rlt_store_pool_wait(s, 1, 60), ps1;
         cr_assert_eq(rl_store_prepare(s, "k", "base", NULL, 0, NULL, &err), 0, "%s", err.msg);
         cr_assert(journalled(root, id_of(s, "k")));
