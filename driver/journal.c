@@ -211,7 +211,7 @@ static int scan(rl_journal *j, int (*fn)(const char *, size_t, void *, rl_error 
                 off += entry_size(len);
                 seq++;
         }
-        if (first || seq < j->start) {
+        if (first || seq <= j->start) {
                 /* Nothing to replay: appends start over. */
                 j->next = j->start;
                 j->tail = ENTRY0;
@@ -364,9 +364,10 @@ int rl_journal_checkpoint(rl_journal *j, uint64_t mark, rl_error *err)
                 r = header_write(j, mark);
                 if (r < 0)
                         rl_error_set(err, r, "journal: checkpoint");
-                else if (mark == j->next)
-                        j->tail = ENTRY0;
         }
+        /* Nothing left, and the header says so: start over. */
+        if (r == 0 && mark == j->next && j->start == mark)
+                j->tail = ENTRY0;
         pthread_mutex_unlock(&j->lock);
         return r;
 }

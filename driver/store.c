@@ -92,9 +92,13 @@ struct rl_store {
         size_t n_unsettled, cap_unsettled;
         /* Hashes of the keys of durable snapshots removed since snapshots/ was last
          * flushed: a journalled publish of one of these keys would not flush that removal,
-         * and a crash could then leave two snapshots of one key. */
+         * and a crash could then leave two snapshots of one key. Under removed_lock (lock
+         * order: lock, then removed_lock), apart from publish_lock, which a flush holds. */
+        pthread_mutex_t removed_lock;
         size_t *removed_keys;
         size_t n_removed, cap_removed;
+        uint64_t removals;     /* counted, to tell whether any came during a settle */
+        bool removed_overflow; /* more than REMOVED_MAX, or no memory: every key counts */
         bool settle_failed; /* the entries wait for the next open's replay */
         bool journal_full;  /* a publish found no room: settle whatever the batch */
 };
@@ -312,22 +316,6 @@ static DIR *opendir_fd(int dir_fd)
 
 /* --- the journal: durable publishes with one flush --------------------------------------- */
 
-/* Under publish_lock: room for `more` more in an array of `size`-byte items. */
-static int reserve(void **array, size_t *cap, size_t n, size_t more, size_t size)
-{
-        if (n + more <= *cap)
-                return 0;
-        size_t c = *cap ? *cap * 2 : SETTLE_BATCH;
-        while (c < n + more)
-                c *= 2;
-        void *a = realloc(*array, c * size);
-        if (!a)
-                return -ENOMEM;
-        *array = a;
-        *cap = c;
-        return 0;
-}
-
 /* Drop the first n of an array of `size`-byte items. */
 static void drop_front(void *array, size_t *count, size_t n, size_t size)
 {
@@ -352,14 +340,19 @@ static int journal_settle(rl_store *s, bool all, rl_error *err)
 {
         if (!s->journal)
                 return 0;
+        pthread_mutex_lock(&s->removed_lock);
+        size_t n_removed = s->n_removed;
+        uint64_t removals = s->removals;
+        bool overflow = s->removed_overflow;
+        pthread_mutex_unlock(&s->removed_lock);
         pthread_mutex_lock(&s->publish_lock);
         uint64_t mark = rl_journal_mark(s->journal);
-        size_t n = s->n_unsettled, n_removed = s->n_removed;
-        _cleanup_free_ uint64_t *ids = n ? malloc(n * sizeof(*ids)) : NULL;
+        size_t n = s->n_unsettled;
+        bool due = n >= SETTLE_BATCH || s->journal_full || overflow ||
+                   (all && (n > 0 || n_removed > 0));
+        _cleanup_free_ uint64_t *ids = due && n ? malloc(n * sizeof(*ids)) : NULL;
         if (ids)
                 memcpy(ids, s->unsettled, n * sizeof(*ids));
-        bool due = n >= SETTLE_BATCH || s->journal_full || n_removed >= REMOVED_MAX ||
-                   (all && (n > 0 || n_removed > 0));
         bool skip = s->settle_failed || !due || (n && !ids);
         if (!skip)
                 s->journal_full = false;
@@ -386,14 +379,18 @@ static int journal_settle(rl_store *s, bool all, rl_error *err)
                 r = rl_journal_checkpoint(s->journal, mark, err);
 
         pthread_mutex_lock(&s->publish_lock);
-        if (r < 0) {
+        if (r < 0)
                 s->settle_failed = true;
-        } else {
-                /* Those published or removed meanwhile stay, after these. */
+        else /* those published meanwhile stay, after these */
                 drop_front(s->unsettled, &s->n_unsettled, n, sizeof(*s->unsettled));
-                drop_front(s->removed_keys, &s->n_removed, n_removed, sizeof(*s->removed_keys));
-        }
         pthread_mutex_unlock(&s->publish_lock);
+        if (r == 0) {
+                pthread_mutex_lock(&s->removed_lock);
+                drop_front(s->removed_keys, &s->n_removed, n_removed, sizeof(*s->removed_keys));
+                if (s->removals == removals)
+                        s->removed_overflow = false;
+                pthread_mutex_unlock(&s->removed_lock);
+        }
         return r;
 }
 
@@ -403,26 +400,26 @@ static void note_removal(rl_store *s, const char *key)
 {
         if (!s->journal)
                 return;
-        pthread_mutex_lock(&s->publish_lock);
+        pthread_mutex_lock(&s->removed_lock);
+        s->removals++;
         if (s->n_removed < REMOVED_MAX &&
-            reserve((void **)&s->removed_keys, &s->cap_removed, s->n_removed, 1,
-                    sizeof(*s->removed_keys)) == 0)
+            RL_GROW(s->removed_keys, s->cap_removed, s->n_removed + 1))
                 s->removed_keys[s->n_removed++] = hash_name(key);
         else
-                s->n_removed = REMOVED_MAX; /* full (or no memory): every key counts as one */
-        pthread_mutex_unlock(&s->publish_lock);
+                s->removed_overflow = true; /* the Remove's kick of the trash settles */
+        pthread_mutex_unlock(&s->removed_lock);
 }
 
-/* Under publish_lock: was key (perhaps) removed since snapshots/ was last flushed? */
-static bool removed_unflushed(const rl_store *s, const char *key)
+/* Was key (perhaps) removed since snapshots/ was last flushed? */
+static bool removed_unflushed(rl_store *s, const char *key)
 {
-        if (s->n_removed >= REMOVED_MAX)
-                return true;
         size_t h = hash_name(key);
-        for (size_t i = 0; i < s->n_removed; i++)
-                if (s->removed_keys[i] == h)
-                        return true;
-        return false;
+        pthread_mutex_lock(&s->removed_lock);
+        bool found = s->removed_overflow;
+        for (size_t i = 0; i < s->n_removed && !found; i++)
+                found = s->removed_keys[i] == h;
+        pthread_mutex_unlock(&s->removed_lock);
+        return found;
 }
 
 /* A ready clone's name in pool/, as pool.c gives them: "c" and a number. */
@@ -577,6 +574,9 @@ static void *trash_main(void *arg)
                                 if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
                                         continue;
                                 rl_error e2 = {};
+                                /* A big tree takes long: a settle due meanwhile (the
+                                 * journal filling) does not wait for it. */
+                                (void)journal_settle(s, false, NULL);
                                 /* As many workers as a clone: they inherit this thread's
                                  * low CPU and I/O priority. */
                                 int q = rl_tree_remove(s->trash_fd, e->d_name, s->opts.jobs,
@@ -915,6 +915,7 @@ RL_EXPORT int rl_store_open(const char *root, const rl_store_options *opts, rl_s
         pthread_cond_init(&s->idle, NULL);
         pthread_mutex_init(&s->trash_lock, NULL);
         pthread_mutex_init(&s->publish_lock, NULL);
+        pthread_mutex_init(&s->removed_lock, NULL);
         pthread_cond_init(&s->trash_wake, NULL);
         pthread_cond_init(&s->trash_done_cond, NULL);
         if (opts)
@@ -1035,6 +1036,7 @@ RL_EXPORT rl_store *rl_store_free(rl_store *s)
         pthread_cond_destroy(&s->idle);
         pthread_mutex_destroy(&s->trash_lock);
         pthread_mutex_destroy(&s->publish_lock);
+        pthread_mutex_destroy(&s->removed_lock);
         pthread_cond_destroy(&s->trash_wake);
         pthread_cond_destroy(&s->trash_done_cond);
         free(s->root);
@@ -1093,7 +1095,7 @@ typedef struct layer_fill {
  * next open makes whole whatever a crash cut short.
  */
 static int publish_journalled(rl_store *s, const rl_meta *m, int dir, const char *idname,
-                              const char *pool_name, rl_error *err);
+                              const char *pool_name, bool *keep_tmp, rl_error *err);
 
 static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
                              const rl_prepare_options *popts, const layer_fill *fill,
@@ -1174,9 +1176,10 @@ static int build_and_publish(rl_store *s, const snap *n, const snap *parent,
         }
         meta_of(n, &m);
         if (pooled && s->journal && !n->ephemeral) {
-                r = publish_journalled(s, &m, dir, idname, pool_name, err);
-                if (r == 0)
-                        return 0;
+                bool keep_tmp = false;
+                r = publish_journalled(s, &m, dir, idname, pool_name, &keep_tmp, err);
+                if (r == 0 || keep_tmp)
+                        return r;
                 if (r != -EAGAIN)
                         goto out_remove_tmp;
         }
@@ -1213,10 +1216,11 @@ out_remove_tmp:
  * tree is found in pool/, tmp/ or snapshots/ whichever renames reached the disk.
  * -EAGAIN (no message): not this way (the record does not fit the placeholder, the journal
  * is full, or a snapshot of this key was removed and that is not flushed yet); nothing is
- * published and the record is still to be written.
+ * published and the record is still to be written. *keep_tmp: failed, and tmp/ID must stay
+ * whole (a replay may publish it).
  */
 static int publish_journalled(rl_store *s, const rl_meta *m, int dir, const char *idname,
-                              const char *pool_name, rl_error *err)
+                              const char *pool_name, bool *keep_tmp, rl_error *err)
 {
         _cleanup_(json_decrefp) json_t *rec = NULL, *entry = NULL;
         _cleanup_free_ char *text = NULL;
@@ -1224,10 +1228,7 @@ static int publish_journalled(rl_store *s, const rl_meta *m, int dir, const char
         int r;
 
         /* The key cannot be removed meanwhile: this Prepare holds it. */
-        pthread_mutex_lock(&s->publish_lock);
-        bool removed = removed_unflushed(s, m->name);
-        pthread_mutex_unlock(&s->publish_lock);
-        if (removed)
+        if (removed_unflushed(s, m->name))
                 return -EAGAIN; /* the slow way's fsync of snapshots/ flushes that removal */
         r = rl_meta_fill(dir, m, false, err);
         if (r == -E2BIG)
@@ -1243,10 +1244,8 @@ static int publish_journalled(rl_store *s, const rl_meta *m, int dir, const char
                 return rl_error_set(err, -ENOMEM, "publish snapshots/%s", idname);
 
         pthread_mutex_lock(&s->publish_lock);
-        r = reserve((void **)&s->unsettled, &s->cap_unsettled, s->n_unsettled, 1,
-                    sizeof(*s->unsettled));
-        if (r < 0) {
-                r = rl_error_set(err, r, "publish snapshots/%s", idname);
+        if (!RL_GROW(s->unsettled, s->cap_unsettled, s->n_unsettled + 1)) {
+                r = rl_error_set(err, -ENOMEM, "publish snapshots/%s", idname);
                 goto out;
         }
         r = rl_journal_append(s->journal, text, strlen(text), err);
@@ -1263,12 +1262,20 @@ static int publish_journalled(rl_store *s, const rl_meta *m, int dir, const char
                  * it): a replay would publish what failed, unless the tree is in trash/,
                  * which the replay takes for removed. */
                 rl_error_prefix(err, r, "publish snapshots/%s", idname);
-                if (renameat(s->tmp_fd, idname, s->trash_fd, idname) < 0 ||
-                    fsync(s->trash_fd) < 0)
+                if (renameat(s->tmp_fd, idname, s->trash_fd, idname) < 0) {
+                        /* Left whole in tmp/: deleting it could leave half a tree for a
+                         * replay to publish. The next open sweeps it, or publishes it. */
                         rl_error_set(err, r,
                                      "publish snapshots/%s failed, and moving it to trash/ "
                                      "failed too (%m): the next open may publish it",
                                      idname);
+                        *keep_tmp = true;
+                } else if (fsync(s->trash_fd) < 0) {
+                        rl_error_set(err, r,
+                                     "publish snapshots/%s failed, and flushing its move to "
+                                     "trash/ failed too (%m): the next open may publish it",
+                                     idname);
+                }
                 kick = true;
                 goto out;
         }

@@ -162,6 +162,20 @@ Test(journal, a_full_journal_says_so_and_a_checkpoint_makes_room)
         j = reopen(j, &s);
         cr_assert_eq(s.n, 1u);
         cr_assert_str_eq(s.text[0], "after");
+        /* Full once more, all of it checkpointed, and opened again: appends start over at
+         * the beginning, all 510 fit again. */
+        cr_assert_eq(rl_journal_checkpoint(j, rl_journal_mark(j), &err), 0, "%s", err.msg);
+        n = 0;
+        while (rl_journal_append(j, big, sizeof(big), &err) == 0)
+                n++;
+        cr_assert_eq(n, 510u);
+        cr_assert_eq(rl_journal_checkpoint(j, rl_journal_mark(j), &err), 0, "%s", err.msg);
+        j = reopen(j, &s);
+        cr_assert_eq(s.n, 0u);
+        n = 0;
+        while (rl_journal_append(j, big, sizeof(big), &err) == 0)
+                n++;
+        cr_assert_eq(n, 510u, "after a reopen, appends went on where the last round ended");
         /* One that could never fit is refused the same way. */
         char *huge = calloc(1, 2 << 20);
         cr_assert(huge);
