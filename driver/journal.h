@@ -21,7 +21,9 @@
 
 typedef struct rl_journal rl_journal;
 
-/* Open (dir_fd, name), creating it when missing or short (written whole and synced). */
+/* Open (dir_fd, name), creating it when missing or never finished (written whole and
+ * synced). -EUCLEAN when neither header reads: it may hold entries, which making it anew
+ * would lose. */
 int rl_journal_open(int dir_fd, const char *name, rl_journal **ret, rl_error *err);
 
 /* Close and free. Accepts NULL. */
