@@ -152,16 +152,15 @@ static uint64_t entry_size(size_t len)
         return (ENTRY_HEAD + len + BLOCK - 1) / BLOCK * BLOCK;
 }
 
-/* The entry at off, numbered seq: its payload (malloc'd) and length, or -EUCLEAN when
- * there is none (not whole, or not the next one). */
-static int entry_read(int fd, uint64_t off, uint64_t seq, char **ret, size_t *ret_len)
+/* The entry at off: its number, payload (malloc'd) and length, or -EUCLEAN when there is
+ * none (not whole). */
+static int entry_read(int fd, uint64_t off, uint64_t *ret_seq, char **ret, size_t *ret_len)
 {
         unsigned char h[ENTRY_HEAD];
         if (off + ENTRY_HEAD > JOURNAL_SIZE || pread_all(fd, h, sizeof(h), off) < 0)
                 return -EUCLEAN;
         uint32_t len = get32(h + 4);
-        if (get32(h) != ENTRY_MAGIC || get64(h + 8) != seq || len > JOURNAL_SIZE ||
-            off + entry_size(len) > JOURNAL_SIZE)
+        if (get32(h) != ENTRY_MAGIC || len > JOURNAL_SIZE || off + entry_size(len) > JOURNAL_SIZE)
                 return -EUCLEAN;
         char *p = malloc(len + 1);
         if (!p)
@@ -172,6 +171,7 @@ static int entry_read(int fd, uint64_t off, uint64_t seq, char **ret, size_t *re
                 return -EUCLEAN;
         }
         p[len] = '\0';
+        *ret_seq = get64(h + 8);
         *ret = p;
         *ret_len = len;
         return 0;
@@ -188,23 +188,17 @@ static int scan(rl_journal *j, int (*fn)(const char *, size_t, void *, rl_error 
         bool first = true;
         for (;;) {
                 _cleanup_free_ char *p = NULL;
+                uint64_t got;
                 size_t len;
-                /* The first entry may carry any number up to start: the chain runs on from
-                 * it. One numbered past start is of no round since the last checkpoint. */
-                unsigned char h[ENTRY_HEAD];
-                if (first) {
-                        if (off + ENTRY_HEAD > JOURNAL_SIZE ||
-                            pread_all(j->fd, h, sizeof(h), off) < 0)
-                                break;
-                        seq = get64(h + 8);
-                        if (seq > j->start)
-                                break;
-                }
-                int r = entry_read(j->fd, off, seq, &p, &len);
+                int r = entry_read(j->fd, off, &got, &p, &len);
                 if (r == -ENOMEM)
                         return rl_error_set(err, r, "journal: read");
-                if (r < 0)
+                /* The first entry may carry any number up to start: the chain runs on from
+                 * it. One numbered past start is of no round since the last checkpoint;
+                 * after the first, each must be the next. */
+                if (r < 0 || (first ? got > j->start : got != seq))
                         break;
+                seq = got;
                 if (fn && seq >= j->start && (r = fn(p, len, userdata, err)) < 0)
                         return r;
                 first = false;
