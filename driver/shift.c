@@ -15,6 +15,7 @@
 
 #include "entry.h"
 #include "inoset.h"
+#include "progress.h"
 #include "shift.h"
 #include "treestats.h"
 #include "util.h"
@@ -26,6 +27,7 @@
 
 typedef struct shift_ctx {
         const rl_tree_options *opts;
+        rl_meter *meter;
         rl_inoset seen;             /* inodes of several names, shifted already */
         pthread_mutex_t stats_lock; /* workers add their totals here when they finish */
         rl_tree_stats stats;
@@ -33,6 +35,7 @@ typedef struct shift_ctx {
 
 typedef struct shift_worker {
         rl_tree_stats stats;
+        rl_meter_local progress;
         char *names; /* xattr name list */
         char *value; /* an ACL's value, shifted and written back at once */
         char *cap;   /* the file capability, held across the chown that drops it */
@@ -123,7 +126,7 @@ static void count(rl_tree_stats *s, const struct statx *st)
 }
 
 /* Shift one inode, named by ref, whose statx is st. */
-static int shift_one(shift_ctx *c, shift_worker *wk, const rl_ref *ref, const struct statx *st,
+static int shift_inode(shift_ctx *c, shift_worker *wk, const rl_ref *ref, const struct statx *st,
                      const char *path, rl_error *err)
 {
         const rl_tree_options *o = c->opts;
@@ -168,6 +171,16 @@ static int shift_one(shift_ctx *c, shift_worker *wk, const rl_ref *ref, const st
                 wk->stats.xattrs++;
         }
         return 0;
+}
+
+/* shift_inode, and count the entry towards progress. */
+static int shift_one(shift_ctx *c, shift_worker *wk, const rl_ref *ref, const struct statx *st,
+                     const char *path, rl_error *err)
+{
+        int r = shift_inode(c, wk, ref, st, path, err);
+        if (r == 0)
+                rl_meter_count(c->meter, &wk->progress, S_ISREG(st->stx_mode) ? st->stx_size : 0);
+        return r;
 }
 
 static int shift_enter(void *ctx, void *worker, rl_walk_dir *d, rl_error *err)
@@ -223,11 +236,12 @@ static const rl_walk_ops shift_ops = {
         .leave = shift_leave,
 };
 
-int rl_shift_tree(int root_fd, const rl_tree_options *opts, rl_tree_stats *stats,
-                  rl_error *err)
+int rl_shift_tree(int root_fd, const rl_tree_options *opts, rl_meter *meter,
+                  rl_tree_stats *stats, rl_error *err)
 {
         shift_ctx c = {
                 .opts = opts,
+                .meter = meter,
                 .seen = RL_INOSET_INIT,
                 .stats_lock = PTHREAD_MUTEX_INITIALIZER,
         };

@@ -10,14 +10,17 @@
 #include <reflayer/error.h>
 #include <reflayer/tree.h>
 
+#include "progress.h"
+
 /*
  * Every inode below and including the directory root_fd (borrowed), once however many names
  * it has: owner through opts->uid_map and opts->gid_map (outside them -ERANGE, unless
  * RL_TREE_KEEP_UNMAPPED), the ids inside its POSIX ACLs and file capability shifted the way
  * rl_idmap_shift_xattr() does for a clone, the setuid/setgid bits that chown clears put
- * back; times untouched. opts->jobs workers, opts->cancel honoured. Counts go into *stats
+ * back; times untouched. opts->jobs workers, opts->cancel honoured; each entry counted into
+ * meter (opts->progress, if any, is the meter's). Counts go into *stats
  * (entries by type; hardlinks: further names of an inode already shifted; xattrs: values
  * rewritten). The tree must be private to the caller while it runs.
  */
-int rl_shift_tree(int root_fd, const rl_tree_options *opts, rl_tree_stats *stats,
-                  rl_error *err);
+int rl_shift_tree(int root_fd, const rl_tree_options *opts, rl_meter *meter,
+                  rl_tree_stats *stats, rl_error *err);

@@ -24,6 +24,7 @@
 
 #include "entry.h"
 #include "inoset.h"
+#include "progress.h"
 #include "shift.h"
 #include "subvol.h"
 #include "treestats.h"
@@ -32,7 +33,6 @@
 
 #define STATX_WANT (STATX_TYPE | STATX_MODE | STATX_NLINK | STATX_UID | STATX_GID |            \
                     STATX_ATIME | STATX_MTIME | STATX_INO | STATX_SIZE)
-#define PROGRESS_EVERY 128                /* entries between clock reads, per worker */
 
 /* --- hardlinks: one destination inode per source inode ------------------------------- */
 
@@ -110,15 +110,13 @@ typedef struct clone_ctx {
         rl_tree_stats stats;
 
         uint64_t start_ns;
-        atomic_uint_fast64_t progress_entries, progress_bytes, progress_last_ns;
-        pthread_mutex_t progress_lock;
+        rl_meter *meter; /* shared with the shift a snapshot may have needed first */
 } clone_ctx;
 
 typedef struct clone_worker {
         clone_ctx *ctx;
         rl_tree_stats stats;
-        unsigned since_progress; /* entries not yet added to the shared progress */
-        uint64_t progress_bytes;  /* and their bytes */
+        rl_meter_local progress; /* counted, not yet added to the meter */
         char *names;  /* xattr name list */
         char *value;  /* xattr value */
 } clone_worker;
@@ -455,42 +453,6 @@ static int clone_special(clone_worker *wk, rl_walk_dir *d, int dst_dir, const ch
                           &(ref){ -EBADF, dst_dir, name }, false, path, err);
 }
 
-/*
- * Count one entry towards progress. Workers count on their own and add to the shared totals
- * once every PROGRESS_EVERY entries: two atomic adds per entry on one shared cache line
- * would bounce it between the cores for every file. Without a callback nothing is counted.
- */
-static void report_progress(clone_worker *wk, uint64_t bytes)
-{
-        clone_ctx *c = wk->ctx;
-        const rl_tree_options *o = c->opts;
-
-        if (!o->progress)
-                return;
-        wk->progress_bytes += bytes;
-        if (++wk->since_progress < PROGRESS_EVERY)
-                return;
-        atomic_fetch_add_explicit(&c->progress_entries, wk->since_progress,
-                                  memory_order_relaxed);
-        atomic_fetch_add_explicit(&c->progress_bytes, wk->progress_bytes, memory_order_relaxed);
-        wk->since_progress = 0;
-        wk->progress_bytes = 0;
-        uint64_t now = rl_now_ns();
-        uint64_t interval = o->progress_interval_ns ? o->progress_interval_ns : 100000000ULL;
-        if (now - atomic_load(&c->progress_last_ns) < interval)
-                return;
-        if (pthread_mutex_trylock(&c->progress_lock) != 0)
-                return;
-        atomic_store(&c->progress_last_ns, now);
-        rl_tree_progress p = {
-                .entries = atomic_load(&c->progress_entries),
-                .bytes = atomic_load(&c->progress_bytes),
-                .elapsed_ns = now - c->start_ns,
-        };
-        o->progress(&p, o->progress_userdata);
-        pthread_mutex_unlock(&c->progress_lock);
-}
-
 static int clone_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name,
                        unsigned char d_type, rl_error *err)
 {
@@ -543,7 +505,7 @@ static int clone_entry(void *ctx, void *worker, rl_walk_dir *d, const char *name
         if (r < 0)
                 return r;
         wk->stats.entries++;
-        report_progress(wk, S_ISREG(st.stx_mode) ? st.stx_size : 0);
+        rl_meter_count(wk->ctx->meter, &wk->progress, S_ISREG(st.stx_mode) ? st.stx_size : 0);
         return 0;
 }
 
@@ -926,7 +888,7 @@ static int snapshot_nested(int src_fd, int dst_fd, const rl_subvol_ref *refs, si
  * when what was made cannot be removed (said in err).
  */
 static int snapshot_root(int src_fd, int dst_dir_fd, char *tmp_name, size_t size,
-                         const rl_tree_options *opts, uint64_t *snapshots,
+                         const rl_tree_options *opts, rl_meter *meter, uint64_t *snapshots,
                          rl_tree_stats *shifted, bool *fall_back, rl_error *err)
 {
         rl_subvol_ref *nested = NULL;
@@ -943,7 +905,7 @@ static int snapshot_root(int src_fd, int dst_dir_fd, char *tmp_name, size_t size
         r = fd < 0 ? fd : snapshot_nested(src_fd, fd, nested, n_nested, 0, snapshots, err);
         rl_subvol_refs_free(nested, n_nested);
         if (r == 0 && (opts->uid_map || opts->gid_map))
-                r = rl_shift_tree(fd, opts, shifted, err);
+                r = rl_shift_tree(fd, opts, meter, shifted, err);
         if (r == 0 || fd < 0)
                 return r == 0 ? fd : r;
         close(fd);
@@ -1003,15 +965,18 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
         root_kind kind = root_kind_for(src_fd, dst_dir_fd, opts);
         uint64_t snapshots = 1, start_ns = rl_now_ns();
         rl_tree_stats shifted = {};
+        _cleanup_(rl_meter_done) rl_meter meter;
+        rl_meter_init(&meter, opts, start_ns);
         if (kind == ROOT_SNAPSHOT) {
                 bool fall_back;
                 tmp_fd = snapshot_root(src_fd, dst_dir_fd, tmp_name, sizeof(tmp_name), opts,
-                                       &snapshots, &shifted, &fall_back, err);
+                                       &meter, &snapshots, &shifted, &fall_back, err);
                 if (tmp_fd < 0 && !fall_back)
                         return rl_error_prefix(err, tmp_fd, "clone '%s'", dst_name);
                 if (tmp_fd < 0) {
                         /* Another filesystem, a source we may not snapshot, an inode the
-                         * shift cannot change: the walk does what the snapshot would have. */
+                         * shift cannot change: the walk does what the snapshot would have.
+                         * The meter keeps what a shift counted: progress never goes back. */
                         kind = ROOT_SUBVOL;
                         rl_error_clear(err);
                 }
@@ -1036,12 +1001,9 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
                 .umask = read_umask(),
                 .links = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER },
                 .stats_lock = PTHREAD_MUTEX_INITIALIZER,
-                .progress_lock = PTHREAD_MUTEX_INITIALIZER,
                 .start_ns = start_ns,
+                .meter = &meter,
         };
-        atomic_init(&c.progress_entries, 0);
-        atomic_init(&c.progress_bytes, 0);
-        atomic_init(&c.progress_last_ns, c.start_ns);
 
         /* A snapshot is the whole tree already (shifted above). */
         c.stats = shifted;
@@ -1050,7 +1012,6 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
                     : rl_walk_run(src_fd, &clone_ops, &c, opts->jobs, opts->cancel, err);
         link_map_clear(&c.links);
         pthread_mutex_destroy(&c.stats_lock);
-        pthread_mutex_destroy(&c.progress_lock);
         if (r < 0) {
                 rl_error_prefix(err, r, "clone '%s'", dst_name);
                 goto out_remove_tmp;

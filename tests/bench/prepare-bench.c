@@ -14,14 +14,22 @@
  *   prepare-bench overlay LOWER UPPER WORK TARGET
  *           mount(2) of an overlayfs (lowerdir=LOWER, upperdir=UPPER, workdir=WORK) on
  *           TARGET, as `mount -t overlay` makes it; prints "SECONDS". TARGET stays mounted.
+ *   prepare-bench flush FILE
+ *           Overwrite the first 4 KiB of FILE in place and fdatasync it: the one flush a
+ *           durable warm-pool Prepare cannot do without (its journal entry), alone; prints
+ *           "SECONDS". A FILE that is missing or shorter is written and fsynced first,
+ *           untimed, so that the timed write allocates nothing.
  *
  * Any failure ends the program with status 1 and the daemon's or the kernel's reason.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <reflayer/client.h>
 #include <reflayer/idmap.h>
@@ -128,6 +136,30 @@ static int cmd_overlay(int argc, char **argv)
         return 0;
 }
 
+static int cmd_flush(int argc, char **argv)
+{
+        if (argc != 1) {
+                fprintf(stderr, "prepare-bench: flush FILE\n");
+                return 2;
+        }
+        char block[4096];
+        struct stat st;
+        memset(block, 'x', sizeof(block));
+        int fd = open(argv[0], O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0 || fstat(fd, &st) < 0)
+                die(argv[0], NULL);
+        if (st.st_size < (off_t)sizeof(block) &&
+            (pwrite(fd, block, sizeof(block), 0) != (ssize_t)sizeof(block) || fsync(fd) < 0))
+                die(argv[0], NULL);
+        double t0 = now();
+        if (pwrite(fd, block, sizeof(block), 0) != (ssize_t)sizeof(block) || fdatasync(fd) < 0)
+                die(argv[0], NULL);
+        double t = now() - t0;
+        close(fd);
+        printf("%.9f\n", t);
+        return 0;
+}
+
 int main(int argc, char **argv)
 {
         if (argc >= 2 && strcmp(argv[1], "prepare") == 0)
@@ -136,9 +168,12 @@ int main(int argc, char **argv)
                 return cmd_remove(argc - 2, argv + 2);
         if (argc >= 2 && strcmp(argv[1], "overlay") == 0)
                 return cmd_overlay(argc - 2, argv + 2);
+        if (argc >= 2 && strcmp(argv[1], "flush") == 0)
+                return cmd_flush(argc - 2, argv + 2);
         fprintf(stderr, "Usage: prepare-bench prepare SOCKET PARENT KEY... "
                         "[--uid-map SPEC --gid-map SPEC]\n"
                         "       prepare-bench remove SOCKET KEY...\n"
-                        "       prepare-bench overlay LOWER UPPER WORK TARGET\n");
+                        "       prepare-bench overlay LOWER UPPER WORK TARGET\n"
+                        "       prepare-bench flush FILE\n");
         return 2;
 }

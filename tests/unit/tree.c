@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -479,13 +480,18 @@ Test(tree, wide_directory_in_parallel)
 
 static unsigned progress_calls;
 static uint64_t progress_last;
+static unsigned progress_cancel_after; /* calls; 0: never */
+static atomic_bool progress_cancel;
 
+/* Entries only grow; progress_cancel is set at call number progress_cancel_after. */
 static void on_progress(const rl_tree_progress *p, void *userdata)
 {
         cr_assert_eq(userdata, &progress_calls);
         cr_assert_geq(p->entries, progress_last);
         progress_last = p->entries;
         progress_calls++;
+        if (progress_cancel_after && progress_calls >= progress_cancel_after)
+                atomic_store(&progress_cancel, true);
 }
 
 Test(tree, progress_is_reported)
@@ -959,5 +965,51 @@ Test(tree, btrfs_shift_in_place_matches_the_walk)
         flags &= ~FS_IMMUTABLE_FL;
         cr_assert(ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0);
         close(fd);
+        rl_idmap_free(m);
+}
+
+/* The shift of a btrfs snapshot's owners counts towards progress like a clone's walk, and a
+ * cancel from the callback (the daemon's, on a client's hang-up) stops it, nothing left. */
+Test(tree, btrfs_shift_reports_progress_and_cancels)
+{
+        const char *mnt = rlt_mkfs(RLT_BTRFS, 0, "btrfs");
+        char src[PATH_MAX], p[PATH_MAX + 16];
+        rl_tree_stats st;
+        rl_error err = {};
+
+        snprintf(src, sizeof(src), "%s/src", mnt);
+        cr_assert(mkdir(src, 0755) == 0);
+        for (int i = 0; i < 3000; i++) {
+                snprintf(p, sizeof(p), "%s/f%d", src, i);
+                rlt_write_file(p, 10, (unsigned)i);
+        }
+        cr_assert_eq(clone_path(src, mnt, "base", &(rl_tree_options){ .flags = RL_TREE_SUBVOLUME },
+                                &st, &err),
+                     0, "%s", err.msg);
+        snprintf(src, sizeof(src), "%s/base", mnt);
+        rl_idmap *m = NULL;
+        cr_assert_eq(rl_idmap_new(&m, &err), 0);
+        cr_assert_eq(rl_idmap_parse(m, "0:100000:65536", &err), 0, "%s", err.msg);
+        rl_tree_options o = { .jobs = 1, .flags = RL_TREE_SUBVOLUME, .uid_map = m, .gid_map = m,
+                              .progress = on_progress, .progress_userdata = &progress_calls,
+                              .progress_interval_ns = 1 };
+
+        /* Counted: the snapshot's shift is the whole clone. */
+        cr_assert_eq(clone_path(src, mnt, "shifted", &o, &st, &err), 0, "%s", err.msg);
+        cr_expect_eq(st.snapshots, 1, "no snapshot: the walk ran, not the shift");
+        cr_expect_geq(progress_calls, 10, "progress called %u times during the shift",
+                      progress_calls);
+        cr_expect_leq(progress_last, st.entries);
+
+        /* Cancelled from the callback: -ECANCELED, no destination, no temporary. */
+        progress_calls = 0;
+        progress_last = 0;
+        progress_cancel_after = 3;
+        o.cancel = &progress_cancel;
+        cr_expect_eq(clone_path(src, mnt, "cancelled", &o, &st, &err), -ECANCELED, "%s", err.msg);
+        cr_expect(atomic_load(&progress_cancel));
+        snprintf(p, sizeof(p), "%s/cancelled", mnt);
+        cr_expect(access(p, F_OK) < 0, "a cancelled clone left its destination");
+        cr_expect(!rlt_dir_has_prefix(mnt, ".rl-clone-"), "a cancelled shift left its snapshot");
         rl_idmap_free(m);
 }
