@@ -61,8 +61,37 @@ typedef struct importer {
 } importer;
 
 /*
- * Open the blob named by digest (a descriptor's), checked: a regular file beneath the
- * layout, of the descriptor's size (size < 0: any), readable by whoever we act for.
+ * Open path, a file of the layout: a regular file beneath it, readable by whoever we act
+ * for; its size in *size. Never blocks: the open is O_NONBLOCK (a FIFO planted in the layout
+ * would otherwise hold the call until someone opened it for writing), and anything but a
+ * regular file is refused before a byte is read. Missing: -EINVAL.
+ */
+static int open_file(importer *im, const char *path, const char *what, off_t *size,
+                     rl_error *err)
+{
+        _cleanup_close_ int fd = rl_openat_beneath(im->layout_fd, path,
+                                                   O_RDONLY | O_NONBLOCK | O_NOCTTY, 0);
+        if (fd == -ENOENT)
+                return rl_error_set(err, -EINVAL, "%s: no %s", what, path);
+        if (fd < 0)
+                return rl_error_set(err, fd, "%s: open %s", what, path);
+        struct stat st;
+        if (fstat(fd, &st) < 0)
+                return rl_error_set(err, -errno, "%s: %s", what, path);
+        if (!S_ISREG(st.st_mode))
+                return rl_error_set(err, -EINVAL, "%s: %s is not a regular file", what, path);
+        if (im->opts->may_read) {
+                int r = im->opts->may_read(fd, path, im->opts->may_read_userdata, err);
+                if (r < 0)
+                        return r;
+        }
+        *size = st.st_size;
+        return TAKE_FD(fd);
+}
+
+/*
+ * Open the blob named by digest (a descriptor's), checked (open_file), of the descriptor's
+ * size (size < 0: any).
  */
 static int open_blob(importer *im, const char *digest, json_int_t size, const char *what,
                      rl_error *err)
@@ -71,25 +100,15 @@ static int open_blob(importer *im, const char *digest, json_int_t size, const ch
                 return rl_error_set(err, -EINVAL, "%s: digest '%.100s' is not sha256:HEX", what,
                                     digest ? digest : "(none)");
         char path[96];
+        off_t have;
         snprintf(path, sizeof(path), "blobs/sha256/%s", digest + 7);
-        _cleanup_close_ int fd = rl_openat_beneath(im->layout_fd, path, O_RDONLY, 0);
+        _cleanup_close_ int fd = open_file(im, path, what, &have, err);
         if (fd < 0)
-                return rl_error_set(err, fd == -ENOENT ? -EINVAL : fd, "%s: blob %s", what, path);
-        struct stat st;
-        if (fstat(fd, &st) < 0)
-                return rl_error_set(err, -errno, "%s: blob %s", what, path);
-        if (!S_ISREG(st.st_mode))
-                return rl_error_set(err, -EINVAL, "%s: blob %s is not a regular file", what,
-                                    path);
-        if (size >= 0 && st.st_size != size)
+                return fd;
+        if (size >= 0 && have != size)
                 return rl_error_set(err, -EBADMSG,
                                     "%s: blob %s has %jd bytes, its descriptor says %jd", what,
-                                    path, (intmax_t)st.st_size, (intmax_t)size);
-        if (im->opts->may_read) {
-                int r = im->opts->may_read(fd, path, im->opts->may_read_userdata, err);
-                if (r < 0)
-                        return r;
-        }
+                                    path, (intmax_t)have, (intmax_t)size);
         return TAKE_FD(fd);
 }
 
@@ -327,10 +346,10 @@ RL_EXPORT int rl_store_import(rl_store *s, int layout_fd, const rl_import_option
         int r;
 
         /* oci-layout says what this is; index.json is the way in. */
-        lfd = rl_openat_beneath(layout_fd, "oci-layout", O_RDONLY, 0);
+        off_t size;
+        lfd = open_file(&im, "oci-layout", "import (not an OCI image layout?)", &size, err);
         if (lfd < 0) {
-                r = rl_error_set(err, -EINVAL, "import: no oci-layout file: not an OCI image "
-                                               "layout");
+                r = lfd;
                 goto out;
         }
         if ((r = read_small(lfd, "import: oci-layout", &buf, &len, err)) < 0 ||
@@ -345,14 +364,11 @@ RL_EXPORT int rl_store_import(rl_store *s, int layout_fd, const rl_import_option
         if (r < 0)
                 goto out;
         free(TAKE_PTR(buf));
-        ifd = rl_openat_beneath(layout_fd, "index.json", O_RDONLY, 0);
+        ifd = open_file(&im, "index.json", "import", &size, err);
         if (ifd < 0) {
-                r = rl_error_set(err, -EINVAL, "import: no index.json");
+                r = ifd;
                 goto out;
         }
-        if (im.opts->may_read && (r = im.opts->may_read(ifd, "index.json",
-                                                          im.opts->may_read_userdata, err)) < 0)
-                goto out;
         if ((r = read_small(ifd, "import: index.json", &buf, &len, err)) < 0 ||
             (r = parse(buf, len, "import: index.json", &index, err)) < 0)
                 goto out;

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <reflayer/image.h>
 #include <reflayer/layer.h>
 #include <reflayer/store.h>
 #include <reflayer/tree.h>
@@ -201,4 +202,48 @@ Test(store_layer, commit_layer_makes_a_chain_and_leaves_nothing_on_failure)
         cr_expect_str_eq(get(p), "one\n");
         /* The parent can no longer be removed. */
         cr_expect_eq(rl_store_remove(S, "sha256:one", &err), -EBUSY);
+}
+
+/*
+ * Import never blocks on a file of the layout: a FIFO as oci-layout, as index.json or as a
+ * blob is refused as not a regular file, at once (an open without O_NONBLOCK would wait
+ * for a writer forever, and with it the daemon's call and its shutdown).
+ */
+Test(store_layer, import_refuses_fifos_in_the_layout, .timeout = 60)
+{
+        static const char manifest[] = "0123456789abcdef0123456789abcdef"
+                                       "0123456789abcdef0123456789abcdef";
+        char dir[PATH_MAX], p[PATH_MAX + 128];
+        rl_import_result res;
+        rl_error err = {};
+        snprintf(dir, sizeof(dir), "%s/layout", mnt);
+        cr_assert(mkdir(dir, 0755) == 0);
+        snprintf(p, sizeof(p), "%s/blobs", dir);
+        cr_assert(mkdir(p, 0755) == 0);
+        snprintf(p, sizeof(p), "%s/blobs/sha256", dir);
+        cr_assert(mkdir(p, 0755) == 0);
+        int lfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cr_assert(lfd >= 0);
+
+        const char *fifo[] = { "oci-layout", "index.json", "blobs/sha256/0123456789abcdef" };
+        for (int i = 0; i < 3; i++) {
+                snprintf(p, sizeof(p), "%s/%s%s", dir, fifo[i], i == 2 ? manifest + 16 : "");
+                cr_assert(mkfifo(p, 0644) == 0, "mkfifo %s: %s", p, strerror(errno));
+                cr_expect_eq(rl_store_import(S, lfd, NULL, &res, &err), -EINVAL, "%s", err.msg);
+                cr_expect(strstr(err.msg, "not a regular file"), "%s", err.msg);
+                cr_assert(unlink(p) == 0);
+                /* The next step: this one a regular file. */
+                if (i == 0)
+                        put(p, "{\"imageLayoutVersion\":\"1.0.0\"}");
+                if (i == 1) {
+                        char index[512];
+                        snprintf(index, sizeof(index),
+                                 "{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":"
+                                 "\"application/vnd.oci.image.manifest.v1+json\","
+                                 "\"digest\":\"sha256:%s\",\"size\":10}]}",
+                                 manifest);
+                        put(p, index);
+                }
+        }
+        close(lfd);
 }
