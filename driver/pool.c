@@ -113,7 +113,10 @@ static void discard(rl_pool *p, uint64_t n)
 {
         char name[32], trash[48];
         name_of(name, n);
-        snprintf(trash, sizeof(trash), "pool-%" PRIu64 "-%s", (uint64_t)getpid(), name);
+        /* The clock, not the pid: a daemon that is pid 1 in a container has the same one in
+         * every run, and a name a previous run left in the trash (its deletion cut short)
+         * would make this rename fail. */
+        snprintf(trash, sizeof(trash), "pool-%" PRIu64 "-%s", rl_now_ns(), name);
         if (renameat(p->pool_fd, name, p->trash_fd, trash) == 0)
                 p->stats.dropped++;
 }
@@ -296,6 +299,25 @@ static void *builder_main(void *arg)
         return NULL;
 }
 
+void rl_pool_sweep(int root_fd, int trash_fd)
+{
+        int dfd = openat(root_fd, RL_POOL_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+        struct dirent *de;
+        char trash[NAME_MAX + 32];
+        while (d && (de = readdir(d))) {
+                if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+                        continue;
+                snprintf(trash, sizeof(trash), "pool-old-%" PRIu64 "-%s", rl_now_ns(),
+                         de->d_name);
+                (void)renameat(dirfd(d), de->d_name, trash_fd, trash);
+        }
+        if (d)
+                closedir(d);
+        else if (dfd >= 0)
+                close(dfd);
+}
+
 int rl_pool_start(int root_fd, int snaps_fd, int trash_fd, const rl_pool_config *cfg,
                   void (*kick_trash)(void *userdata), void *userdata, rl_pool **ret,
                   rl_error *err)
@@ -314,25 +336,6 @@ int rl_pool_start(int root_fd, int snaps_fd, int trash_fd, const rl_pool_config 
         else if ((p->pool_fd = openat(root_fd, RL_POOL_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
                                                                 O_CLOEXEC)) < 0)
                 r = rl_error_set(err, -errno, "pool: open pool/");
-        if (r == 0) {
-                /* A previous process's clones: of parents that may be gone, with maps nobody
-                 * may ask for again. */
-                int dfd = openat(p->pool_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-                DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
-                struct dirent *de;
-                char trash[NAME_MAX + 32];
-                while (d && (de = readdir(d))) {
-                        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-                                continue;
-                        snprintf(trash, sizeof(trash), "pool-old-%" PRIu64 "-%s",
-                                 rl_now_ns(), de->d_name);
-                        (void)renameat(p->pool_fd, de->d_name, trash_fd, trash);
-                }
-                if (d)
-                        closedir(d);
-                else if (dfd >= 0)
-                        close(dfd);
-        }
         if (r == 0 && pthread_create(&p->thread, NULL, builder_main, p) != 0)
                 r = rl_error_set(err, -EAGAIN, "pool: start the builder");
         if (r < 0) {

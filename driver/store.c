@@ -394,8 +394,8 @@ static int journal_settle(rl_store *s, bool all, rl_error *err)
         return r;
 }
 
-/* A durable snapshot named key was removed (under s->lock): remembered until snapshots/ is
- * flushed, so that a journalled publish of the same key flushes it first. */
+/* A snapshot named key was removed (under s->lock): remembered until snapshots/ is flushed,
+ * so that a journalled publish of the same key flushes it first. */
 static void note_removal(rl_store *s, const char *key)
 {
         if (!s->journal)
@@ -943,6 +943,7 @@ RL_EXPORT int rl_store_open(const char *root, const rl_store_options *opts, rl_s
         r = sweep_tmp(s, &max_id, err);
         if (r < 0)
                 return r;
+        rl_pool_sweep(s->root_fd, s->trash_fd);
         r = load_index(s, &max_id, err);
         if (r < 0)
                 return rl_error_prefix(err, r, "store '%s'", s->root);
@@ -1624,8 +1625,9 @@ static int do_remove(rl_store *s, const char *key, rl_error *err)
                         n->parent->children--;
                 if (s->pool)
                         rl_pool_forget(s->pool, n->id);
-                if (!n->ephemeral)
-                        note_removal(s, n->name);
+                /* An ephemeral one too: after a shutdown without a reboot its record still
+                 * reads, and a journalled Prepare of its key would make two of one key. */
+                note_removal(s, n->name);
                 unlink_snap(s, n);
                 snap_free(n);
                 pthread_cond_broadcast(&s->idle);
@@ -2170,11 +2172,18 @@ RL_EXPORT int rl_store_export(rl_store *s, const char *key, int out_fd,
         return CALL(s, err, do_export(s, key, out_fd, opts, ret, err));
 }
 
+static int do_pool_stats(rl_store *s, rl_pool_stats *ret)
+{
+        if (s->pool)
+                rl_pool_get_stats(s->pool, ret);
+        return 0;
+}
+
+/* A call like the others, so that a close waits for it before the pool is freed. */
 RL_EXPORT void rl_store_pool_stats(rl_store *s, rl_pool_stats *ret)
 {
         *ret = (rl_pool_stats){};
-        if (s->pool)
-                rl_pool_get_stats(s->pool, ret);
+        (void)CALL(s, NULL, do_pool_stats(s, ret));
 }
 
 RL_EXPORT int rl_store_cleanup(rl_store *s, rl_error *err)

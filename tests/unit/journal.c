@@ -395,5 +395,15 @@ Test(journal, a_key_removed_and_prepared_again_is_not_journalled_until_flushed)
         cr_assert_eq(rl_store_prepare(s, "other", "base", NULL, 0, NULL, &err), 0, "%s",
                      err.msg);
         cr_assert(journalled(root, id_of(s, "other")));
+        /* An ephemeral one's key too: after a shutdown without a reboot its record still
+         * reads, so the same two-of-one-key would follow. */
+        rl_prepare_options eph = { .ephemeral = true };
+        cr_assert_eq(rl_store_prepare(s, "e", "base", NULL, 0, &eph, &err), 0, "%s", err.msg);
+        cr_assert_eq(rl_store_remove(s, "e", &err), 0, "%s", err.msg);
+        ps0 = rlt_store_pool_wait(s, 1, 60);
+        cr_assert_eq(rl_store_prepare(s, "e", "base", NULL, 0, NULL, &err), 0, "%s", err.msg);
+        rl_store_pool_stats(s, &ps1);
+        cr_assert_eq(ps1.hits, ps0.hits + 1, "not from the pool");
+        cr_expect(!journalled(root, id_of(s, "e")), "journalled after an ephemeral removal");
         s = rl_store_free(s);
 }

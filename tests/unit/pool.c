@@ -79,6 +79,17 @@ Test(pool, labelled_parent_is_served_from_the_pool)
         S = rl_store_free(S);
         open_with(2, 0);
         rlt_store_pool_wait(S, 2, 30);
+
+        /* Reopened with the pool off: the clones go all the same (they would keep the
+         * parent's blocks for as long as the pool stays off), and their trees are deleted. */
+        S = rl_store_free(S);
+        snprintf(p, sizeof(p), "%s/pool", root);
+        cr_assert(!rlt_dir_is_empty(p), "no clone was left in pool/ to test with");
+        open_with(0, 0);
+        cr_expect(rlt_dir_is_empty(p), "a store opened without a pool kept the old clones");
+        cr_assert_eq(rl_store_cleanup(S, &err), 0, "%s", err.msg);
+        snprintf(p, sizeof(p), "%s/trash", root);
+        cr_expect(rlt_dir_is_empty(p), "the old clones were not deleted");
 }
 
 Test(pool, automatic_after_k_prepares_and_keyed_by_maps)
