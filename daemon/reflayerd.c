@@ -303,25 +303,47 @@ static ssize_t recv_with_fds(int fd, char *buf, size_t size, rpc_fds *fds)
         return n;
 }
 
+/*
+ * The start of the line that descriptors received with buf[from, len) belong to: the last
+ * line that begins there (a recvmsg ends with the segment that carried descriptors, and a
+ * client sends a request line with its descriptors in one sendmsg, so a request answered
+ * before it may have come along in front), or the line in progress if none begins there.
+ */
+static size_t fds_owner(const char *buf, size_t from, size_t len)
+{
+        for (size_t p = len; p-- > from;)
+                if (p == 0 || buf[p - 1] == '\n')
+                        return p;
+        const char *nl = from ? memrchr(buf, '\n', from) : NULL;
+        return nl ? (size_t)(nl - buf) + 1 : 0;
+}
+
 /* One connection: read lines, answer each. A line past the limit gets an error, and the
- * connection is closed (what follows cannot be trusted to be a line boundary). */
+ * connection is closed (what follows cannot be trusted to be a line boundary). Lines are
+ * taken from buf[off, len); the rest is moved to the front only before the next recv, so a
+ * recv of many short lines costs one move, not one per line. */
 static void serve_lines(conn *c)
 {
-        size_t cap = 64 * 1024, len = 0;
+        size_t cap = 64 * 1024, len = 0, off = 0, owner = 0;
         char *buf = malloc(cap);
 
         rpc_fds fds = {};
         while (buf) {
-                char *nl = memchr(buf, '\n', len);
+                char *nl = memchr(buf + off, '\n', len - off);
                 if (nl) {
-                        size_t line = (size_t)(nl - buf);
-                        char *out = line ? rpc_handle(c->srv, &c->peer, &fds, buf, line) : NULL;
+                        size_t line = (size_t)(nl - buf) - off;
+                        rpc_fds none = {};
+                        bool mine = fds.n > 0 && owner == off;
+                        char *out = line ? rpc_handle(c->srv, &c->peer, mine ? &fds : &none,
+                                                      buf + off, line)
+                                         : NULL;
                         /* What the request did not use goes: fds belong to one request. */
-                        for (unsigned i = 0; i < fds.n; i++)
-                                closep(&fds.fd[i]);
-                        fds.n = 0;
-                        memmove(buf, nl + 1, len - line - 1);
-                        len -= line + 1;
+                        if (mine) {
+                                for (unsigned i = 0; i < fds.n; i++)
+                                        closep(&fds.fd[i]);
+                                fds.n = 0;
+                        }
+                        off += line + 1;
                         if (out) {
                                 int r = rl_send_all(c->fd, out, strlen(out));
                                 free(out);
@@ -329,6 +351,12 @@ static void serve_lines(conn *c)
                                         break; /* the client went away */
                         }
                         continue;
+                }
+                if (off > 0) {
+                        memmove(buf, buf + off, len - off);
+                        len -= off;
+                        owner -= owner >= off ? off : owner;
+                        off = 0;
                 }
                 if (len > arg_max_request) {
                         char msg[128];
@@ -349,11 +377,24 @@ static void serve_lines(conn *c)
                         buf = nb;
                         cap = ncap;
                 }
+                unsigned had = fds.n;
                 ssize_t n = recv_with_fds(c->fd, buf + len, cap - len, &fds);
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n <= 0)
                         break; /* closed, shut down for exit, or too many fds */
+                if (fds.n > had) {
+                        size_t o = fds_owner(buf, len, len + (size_t)n);
+                        if (had > 0 && o != owner) {
+                                /* Descriptors of two requests at once: which are whose
+                                 * cannot be told. */
+                                log_warning("pid %d: descriptors with two requests at once: "
+                                            "connection closed",
+                                            (int)c->peer.pid);
+                                break;
+                        }
+                        owner = o;
+                }
                 len += (size_t)n;
         }
         for (unsigned i = 0; i < fds.n; i++)

@@ -1061,6 +1061,67 @@ Test(daemon, import_reads_only_what_the_caller_may)
         close(fd);
 }
 
+/*
+ * Descriptors belong to the request line they were sent with, even when a request without
+ * any was sent just before and both arrive in one read (queued while a slow Clone runs):
+ * the Import still has its layout (and says what is wrong with it), instead of "fd 0 was
+ * not passed".
+ */
+Test(daemon, descriptors_go_with_their_own_line_when_requests_are_pipelined)
+{
+        char dir[PATH_MAX], src[PATH_MAX], p[PATH_MAX + 16], clone[3 * PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s/not-a-layout", mnt);
+        cr_assert(mkdir(dir, 0755) == 0);
+        snprintf(src, sizeof(src), "%s/many", mnt);
+        cr_assert(mkdir(src, 0755) == 0);
+        for (int i = 0; i < 3000; i++) {
+                snprintf(p, sizeof(p), "%s/f%d", src, i);
+                rlt_write_file(p, 10, (unsigned)i);
+        }
+        for (int round = 0; round < 3; round++) {
+                int fd = connect_daemon();
+                snprintf(clone, sizeof(clone),
+                         "{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"Clone\",\"params\":"
+                         "{\"source\":\"%s\",\"destination\":\"%s/copy-%d\"}}\n",
+                         src, mnt, round);
+                send_raw(fd, clone, strlen(clone));
+                const char *first = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Version\"}\n";
+                char line[] = "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"Import\","
+                              "\"params\":{\"fd\":0}}\n";
+                int lfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                cr_assert(lfd >= 0);
+                union {
+                        struct cmsghdr h;
+                        char buf[CMSG_SPACE(sizeof(int))];
+                } control = {};
+                struct iovec iov = { line, strlen(line) };
+                struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+                                      .msg_control = control.buf,
+                                      .msg_controllen = sizeof(control.buf) };
+                struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+                cm->cmsg_level = SOL_SOCKET;
+                cm->cmsg_type = SCM_RIGHTS;
+                cm->cmsg_len = CMSG_LEN(sizeof(int));
+                memcpy(CMSG_DATA(cm), &lfd, sizeof(int));
+                /* Both queued while the Clone runs: the next read takes them together. */
+                send_raw(fd, first, strlen(first));
+                cr_assert(sendmsg(fd, &msg, MSG_NOSIGNAL) == (ssize_t)strlen(line));
+                close(lfd);
+                json_t *r0 = read_response(fd), *r1 = read_response(fd), *r2 = read_response(fd);
+                cr_assert(r0 && r1 && r2, "the daemon closed the connection");
+                cr_expect(json_object_get(r0, "result"), "Clone failed");
+                json_decref(r0);
+                cr_expect(json_object_get(r1, "result"), "Version failed");
+                const char *m = json_string_value(
+                        json_object_get(json_object_get(r2, "error"), "message"));
+                cr_expect(m && strstr(m, "oci-layout"), "round %d: Import: %s", round,
+                          m ? m : "(no error)");
+                json_decref(r1);
+                json_decref(r2);
+                close(fd);
+        }
+}
+
 static int collect_change(const rl_change *ch, void *userdata)
 {
         char path[PATH_MAX + 2], *buf = userdata;
