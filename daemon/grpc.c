@@ -393,26 +393,31 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
         return 0;
 }
 
-/* grpc-timeout: at most 8 digits and a unit (H M S m u n). */
+/* A deadline this far away is none: no product of a grpc-timeout overflows past it, and
+ * neither does now plus it. */
+#define TIMEOUT_MAX_NS (100LL * 365 * 24 * 3600 * 1000000000LL)
+
+/* grpc-timeout: at most 8 digits and a unit (H M S m u n); in ns, at most TIMEOUT_MAX_NS. */
 static int64_t parse_timeout(const uint8_t *v, size_t len)
 {
         if (len < 2 || len > 9)
                 return -1;
-        int64_t n = 0;
+        int64_t n = 0, unit;
         for (size_t i = 0; i < len - 1; i++) {
                 if (v[i] < '0' || v[i] > '9')
                         return -1;
                 n = n * 10 + (v[i] - '0');
         }
         switch (v[len - 1]) {
-        case 'H': return n * 3600 * 1000000000LL;
-        case 'M': return n * 60 * 1000000000LL;
-        case 'S': return n * 1000000000LL;
-        case 'm': return n * 1000000LL;
-        case 'u': return n * 1000LL;
-        case 'n': return n;
+        case 'H': unit = 3600 * 1000000000LL; break;
+        case 'M': unit = 60 * 1000000000LL; break;
+        case 'S': unit = 1000000000LL; break;
+        case 'm': unit = 1000000LL; break;
+        case 'u': unit = 1000LL; break;
+        case 'n': unit = 1; break;
         default: return -1;
         }
+        return n > TIMEOUT_MAX_NS / unit ? TIMEOUT_MAX_NS : n * unit;
 }
 
 static bool is(const uint8_t *name, size_t len, const char *s)

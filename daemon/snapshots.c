@@ -163,23 +163,39 @@ static void reply_empty(grpc_call *c)
         reply(c, &e.base);
 }
 
+typedef struct label_at {
+        const pb_label *e;
+        size_t i; /* its place in the message */
+} label_at;
+
+/* By key, and for one key in the order they came (qsort is not stable). */
+static int by_key_then_place(const void *a, const void *b)
+{
+        const label_at *x = a, *y = b;
+        int c = strcmp(x->e->key, y->e->key);
+        return c ? c : (x->i > y->i) - (x->i < y->i);
+}
+
 /*
  * A map<string,string> as store labels, pointing into the message. Protobuf's rule for a
- * key given twice, the last wins, is kept: earlier duplicates are dropped.
+ * key given twice, the last wins, is kept: earlier duplicates are dropped. Sorted, so that
+ * a message of half a million labels costs a sort, not a comparison of every pair.
  */
 static int labels_of(pb_label *const *entries, size_t n, rl_label **ret, size_t *ret_n)
 {
+        _cleanup_free_ label_at *at = calloc(n ? n : 1, sizeof(*at));
         rl_label *l = calloc(n ? n : 1, sizeof(*l));
-        if (!l)
+        if (!at || !l) {
+                free(l);
                 return -ENOMEM;
-        size_t k = 0;
-        for (size_t i = 0; i < n; i++) {
-                bool later = false;
-                for (size_t j = i + 1; j < n && !later; j++)
-                        later = strcmp(entries[i]->key, entries[j]->key) == 0;
-                if (!later)
-                        l[k++] = (rl_label){ entries[i]->key, entries[i]->value };
         }
+        for (size_t i = 0; i < n; i++)
+                at[i] = (label_at){ entries[i], i };
+        qsort(at, n, sizeof(*at), by_key_then_place);
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+                if (i + 1 == n || strcmp(at[i].e->key, at[i + 1].e->key) != 0)
+                        l[k++] = (rl_label){ at[i].e->key, at[i].e->value };
         *ret = l;
         *ret_n = k;
         return 0;

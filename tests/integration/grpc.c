@@ -343,15 +343,24 @@ Test(grpc, snapshots_and_error_codes)
         PB(CommitSnapshotRequest__LabelsEntry) ref = PB_INIT(COMMIT_SNAPSHOT_REQUEST__LABELS_ENTRY);
         ref.key = "containerd.io/snapshot.ref";
         ref.value = "sha256:abc";
-        PB(CommitSnapshotRequest__LabelsEntry) *labels[] = { &ref };
-        commit("default/2/base", "default/1/layer", labels, 1);
+        /* A key given twice: protobuf's map rule, the last wins. */
+        PB(CommitSnapshotRequest__LabelsEntry) old = ref;
+        old.value = "sha256:old";
+        PB(CommitSnapshotRequest__LabelsEntry) *labels[] = { &old, &ref };
+        commit("default/2/base", "default/1/layer", labels, 2);
         free(src);
 
-        /* Stat: committed, labels kept, times set. */
+        /* Stat: committed, labels kept, times set. With a grpc-timeout whose nanoseconds
+         * overflow 64 bits: no deadline, not one in the past. */
         PB(StatSnapshotRequest) sr = PB_INIT(STAT_SNAPSHOT_REQUEST);
         sr.key = "default/2/base";
         gcall call;
-        cr_assert_eq(unary(&call, METHOD("Stat"), &sr.base), 0, "%s", call.message);
+        gclient conn;
+        gc_open(&conn);
+        gc_start(&conn, &call, METHOD("Stat"), &sr.base, "99999999H");
+        gc_wait(&conn, &call);
+        gc_close(&conn);
+        cr_assert_eq(call.status, 0, "%s", call.message);
         PB(StatSnapshotResponse) *st = reply_msg(&call, 0, &PB_DESC(stat_snapshot_response));
         cr_assert(st->info);
         cr_assert_str_eq(st->info->name, "default/2/base");
