@@ -464,6 +464,8 @@ static int on_data(nghttp2_session *session, uint8_t flags, int32_t stream_id,
         gstream *st = nghttp2_session_get_stream_user_data(session, stream_id);
         if (!st || st->answered)
                 return 0; /* dropped: the call was already answered */
+        if (c->refusal != GRPC_OK)
+                return 0; /* dropped: the call is answered with the refusal, unread */
         size_t max = c->svc->max_message;
         if (st->in_len + len > st->in_cap) {
                 size_t cap = st->in_cap ? st->in_cap : 1024;

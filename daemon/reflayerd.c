@@ -419,6 +419,10 @@ static void *conn_main(void *arg)
         return NULL;
 }
 
+/* Connections past --max-connections on the containerd socket that are served a status
+ * saying so, at most. */
+#define REFUSED_GRPC_MAX 16
+
 /* A new connection on the JSON-RPC socket (grpc NULL) or the containerd one. */
 static void accept_one(rpc_server *srv, int listen_fd, const grpc_service *grpc)
 {
@@ -439,9 +443,19 @@ static void accept_one(rpc_server *srv, int listen_fd, const grpc_service *grpc)
                 refusal = "permission denied: only root and members of the socket's group may "
                           "use reflayerd";
         pthread_mutex_lock(&conns_lock);
-        if (!refusal && n_conns >= arg_max_connections)
-                refusal = "too many connections: try again later";
+        bool full = n_conns >= arg_max_connections;
+        /* Refused gRPC clients are served a status (below), but only so many at once: past
+         * that, each would still cost a thread and its buffers. */
+        bool overfull = n_conns >= arg_max_connections + REFUSED_GRPC_MAX;
         pthread_mutex_unlock(&conns_lock);
+        if (!refusal && full)
+                refusal = "too many connections: try again later";
+        if (refusal && grpc && overfull) {
+                log_info("refused pid %d uid %u: %s; connection closed", (int)cred.pid,
+                         (unsigned)cred.uid, refusal);
+                close(fd);
+                return;
+        }
         if (refusal && !grpc) {
                 char *out = rpc_error_line(refusal[0] == 'p' ? -32004 : -32005,
                                            refusal[0] == 'p' ? "permission_denied" : "unavailable",

@@ -798,3 +798,56 @@ Test(grpc, unauthorised_peer_gets_permission_denied)
         gc_close(&c);
         cr_assert_eq(stat_key("x"), 5, "root is still served");
 }
+
+/*
+ * Past --max-connections a gRPC client is served UNAVAILABLE, saying why, but only so many
+ * at once (each costs a thread): past those, a connection is closed at once.
+ */
+Test(grpc, connections_past_the_limit_are_refused_then_closed)
+{
+        cr_assert_eq(rlt_daemon_stop(&D), 0);
+        const char *extra[] = { "--max-connections", "1", NULL };
+        rlt_daemon_start(&D, -1, extra);
+        int hold = connect_to(D.sock); /* the one allowed: answered, so surely counted */
+        const char *v = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Version\"}\n";
+        cr_assert(write(hold, v, strlen(v)) == (ssize_t)strlen(v));
+        char answer[4096];
+        cr_assert_gt(read(hold, answer, sizeof(answer)), 0, "no answer to Version");
+        PB(StatSnapshotRequest) sr = PB_INIT(STAT_SNAPSHOT_REQUEST);
+        sr.key = "x";
+        gclient c[17];
+        /* Each refused one is registered before the next connects (its call answered). */
+        for (int i = 0; i < 16; i++) {
+                gcall call;
+                gc_open(&c[i]);
+                gc_start(&c[i], &call, METHOD("Stat"), &sr.base, NULL);
+                gc_wait(&c[i], &call);
+                cr_assert_eq(call.status, 14, "connection %d: UNAVAILABLE: %d %s", i,
+                             call.status, call.message);
+                cr_assert(strstr(call.message, "too many connections"), "says why: %s",
+                          call.message);
+                gc_free(&call);
+        }
+        /* Closed unanswered: the read sees the end, or the send the reset. */
+        gcall call;
+        gc_open(&c[16]);
+        gc_start(&c[16], &call, METHOD("Stat"), &sr.base, NULL);
+        bool gone = false;
+        for (int i = 0; i < 500 && !gone && !call.closed; i++) {
+                struct pollfd p = { c[16].fd, POLLIN, 0 };
+                uint8_t buf[4096];
+                gone = nghttp2_session_send(c[16].s) != 0 ||
+                       (poll(&p, 1, 10) == 1 && recv(c[16].fd, buf, sizeof(buf), 0) <= 0);
+        }
+        cr_expect(gone && !call.closed, "connection 17 past the limit was served");
+        gc_free(&call);
+        for (int i = 0; i < 17; i++)
+                gc_close(&c[i]);
+        close(hold);
+        /* All gone: served again (NOT_FOUND), once the daemon saw them close (until then,
+         * with a limit of one, each try may find the last one's connection still open). */
+        int st = -1;
+        for (int i = 0; i < 100 && (st = stat_key("x")) != 5; i++)
+                usleep(20000);
+        cr_expect_eq(st, 5, "not served again once the connections closed");
+}
