@@ -12,6 +12,7 @@
 #include <archive_entry.h>
 #include <dirent.h>
 #include <errno.h>
+#include <poll.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -34,6 +35,7 @@
 #define WHITEOUT ".wh."
 #define OPAQUE ".wh..wh..opq"
 #define PROGRESS_NS (100 * 1000000ULL)
+#define WAIT_MS 100 /* a pipe that brings nothing: how often the cancel is looked at */
 
 /* --- the paths this layer wrote ---------------------------------------------------------- */
 
@@ -124,12 +126,32 @@ typedef struct source {
         rl_sha256 *h; /* of the blob as read */
         uint64_t size;
         char *buf;
+        const atomic_bool *cancel;
+        void (*idle)(void *userdata); /* while nothing comes (a pipe): every WAIT_MS */
+        void *idle_userdata;
 } source;
 
+/*
+ * A pipe may bring nothing for as long as its writer likes: wait for it in steps, honouring
+ * a cancel and calling idle between them (the caller's progress callback, which is where
+ * the daemon notices that its client hung up), instead of in a read that nothing ends.
+ */
 static la_ssize_t source_read(struct archive *a, void *userdata, const void **buf)
 {
         source *s = userdata;
         ssize_t n;
+        for (;;) {
+                if (s->cancel && atomic_load(s->cancel)) {
+                        archive_set_error(a, ECANCELED, "cancelled");
+                        return -1;
+                }
+                struct pollfd p = { .fd = s->fd, .events = POLLIN };
+                int q = poll(&p, 1, WAIT_MS);
+                if (q > 0 || (q < 0 && errno != EINTR))
+                        break; /* readable, at its end, or not pollable: the read says */
+                if (q == 0 && s->idle)
+                        s->idle(s->idle_userdata);
+        }
         do
                 n = read(s->fd, s->buf, READ_BUF);
         while (n < 0 && errno == EINTR);
@@ -774,6 +796,11 @@ static void report(apply *a)
         a->opts->progress(&p, a->opts->progress_userdata);
 }
 
+static void report_idle(void *userdata)
+{
+        report(userdata);
+}
+
 static int check_digest(const char *what, const char *want, const char *got, rl_error *err)
 {
         if (!want || strcmp(want, got) == 0)
@@ -807,7 +834,8 @@ RL_EXPORT int rl_layer_apply(int dir_fd, int tar_fd, const rl_apply_options *opt
                 r = rl_error_set(err, -ENOMEM, "layer");
                 goto out;
         }
-        source src = { .fd = tar_fd, .h = hblob, .buf = rbuf };
+        source src = { .fd = tar_fd, .h = hblob, .buf = rbuf, .cancel = a.opts->cancel,
+                       .idle = report_idle, .idle_userdata = &a };
         plain pl = { .outer = outer, .h = htar, .buf = pbuf };
         struct archive_entry *e;
         /* OCI layers are tar, plain, gzip or zstd: nothing else is even tried. */
@@ -871,6 +899,9 @@ RL_EXPORT int rl_layer_apply(int dir_fd, int tar_fd, const rl_apply_options *opt
                 goto out;
         r = set_dir_times(&a, err);
 out:
+        /* Whatever failed once the cancel came (a read it cut short), it is the reason. */
+        if (r < 0 && r != -ECANCELED && a.opts->cancel && atomic_load(a.opts->cancel))
+                r = rl_error_set(err, -ECANCELED, "layer: cancelled");
         archive_read_free(tar);
         archive_read_free(outer);
         drop_cache(&a);

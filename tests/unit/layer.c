@@ -15,12 +15,14 @@
 #include <ftw.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <reflayer/idmap.h>
@@ -1246,4 +1248,44 @@ Test(layer, malicious_corpus, .timeout = 300)
         }
         cr_assert_eq(failed, 0, "%zu of %zu cases failed:%s", failed,
                      sizeof(evil_cases) / sizeof(evil_cases[0]), names);
+}
+
+/*
+ * A layer read from a pipe whose writer sends nothing and never closes it: the apply waits
+ * in steps, calling the progress callback between them (where the daemon notices a client
+ * that hung up), and a cancel ends it with -ECANCELED, instead of a read nothing ends.
+ */
+static atomic_bool idle_cancel;
+static unsigned idle_calls;
+
+static void cancel_when_idle(const rl_tree_progress *p, void *userdata)
+{
+        cr_assert_eq(userdata, &idle_calls);
+        cr_assert_eq(p->entries, 0);
+        if (++idle_calls == 3)
+                atomic_store(&idle_cancel, true);
+}
+
+Test(layer, a_silent_pipe_is_waited_for_in_steps_and_a_cancel_ends_it, .timeout = 30)
+{
+        char tree[PATH_MAX];
+        int pfd[2];
+        in_mnt(tree, sizeof(tree), "tree");
+        mkdir_p(tree, 0755);
+        cr_assert(pipe2(pfd, O_CLOEXEC) == 0);
+        rl_apply_options o = { .progress = cancel_when_idle, .progress_userdata = &idle_calls,
+                               .cancel = &idle_cancel };
+        int dfd = open(tree, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cr_assert(dfd >= 0);
+        rl_error err = {};
+        time_t t0 = time(NULL);
+        int r = rl_layer_apply(dfd, pfd[0], &o, NULL, &err);
+        time_t t = time(NULL) - t0;
+        cr_expect_eq(r, -ECANCELED, "%s", err.msg);
+        cr_expect(strstr(err.msg, "cancelled"), "%s", err.msg);
+        cr_expect_eq(idle_calls, 3, "the progress callback while waiting: %u calls", idle_calls);
+        cr_expect_lt(t, 5, "cancelled after %ld s", (long)t);
+        close(dfd);
+        close(pfd[0]);
+        close(pfd[1]); /* the writer, silent to the end */
 }
