@@ -307,6 +307,13 @@ static int start_call(gconn *c, gstream *st)
                                      "more than one request message: the method is unary "
                                      "or server-streaming");
 
+        /* A call whose deadline passed or whose stream was reset is answered at once but
+         * runs on until it notices (cancel): its stream no longer counts towards the
+         * streams allowed at once, so the calls running are bounded here. */
+        if (c->in_flight >= c->svc->max_streams)
+                return answer_status(c, st, 200, GRPC_RESOURCE_EXHAUSTED,
+                                     "too many calls running on this connection (abandoned ones "
+                                     "included): try again later");
         job *j = calloc(1, sizeof(*j));
         if (!j)
                 return answer_status(c, st, 200, GRPC_RESOURCE_EXHAUSTED, "out of memory");
