@@ -486,7 +486,12 @@ static int m_export(call *c, json_t **ret)
         int level = 0;
         json_error_t jerr;
         rl_layer_stats st;
-        rl_export_options o = { .cancel = &c->hung_up };
+        /* No Progress notifications for Export (c->progress stays off): the callback is
+         * where a client's hang-up is noticed, and the cancel set. */
+        rl_export_options o = { .cancel = &c->hung_up,
+                                .progress = on_progress,
+                                .progress_userdata = c,
+                                .progress_interval_ns = HANGUP_CHECK_NS };
         if (json_unpack_ex(c->params, &jerr, JSON_STRICT, "{s:s, s:I, s?s, s?i}", "key", &key,
                            "fd", &index, "compression", &compression, "level", &level) < 0)
                 return bad_params(c, &jerr);

@@ -27,6 +27,7 @@
 
 #include "diff.h"
 #include "digest.h"
+#include "progress.h"
 #include "util.h"
 #include "xattrs.h"
 
@@ -68,6 +69,7 @@ typedef struct export {
         char *name;          /* the tar name being built */
         size_t name_cap;
         char target[PATH_MAX + 1];
+        rl_meter meter; /* opts->progress */
 } export;
 
 /* --- the output: hashing, compressing, writing ----------------------------------------- */
@@ -409,6 +411,7 @@ static int write_data(export *x, int fd, uint64_t size, const char *path, rl_err
                         return archive_failed(x, x->tar, "write data of", path, err);
                 done += (uint64_t)n;
                 x->stats.bytes += (uint64_t)n;
+                rl_meter_report(&x->meter, x->stats.entries, x->stats.bytes);
         }
         return 0;
 }
@@ -514,6 +517,7 @@ static int on_change(const rl_diff_item *it, void *userdata, rl_error *err)
         const atomic_bool *cancel = x->opts->cancel;
         int r;
 
+        rl_meter_report(&x->meter, x->stats.entries, x->stats.bytes);
         if (cancel && atomic_load(cancel))
                 return rl_error_set(err, -ECANCELED, "export: interrupted at '%s'",
                                     it->change.path);
@@ -561,6 +565,8 @@ RL_EXPORT int rl_layer_export(int lower_fd, int upper_fd, int out_fd,
         struct stat st;
         int r;
 
+        rl_meter_init(&x.meter, x.opts->progress, x.opts->progress_userdata,
+                      x.opts->progress_interval_ns, start);
         x.out_sock = fstat(out_fd, &st) == 0 && S_ISSOCK(st.st_mode);
 
         r = open_output(&x, err);
@@ -580,6 +586,7 @@ RL_EXPORT int rl_layer_export(int lower_fd, int upper_fd, int out_fd,
         free(x.dirs);
         free(x.data);
         free(x.name);
+        rl_meter_done(&x.meter);
         if (r < 0)
                 return r;
         x.stats.elapsed_ns = rl_now_ns() - start;

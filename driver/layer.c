@@ -29,12 +29,12 @@
 
 #include "digest.h"
 #include "entry.h"
+#include "progress.h"
 #include "util.h"
 
 #define READ_BUF (1u << 20)
 #define WHITEOUT ".wh."
 #define OPAQUE ".wh..wh..opq"
-#define PROGRESS_NS (100 * 1000000ULL)
 #define WAIT_MS 100 /* a pipe that brings nothing: how often the cancel is looked at */
 
 /* --- the paths this layer wrote ---------------------------------------------------------- */
@@ -204,7 +204,8 @@ typedef struct apply {
                         * made in a directory changes its mtime */
         size_t n_dirs, cap_dirs;
         char *xv;
-        uint64_t start_ns, last_progress_ns;
+        uint64_t start_ns;
+        rl_meter meter; /* opts->progress */
 } apply;
 
 static int add_dirtime(apply *a, const char *path, const struct timespec ts[2])
@@ -786,14 +787,7 @@ static int set_dir_times(apply *a, rl_error *err)
 
 static void report(apply *a)
 {
-        if (!a->opts->progress)
-                return;
-        uint64_t now = rl_now_ns();
-        if (now - a->last_progress_ns < PROGRESS_NS)
-                return;
-        a->last_progress_ns = now;
-        rl_tree_progress p = { a->st->entries, a->st->bytes, now - a->start_ns };
-        a->opts->progress(&p, a->opts->progress_userdata);
+        rl_meter_report(&a->meter, a->st->entries, a->st->bytes);
 }
 
 static void report_idle(void *userdata)
@@ -826,7 +820,7 @@ RL_EXPORT int rl_layer_apply(int dir_fd, int tar_fd, const rl_apply_options *opt
                     .cached_fd = -EBADF,
                     .xv = xv,
                     .start_ns = rl_now_ns() };
-        a.last_progress_ns = a.start_ns;
+        rl_meter_init(&a.meter, a.opts->progress, a.opts->progress_userdata, 0, a.start_ns);
         int r;
 
         if (!rbuf || !pbuf || !xv || !outer || !tar || rl_sha256_new(&hblob) < 0 ||
@@ -909,6 +903,7 @@ out:
         for (size_t i = 0; i < a.n_dirs; i++)
                 free(a.dirs[i].path);
         free(a.dirs);
+        rl_meter_done(&a.meter);
         st.elapsed_ns = rl_now_ns() - a.start_ns;
         if (ret)
                 *ret = st;

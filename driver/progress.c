@@ -7,13 +7,13 @@
 
 #define METER_BATCH 128 /* entries a worker counts on its own between clock reads */
 
-void rl_meter_init(rl_meter *m, const rl_tree_options *opts, uint64_t start_ns)
+void rl_meter_init(rl_meter *m, rl_tree_progress_fn fn, void *userdata, uint64_t interval_ns,
+                   uint64_t start_ns)
 {
         *m = (rl_meter){
-                .fn = opts->progress,
-                .userdata = opts->progress_userdata,
-                .interval_ns = opts->progress_interval_ns ? opts->progress_interval_ns
-                                                          : 100000000ULL,
+                .fn = fn,
+                .userdata = userdata,
+                .interval_ns = interval_ns ? interval_ns : 100000000ULL,
                 .start_ns = start_ns,
         };
         atomic_init(&m->entries, 0);
@@ -42,15 +42,23 @@ void rl_meter_count(rl_meter *m, rl_meter_local *l, uint64_t bytes)
         atomic_fetch_add_explicit(&m->entries, l->entries, memory_order_relaxed);
         atomic_fetch_add_explicit(&m->bytes, l->bytes, memory_order_relaxed);
         *l = (rl_meter_local){};
+        rl_meter_report(m, 0, 0);
+}
+
+void rl_meter_report(rl_meter *m, uint64_t entries, uint64_t bytes)
+{
+        if (!m->fn)
+                return;
         uint64_t now = rl_now_ns();
         if (now - atomic_load(&m->last_ns) < m->interval_ns)
                 return;
         if (pthread_mutex_trylock(&m->lock) != 0)
                 return;
         atomic_store(&m->last_ns, now);
+        /* Counted here (workers) or by the caller: one of the two is 0. */
         rl_tree_progress p = {
-                .entries = atomic_load(&m->entries),
-                .bytes = atomic_load(&m->bytes),
+                .entries = entries + atomic_load(&m->entries),
+                .bytes = bytes + atomic_load(&m->bytes),
                 .elapsed_ns = now - m->start_ns,
         };
         m->fn(&p, m->userdata);

@@ -29,9 +29,16 @@ typedef struct rl_meter_local {
         uint64_t bytes;
 } rl_meter_local;
 
-/* opts->progress, progress_userdata and progress_interval_ns (0: 100 ms); from start_ns. */
-void rl_meter_init(rl_meter *m, const rl_tree_options *opts, uint64_t start_ns);
+/* fn (NULL: count nothing) called with userdata at most once every interval_ns (0: 100
+ * ms); elapsed_ns from start_ns. */
+void rl_meter_init(rl_meter *m, rl_tree_progress_fn fn, void *userdata, uint64_t interval_ns,
+                   uint64_t start_ns);
 void rl_meter_done(rl_meter *m);
 
 /* One entry of bytes (file data; 0 for the others), by the worker owning l. */
 void rl_meter_count(rl_meter *m, rl_meter_local *l, uint64_t bytes);
+
+/* For a caller that counts on its own, in one thread: the totals so far, reported if an
+ * interval has passed since the last report. Cheap enough to call per entry and per chunk
+ * of a file's data (a clock read). */
+void rl_meter_report(rl_meter *m, uint64_t entries, uint64_t bytes);

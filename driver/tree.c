@@ -966,7 +966,8 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
         uint64_t snapshots = 1, start_ns = rl_now_ns();
         rl_tree_stats shifted = {};
         _cleanup_(rl_meter_done) rl_meter meter;
-        rl_meter_init(&meter, opts, start_ns);
+        rl_meter_init(&meter, opts->progress, opts->progress_userdata,
+                      opts->progress_interval_ns, start_ns);
         if (kind == ROOT_SNAPSHOT) {
                 bool fall_back;
                 tmp_fd = snapshot_root(src_fd, dst_dir_fd, tmp_name, sizeof(tmp_name), opts,

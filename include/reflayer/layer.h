@@ -108,6 +108,9 @@ typedef struct rl_export_options {
         rl_compression compression;
         int level; /* 0: the compressor's default */
         const atomic_bool *cancel;
+        rl_tree_progress_fn progress; /* entries and file bytes written so far */
+        void *progress_userdata;
+        uint64_t progress_interval_ns; /* 0: every 100 ms */
 } rl_export_options;
 
 /*

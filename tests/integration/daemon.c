@@ -78,6 +78,25 @@ static void send_raw(int fd, const void *buf, size_t len)
         cr_assert(send(fd, buf, len, MSG_NOSIGNAL) == (ssize_t)len, "send: %s", strerror(errno));
 }
 
+/* line, with the descriptor pass_fd (SCM_RIGHTS) in the same sendmsg. */
+static void send_with_fd(int fd, const char *line, int pass_fd)
+{
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } control = {};
+        struct iovec iov = { (void *)line, strlen(line) };
+        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                              .msg_controllen = sizeof(control.buf) };
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+        cr_assert(sendmsg(fd, &msg, MSG_NOSIGNAL) == (ssize_t)strlen(line), "sendmsg: %s",
+                  strerror(errno));
+}
+
 /* One response line (parsed), or NULL when the daemon closed the connection. */
 static json_t *read_response(int fd)
 {
@@ -1036,19 +1055,7 @@ Test(daemon, import_reads_only_what_the_caller_may)
         char line[256];
         snprintf(line, sizeof(line),
                  "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Import\",\"params\":{\"fd\":0}}\n");
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int))];
-        } control = {};
-        struct iovec iov = { line, strlen(line) };
-        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                              .msg_controllen = sizeof(control.buf) };
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &lfd, sizeof(int));
-        cr_assert(sendmsg(fd, &msg, MSG_NOSIGNAL) == (ssize_t)strlen(line));
+        send_with_fd(fd, line, lfd);
         close(lfd);
         json_t *resp = read_response(fd);
         cr_assert(resp);
@@ -1090,22 +1097,9 @@ Test(daemon, descriptors_go_with_their_own_line_when_requests_are_pipelined)
                               "\"params\":{\"fd\":0}}\n";
                 int lfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
                 cr_assert(lfd >= 0);
-                union {
-                        struct cmsghdr h;
-                        char buf[CMSG_SPACE(sizeof(int))];
-                } control = {};
-                struct iovec iov = { line, strlen(line) };
-                struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
-                                      .msg_control = control.buf,
-                                      .msg_controllen = sizeof(control.buf) };
-                struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-                cm->cmsg_level = SOL_SOCKET;
-                cm->cmsg_type = SCM_RIGHTS;
-                cm->cmsg_len = CMSG_LEN(sizeof(int));
-                memcpy(CMSG_DATA(cm), &lfd, sizeof(int));
                 /* Both queued while the Clone runs: the next read takes them together. */
                 send_raw(fd, first, strlen(first));
-                cr_assert(sendmsg(fd, &msg, MSG_NOSIGNAL) == (ssize_t)strlen(line));
+                send_with_fd(fd, line, lfd);
                 close(lfd);
                 json_t *r0 = read_response(fd), *r1 = read_response(fd), *r2 = read_response(fd);
                 cr_assert(r0 && r1 && r2, "the daemon closed the connection");

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -602,6 +603,45 @@ Test(diff, export_of_an_empty_lower)
         cr_expect(S_ISCHR(find(&tr, "dev/null")->mode));
         cr_expect(S_ISFIFO(find(&tr, "dev/fifo")->mode));
         free(tr.e);
+}
+
+/* Export reports progress (entries and bytes only grow), and a cancel set from the callback
+ * (the daemon's, when its client hung up) stops it. */
+static uint64_t export_entries, export_bytes;
+static unsigned export_calls, export_cancel_at;
+static atomic_bool export_cancel;
+
+static void on_export_progress(const rl_tree_progress *p, void *userdata)
+{
+        cr_assert_eq(userdata, &export_calls);
+        cr_assert(p->entries >= export_entries && p->bytes >= export_bytes);
+        export_entries = p->entries;
+        export_bytes = p->bytes;
+        if (++export_calls == export_cancel_at)
+                atomic_store(&export_cancel, true);
+}
+
+Test(diff, export_reports_progress_and_a_cancel_from_it_stops_it)
+{
+        trees t;
+        rl_layer_stats st;
+        rl_error err = {};
+        char out[PATH_MAX];
+
+        make_trees(&t, RLT_XFS);
+        snprintf(out, sizeof(out), "%s/base.tar", rlt_scratch());
+        rl_export_options o = { .progress = on_export_progress, .progress_userdata = &export_calls,
+                                .progress_interval_ns = 1, .cancel = &export_cancel };
+        cr_assert_eq(export_paths(NULL, t.lower, out, &o, &st, &err), 0, "%s", err.msg);
+        cr_expect_geq(export_calls, 10, "progress called %u times", export_calls);
+        cr_expect(export_entries <= st.entries && export_bytes <= st.bytes);
+        cr_expect_geq(export_bytes, 3 << 20, "the big file's data was not counted");
+
+        export_calls = 0;
+        export_entries = export_bytes = 0;
+        export_cancel_at = 5;
+        cr_expect_eq(export_paths(NULL, t.lower, out, &o, &st, &err), -ECANCELED, "%s", err.msg);
+        cr_expect_eq(export_calls, 5);
 }
 
 Test(diff, export_refuses_what_a_layer_cannot_say)
