@@ -240,7 +240,15 @@ static void *builder_main(void *arg)
                         pthread_cond_wait(&p->wake, &p->lock);
                         continue;
                 }
-                if (under_pressure(p)) {
+                /* Looked at without the lock: this thread runs at the lowest priority, and
+                 * a Prepare or Remove waiting for the lock would wait for it to be scheduled
+                 * again. e may be gone meanwhile (forgotten): asked for again after. */
+                pthread_mutex_unlock(&p->lock);
+                bool pressure = under_pressure(p);
+                pthread_mutex_lock(&p->lock);
+                if (!pressure && !(e = next_work(p)))
+                        continue;
+                if (pressure) {
                         drop_all(p);
                         p->kick_trash(p->kick_userdata);
                         struct timespec until;

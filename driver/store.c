@@ -1615,6 +1615,7 @@ static int do_remove(rl_store *s, const char *key, rl_error *err)
          * journal reaches the disk can only bring it back whole (an fsync here would wait
          * for the journal, which holds the trash thread's deletions: 10-80 ms, measured). */
 
+        uint64_t id = n->id;
         pthread_mutex_lock(&s->lock);
         if (r < 0) {
                 release(s, n);
@@ -1623,8 +1624,6 @@ static int do_remove(rl_store *s, const char *key, rl_error *err)
         } else {
                 if (n->parent)
                         n->parent->children--;
-                if (s->pool)
-                        rl_pool_forget(s->pool, n->id);
                 /* An ephemeral one too: after a shutdown without a reboot its record still
                  * reads, and a journalled Prepare of its key would make two of one key. */
                 note_removal(s, n->name);
@@ -1633,6 +1632,11 @@ static int do_remove(rl_store *s, const char *key, rl_error *err)
                 pthread_cond_broadcast(&s->idle);
         }
         pthread_mutex_unlock(&s->lock);
+        /* Its clones in the pool go too; outside the store's lock, which no other call
+         * should wait for behind the pool's (nothing adds clones of an id no longer in the
+         * index: a Prepare from it would have pinned it, and the Remove refused). */
+        if (r == 0 && s->pool)
+                rl_pool_forget(s->pool, id);
         if (r == 0)
                 trash_kick(s);
         return r;
