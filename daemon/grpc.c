@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <nghttp2/nghttp2.h>
 #include <poll.h>
 #include <pthread.h>
@@ -575,7 +576,8 @@ static int deadlines(gconn *c)
         }
         if (next == INT64_MAX)
                 return -1;
-        return (int)((next - now) / 1000000 + 1);
+        int64_t ms = (next - now) / 1000000 + 1;
+        return ms > INT_MAX ? INT_MAX : (int)ms; /* a deadline of years: poll's int */
 }
 
 static void cancel_all(gconn *c)

@@ -231,7 +231,8 @@ static int mounts_result(call *c, const char *key, json_t **ret)
 #define PROGRESS_EVERY_NS (200 * 1000000ULL) /* how often it tells the client */
 
 /*
- * Called by a tree worker every 50 ms (Clone) or 100 ms (Prepare, View) of a long call. A client that has closed its end
+ * Called during a long call: by a tree worker every 50 ms (Clone, Export) or 100 ms
+ * (Prepare, View, Apply, Import; an Apply also while its pipe brings nothing). A client that has closed its end
  * (POLLHUP: both directions gone, unlike a half-close after sending) will never read the
  * answer, so the work is abandoned. Otherwise, if asked, a Progress notification is sent;
  * the connection's thread is blocked in the call, so this is the only writer.

@@ -517,10 +517,10 @@ static int on_change(const rl_diff_item *it, void *userdata, rl_error *err)
         const atomic_bool *cancel = x->opts->cancel;
         int r;
 
-        rl_meter_report(&x->meter, x->stats.entries, x->stats.bytes);
         if (cancel && atomic_load(cancel))
                 return rl_error_set(err, -ECANCELED, "export: interrupted at '%s'",
                                     it->change.path);
+        rl_meter_report(&x->meter, x->stats.entries, x->stats.bytes);
         /* A directory (added, changed, or a file that became one) and the parents. */
         if (it->self)
                 return write_parents(x, it->self, err);

@@ -155,6 +155,10 @@ static la_ssize_t source_read(struct archive *a, void *userdata, const void **bu
         do
                 n = read(s->fd, s->buf, READ_BUF);
         while (n < 0 && errno == EINTR);
+        /* And after every read: a pipe that trickles bytes never times out, nor ends an
+         * entry (the meter reports at most once an interval). */
+        if (s->idle)
+                s->idle(s->idle_userdata);
         if (n < 0) {
                 archive_set_error(a, errno, "read the layer: %s", rl_strerror(errno));
                 return -1;

@@ -246,6 +246,8 @@ static void *builder_main(void *arg)
                 pthread_mutex_unlock(&p->lock);
                 bool pressure = under_pressure(p);
                 pthread_mutex_lock(&p->lock);
+                if (atomic_load(&p->stop))
+                        break; /* its wake-up came while the lock was not held */
                 if (!pressure && !(e = next_work(p)))
                         continue;
                 if (pressure) {

@@ -190,7 +190,8 @@ ovl_mount() {
         T=$("$PB" overlay "$LOWER" "$1/u" "$1/w" "$1/m") || die "overlay mount on $1/m failed"
 }
 ovl_drop() { umount "$1/m" && rm -rf "$1"; }
-# The probe file is made (and synced) by load_rootfs: the timed write allocates nothing.
+# The probe file is made (and synced) by load_rootfs: the timed write overwrites a written
+# block (on XFS in place; btrfs copies on write, as it does for a Prepare's journal entry).
 step_flush() {
         sync -f "$MNT"
         T=$("$PB" flush "$MNT/flush-probe") || die "4 KiB overwrite + fdatasync of $MNT/flush-probe failed"

@@ -18,7 +18,8 @@
  *           Overwrite the first 4 KiB of FILE in place and fdatasync it: the one flush a
  *           durable warm-pool Prepare cannot do without (its journal entry), alone; prints
  *           "SECONDS". A FILE that is missing or shorter is written and fsynced first,
- *           untimed, so that the timed write allocates nothing.
+ *           untimed, so that the timed write overwrites a written block (as a Prepare's
+ *           journal entry does).
  *
  * Any failure ends the program with status 1 and the daemon's or the kernel's reason.
  */

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <pthread.h>
 #include <linux/capability.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -1266,6 +1267,17 @@ static void cancel_when_idle(const rl_tree_progress *p, void *userdata)
                 atomic_store(&idle_cancel, true);
 }
 
+/* A byte every 30 ms into the pipe *arg until trickle_stop (or 20 s). */
+static atomic_bool trickle_stop;
+
+static void *trickle(void *arg)
+{
+        int fd = *(int *)arg;
+        for (int i = 0; i < 666 && !atomic_load(&trickle_stop) && write(fd, "x", 1) == 1; i++)
+                usleep(30000);
+        return NULL;
+}
+
 Test(layer, a_silent_pipe_is_waited_for_in_steps_and_a_cancel_ends_it, .timeout = 30)
 {
         char tree[PATH_MAX];
@@ -1285,7 +1297,24 @@ Test(layer, a_silent_pipe_is_waited_for_in_steps_and_a_cancel_ends_it, .timeout 
         cr_expect(strstr(err.msg, "cancelled"), "%s", err.msg);
         cr_expect_eq(idle_calls, 3, "the progress callback while waiting: %u calls", idle_calls);
         cr_expect_lt(t, 5, "cancelled after %ld s", (long)t);
-        close(dfd);
         close(pfd[0]);
         close(pfd[1]); /* the writer, silent to the end */
+
+        /* A pipe that trickles (a byte every 30 ms) never lets the wait time out: the
+         * callback comes after reads too. */
+        cr_assert(pipe2(pfd, O_CLOEXEC) == 0);
+        idle_calls = 0;
+        atomic_store(&idle_cancel, false);
+        pthread_t w;
+        cr_assert(pthread_create(&w, NULL, trickle, &pfd[1]) == 0);
+        t0 = time(NULL);
+        r = rl_layer_apply(dfd, pfd[0], &o, NULL, &err);
+        t = time(NULL) - t0;
+        cr_expect_eq(r, -ECANCELED, "trickling: %s", err.msg);
+        cr_expect_lt(t, 5, "trickling: cancelled after %ld s", (long)t);
+        atomic_store(&trickle_stop, true);
+        pthread_join(w, NULL);
+        close(pfd[0]);
+        close(pfd[1]);
+        close(dfd);
 }
