@@ -8,7 +8,6 @@
  * pool/ never repeat within a process; what a previous process left is thrown away at start
  * (it may be of parents since removed), after the store's journal replayed what it needs.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -307,25 +306,6 @@ static void *builder_main(void *arg)
         }
         pthread_mutex_unlock(&p->lock);
         return NULL;
-}
-
-void rl_pool_sweep(int root_fd, int trash_fd)
-{
-        int dfd = openat(root_fd, RL_POOL_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
-        struct dirent *de;
-        char trash[NAME_MAX + 32];
-        while (d && (de = readdir(d))) {
-                if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-                        continue;
-                snprintf(trash, sizeof(trash), "pool-old-%" PRIu64 "-%s", rl_now_ns(),
-                         de->d_name);
-                (void)renameat(dirfd(d), de->d_name, trash_fd, trash);
-        }
-        if (d)
-                closedir(d);
-        else if (dfd >= 0)
-                close(dfd);
 }
 
 int rl_pool_start(int root_fd, int snaps_fd, int trash_fd, const rl_pool_config *cfg,

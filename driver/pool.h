@@ -24,18 +24,10 @@ typedef struct rl_pool_config {
 } rl_pool_config;
 
 /*
- * Start the pool in ROOT/pool (made if missing; swept by rl_pool_sweep before), cloning
+ * Start the pool in ROOT/pool (made if missing; the store sweeps it at open), cloning
  * parents from snaps_fd/ID/fs; what it throws away goes to trash_fd, and kick_trash(userdata)
  * is called to delete it. All fds are borrowed and must outlive the pool.
  */
-/*
- * Move whatever is in ROOT/pool (a previous process's clones: of parents that may be gone,
- * with maps nobody may ask for again) to the trash. At every open, after the journal's
- * replay has taken back the clones its entries name, pool or no pool: a store opened with
- * the pool off must not keep a previous run's clones (and their parents' blocks) forever.
- */
-void rl_pool_sweep(int root_fd, int trash_fd);
-
 int rl_pool_start(int root_fd, int snaps_fd, int trash_fd, const rl_pool_config *cfg,
                   void (*kick_trash)(void *userdata), void *userdata, rl_pool **ret,
                   rl_error *err);

@@ -90,8 +90,8 @@ struct rl_store {
         rl_journal *journal;  /* NULL: every publish flushes its own way */
         uint64_t *unsettled;  /* ids published through the journal, not settled yet */
         size_t n_unsettled, cap_unsettled;
-        /* Hashes of the keys of durable snapshots removed since snapshots/ was last
-         * flushed: a journalled publish of one of these keys would not flush that removal,
+        /* Hashes of the keys of snapshots (durable or ephemeral) removed since snapshots/
+         * was last flushed: a journalled publish of one of these keys would not flush that removal,
          * and a crash could then leave two snapshots of one key. Under removed_lock (lock
          * order: lock, then removed_lock), apart from publish_lock, which a flush holds. */
         pthread_mutex_t removed_lock;
@@ -640,31 +640,54 @@ static int cmp_meta_id(const void *a, const void *b)
         return x->id < y->id ? -1 : x->id > y->id;
 }
 
-/* Move every leftover of tmp/ (trees a dead process was building) into trash/. */
-static int sweep_tmp(rl_store *s, uint64_t *max_id, rl_error *err)
+/* Move every entry of dir_fd (where: its name, for messages) into trash/ as PREFIX-NAME;
+ * the largest id among the names into *max_id (NULL: not wanted). */
+static int sweep_to_trash(rl_store *s, int dir_fd, const char *where, const char *prefix,
+                          uint64_t *max_id, rl_error *err)
 {
-        DIR *d = opendir_fd(s->tmp_fd);
+        DIR *d = opendir_fd(dir_fd);
         struct dirent *e;
         int r = 0;
 
         if (!d)
-                return rl_error_set(err, -errno, "store: list tmp/");
+                return rl_error_set(err, -errno, "store: list %s/", where);
         while ((e = readdir(d))) {
                 if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
                         continue;
                 uint64_t id = parse_id(e->d_name);
-                if (id > *max_id)
+                if (max_id && id > *max_id)
                         *max_id = id;
-                char name[NAME_MAX + 8];
-                snprintf(name, sizeof(name), "tmp-%s", e->d_name);
-                if (renameat(s->tmp_fd, e->d_name, s->trash_fd, name) < 0) {
-                        r = rl_error_set(err, -errno, "store: move tmp/%s to trash/",
+                char name[NAME_MAX + 48];
+                snprintf(name, sizeof(name), "%s-%s", prefix, e->d_name);
+                if (renameat(dir_fd, e->d_name, s->trash_fd, name) < 0) {
+                        r = rl_error_set(err, -errno, "store: move %s/%s to trash/", where,
                                          e->d_name);
                         break;
                 }
         }
         closedir(d);
         return r;
+}
+
+/*
+ * What a previous process left: tmp/ (ids taken, so max_id counts them) and pool/ (the
+ * clones the journal's replay did not take back: of parents that may be gone, with maps
+ * nobody may ask for again; swept with the pool off too, or they would keep their parents'
+ * blocks for as long as it stays off). pool/ names repeat from one run to the next, so
+ * theirs in the trash carry the time.
+ */
+static int sweep_leftovers(rl_store *s, uint64_t *max_id, rl_error *err)
+{
+        int r = sweep_to_trash(s, s->tmp_fd, "tmp", "tmp", max_id, err);
+        if (r < 0)
+                return r;
+        _cleanup_close_ int pool_fd = openat(s->root_fd, RL_POOL_DIR,
+                                             O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (pool_fd < 0)
+                return errno == ENOENT ? 0 : rl_error_set(err, -errno, "store: open pool/");
+        char prefix[40];
+        snprintf(prefix, sizeof(prefix), "pool-old-%" PRIu64, rl_now_ns());
+        return sweep_to_trash(s, pool_fd, RL_POOL_DIR, prefix, NULL, err);
 }
 
 /*
@@ -940,10 +963,9 @@ RL_EXPORT int rl_store_open(const char *root, const rl_store_options *opts, rl_s
             (r = open_subdir(s->root_fd, "trash", &s->trash_fd, err)) < 0 ||
             (r = open_ephemeral(s, err)) < 0 || (r = open_journal(s, err)) < 0)
                 return rl_error_prefix(err, r, "store '%s'", s->root);
-        r = sweep_tmp(s, &max_id, err);
+        r = sweep_leftovers(s, &max_id, err);
         if (r < 0)
                 return r;
-        rl_pool_sweep(s->root_fd, s->trash_fd);
         r = load_index(s, &max_id, err);
         if (r < 0)
                 return rl_error_prefix(err, r, "store '%s'", s->root);

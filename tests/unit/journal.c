@@ -373,23 +373,32 @@ static uint64_t id_of(rl_store *s, const char *key)
         return id;
 }
 
+/* Remove key, Prepare it again from the pool (durable): not journalled (why: as it says). */
+static void removed_then_prepared_again(rl_store *s, const char *root, const char *key,
+                                        const char *why)
+{
+        rl_error err = {};
+        rl_pool_stats ps0, ps1;
+        cr_assert_eq(rl_store_remove(s, key, &err), 0, "%s", err.msg);
+        ps0 = rlt_store_pool_wait(s, 1, 60);
+        cr_assert_eq(rl_store_prepare(s, key, "base", NULL, 0, NULL, &err), 0, "%s", err.msg);
+        rl_store_pool_stats(s, &ps1);
+        cr_assert_eq(ps1.hits, ps0.hits + 1, "not from the pool");
+        cr_expect(!journalled(root, id_of(s, key)), "journalled after %s", why);
+}
+
 Test(journal, a_key_removed_and_prepared_again_is_not_journalled_until_flushed)
 {
         char root[PATH_MAX];
         rl_store *s = pooled_store(root);
         rl_error err = {};
-        rl_pool_stats ps0 = rlt_store_pool_wait(s, 1, 60), ps1;
+        rlt_store_pool_wait(s, 1, 60);
         cr_assert_eq(rl_store_prepare(s, "k", "base", NULL, 0, NULL, &err), 0, "%s", err.msg);
         cr_assert(journalled(root, id_of(s, "k")));
-        cr_assert_eq(rl_store_remove(s, "k", &err), 0, "%s", err.msg);
         /* Journalled, this Prepare would flush only its entry, not the removal before it: a
          * power cut could then bring the first "k" back beside it, and the store would not
          * open (two snapshots of one key). It takes the way that flushes snapshots/. */
-        ps0 = rlt_store_pool_wait(s, 1, 60);
-        cr_assert_eq(rl_store_prepare(s, "k", "base", NULL, 0, NULL, &err), 0, "%s", err.msg);
-        rl_store_pool_stats(s, &ps1);
-        cr_assert_eq(ps1.hits, ps0.hits + 1, "not from the pool");
-        cr_assert(!journalled(root, id_of(s, "k")), "journalled after a removal of its key");
+        removed_then_prepared_again(s, root, "k", "a removal of its key");
         /* Another key is journalled as before. */
         rlt_store_pool_wait(s, 1, 60);
         cr_assert_eq(rl_store_prepare(s, "other", "base", NULL, 0, NULL, &err), 0, "%s",
@@ -399,11 +408,6 @@ Test(journal, a_key_removed_and_prepared_again_is_not_journalled_until_flushed)
          * reads, so the same two-of-one-key would follow. */
         rl_prepare_options eph = { .ephemeral = true };
         cr_assert_eq(rl_store_prepare(s, "e", "base", NULL, 0, &eph, &err), 0, "%s", err.msg);
-        cr_assert_eq(rl_store_remove(s, "e", &err), 0, "%s", err.msg);
-        ps0 = rlt_store_pool_wait(s, 1, 60);
-        cr_assert_eq(rl_store_prepare(s, "e", "base", NULL, 0, NULL, &err), 0, "%s", err.msg);
-        rl_store_pool_stats(s, &ps1);
-        cr_assert_eq(ps1.hits, ps0.hits + 1, "not from the pool");
-        cr_expect(!journalled(root, id_of(s, "e")), "journalled after an ephemeral removal");
+        removed_then_prepared_again(s, root, "e", "an ephemeral removal");
         s = rl_store_free(s);
 }
