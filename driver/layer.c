@@ -208,8 +208,7 @@ typedef struct apply {
                         * made in a directory changes its mtime */
         size_t n_dirs, cap_dirs;
         char *xv;
-        uint64_t start_ns;
-        rl_meter meter; /* opts->progress */
+        rl_meter meter; /* opts->progress; its start_ns is the apply's */
 } apply;
 
 static int add_dirtime(apply *a, const char *path, const struct timespec ts[2])
@@ -822,9 +821,8 @@ RL_EXPORT int rl_layer_apply(int dir_fd, int tar_fd, const rl_apply_options *opt
                     .st = &st,
                     .tar = tar,
                     .cached_fd = -EBADF,
-                    .xv = xv,
-                    .start_ns = rl_now_ns() };
-        rl_meter_init(&a.meter, a.opts->progress, a.opts->progress_userdata, 0, a.start_ns);
+                    .xv = xv };
+        rl_meter_init(&a.meter, a.opts->progress, a.opts->progress_userdata, 0, rl_now_ns());
         int r;
 
         if (!rbuf || !pbuf || !xv || !outer || !tar || rl_sha256_new(&hblob) < 0 ||
@@ -907,8 +905,8 @@ out:
         for (size_t i = 0; i < a.n_dirs; i++)
                 free(a.dirs[i].path);
         free(a.dirs);
+        st.elapsed_ns = rl_now_ns() - a.meter.start_ns;
         rl_meter_done(&a.meter);
-        st.elapsed_ns = rl_now_ns() - a.start_ns;
         if (ret)
                 *ret = st;
         return r < 0 ? r : 0;

@@ -109,8 +109,8 @@ typedef struct clone_ctx {
         pthread_mutex_t stats_lock; /* workers add their totals here when they finish */
         rl_tree_stats stats;
 
-        uint64_t start_ns;
-        rl_meter *meter; /* shared with the shift a snapshot may have needed first */
+        rl_meter *meter; /* shared with the shift a snapshot may have needed first; its
+                          * start_ns is the clone's */
 } clone_ctx;
 
 typedef struct clone_worker {
@@ -1002,7 +1002,6 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
                 .umask = read_umask(),
                 .links = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER },
                 .stats_lock = PTHREAD_MUTEX_INITIALIZER,
-                .start_ns = start_ns,
                 .meter = &meter,
         };
 
@@ -1034,7 +1033,7 @@ RL_EXPORT int rl_tree_clone(int src_fd, int dst_dir_fd, const char *dst_name,
                 rl_tree_remove(dst_dir_fd, dst_name, opts->jobs, NULL, NULL);
                 return r;
         }
-        c.stats.elapsed_ns = rl_now_ns() - c.start_ns;
+        c.stats.elapsed_ns = rl_now_ns() - meter.start_ns;
         c.stats.snapshots = kind == ROOT_SNAPSHOT ? snapshots : 0;
         if (ret_stats)
                 *ret_stats = c.stats;
