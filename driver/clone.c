@@ -63,15 +63,9 @@ static int64_t read_write_segment(int src, int dst, uint64_t off, uint64_t end, 
                         return n;
                 if (n == 0)
                         break;
-                for (ssize_t w = 0; w < n;) {
-                        ssize_t k = pwrite(dst, buf + w, n - w, (off_t)(pos + w));
-                        if (k < 0) {
-                                if (errno == EINTR)
-                                        continue;
-                                return -errno;
-                        }
-                        w += k;
-                }
+                int r = rl_pwrite_all(dst, buf, (size_t)n, pos);
+                if (r < 0)
+                        return r;
                 pos += n;
         }
         return (int64_t)(pos - off);

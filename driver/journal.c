@@ -97,19 +97,6 @@ static int pread_all(int fd, void *buf, size_t n, uint64_t off)
         return r < 0 ? (int)r : (size_t)r == n ? 0 : -EIO;
 }
 
-static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
-{
-        for (size_t done = 0; done < n;) {
-                ssize_t r = pwrite(fd, (const char *)buf + done, n - done, (off_t)(off + done));
-                if (r < 0 && errno == EINTR)
-                        continue;
-                if (r <= 0)
-                        return r < 0 ? -errno : -EIO;
-                done += (size_t)r;
-        }
-        return 0;
-}
-
 /* Header slot i (0 or 1): 0 and its generation and start when valid, -ENODATA when never
  * written (zeros), -EUCLEAN when neither. */
 static int header_read(int fd, unsigned i, uint64_t *gen, uint64_t *start)
@@ -137,7 +124,7 @@ static int header_write(rl_journal *j, uint64_t start)
         put64(h + 8, gen);
         put64(h + 16, start);
         put32(h + 24, crc32c(0, h, 24));
-        int r = pwrite_all(j->fd, h, sizeof(h), (gen & 1) * BLOCK);
+        int r = rl_pwrite_all(j->fd, h, sizeof(h), (gen & 1) * BLOCK);
         if (r == 0 && fdatasync(j->fd) < 0)
                 r = -errno;
         if (r < 0)
@@ -259,7 +246,7 @@ int rl_journal_open(int dir_fd, const char *name, rl_journal **ret, rl_error *er
                     errno != EOPNOTSUPP)
                         r = -errno;
                 for (uint64_t off = 0; r == 0 && off < JOURNAL_SIZE; off += sizeof(zero))
-                        r = pwrite_all(j->fd, zero, sizeof(zero), off);
+                        r = rl_pwrite_all(j->fd, zero, sizeof(zero), off);
                 j->gen = 0;
                 if (r == 0 && fsync(j->fd) < 0)
                         r = -errno;
@@ -326,7 +313,7 @@ int rl_journal_append(rl_journal *j, const char *payload, size_t len, rl_error *
         put32(buf + 16, crc32c(crc32c(0, buf + 4, 12), payload, len));
         /* An overwrite of blocks written when the file was made: fdatasync writes them and
          * flushes the cache, and commits nothing of the filesystem's own. */
-        r = pwrite_all(j->fd, buf, size, j->tail);
+        r = rl_pwrite_all(j->fd, buf, size, j->tail);
         if (r == 0 && fdatasync(j->fd) < 0)
                 r = -errno;
         if (r < 0) {

@@ -629,15 +629,9 @@ static int write_data(apply *a, int fd, struct archive_entry *e, const char *pat
         la_int64_t off;
         int r;
         while ((r = archive_read_data_block(a->tar, &buf, &size, &off)) == ARCHIVE_OK) {
-                for (size_t done = 0; done < size;) {
-                        ssize_t n = pwrite(fd, (const char *)buf + done, size - done,
-                                           (off_t)off + (off_t)done);
-                        if (n < 0 && errno == EINTR)
-                                continue;
-                        if (n < 0)
-                                return rl_error_set(err, -errno, "layer entry '%s': write", path);
-                        done += (size_t)n;
-                }
+                r = rl_pwrite_all(fd, buf, size, (uint64_t)off);
+                if (r < 0)
+                        return rl_error_set(err, r, "layer entry '%s': write", path);
                 a->st->bytes += size;
         }
         if (r != ARCHIVE_EOF)

@@ -145,6 +145,20 @@ void *rl_grow_array(void *array, size_t *cap, size_t need, size_t size)
         return p;
 }
 
+int rl_pwrite_all(int fd, const void *buf, size_t size, uint64_t off)
+{
+        for (size_t done = 0; done < size;) {
+                ssize_t n = pwrite(fd, (const char *)buf + done, size - done,
+                                   (off_t)(off + done));
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return n < 0 ? -errno : -EIO;
+                done += (size_t)n;
+        }
+        return 0;
+}
+
 ssize_t rl_pread_all(int fd, void *buf, size_t size, uint64_t off)
 {
         size_t done = 0;

@@ -113,6 +113,10 @@ void *rl_grow_array(void *array, size_t *cap, size_t need, size_t size);
  * Returns the bytes read or a negative errno. */
 ssize_t rl_pread_all(int fd, void *buf, size_t size, uint64_t off);
 
+/* pwrite all of buf at off, through EINTR and short writes: 0 or -errno (-EIO: nothing
+ * written, no error). */
+int rl_pwrite_all(int fd, const void *buf, size_t size, uint64_t off);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t rl_now_ns(void);
 
